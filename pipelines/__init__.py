@@ -1,0 +1,1 @@
+"""Data in motion: contracts, Kafka sources/sinks, stream and batch jobs, validation, the store."""

@@ -1,0 +1,21 @@
+"""Errors a user can act on: the CLI prints them as one line and exits non-zero, no traceback."""
+
+
+class ArgusError(Exception):
+    exit_code = 1
+
+
+class BrokerError(ArgusError):
+    """The broker cannot be started, reached or used (port taken, binary missing, not answering)."""
+
+    exit_code = 2
+
+
+class StoreError(ArgusError):
+    exit_code = 3
+
+
+class ModelError(ArgusError):
+    """Unknown preset, a broken checkpoint directory, a non-MoE config."""
+
+    exit_code = 4

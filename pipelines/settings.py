@@ -1,0 +1,135 @@
+"""One settings object for all of Argus: environment variables (ARGUS_*) over an optional YAML file.
+
+Nested fields use a double underscore in the environment, e.g. ARGUS_KAFKA__BOOTSTRAP_SERVERS.
+The YAML file is taken from ARGUS_CONFIG (or `--config` on the command line).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+HOME = Path(os.environ.get("ARGUS_HOME", Path.cwd() / "var"))
+
+
+class TopicSettings(BaseModel):
+    transactions: str = "argus.transactions"
+    labels: str = "argus.labels"
+    reports: str = "argus.reports"
+    alerts: str = "argus.alerts"
+    dead_letter: str = "argus.dead-letter"
+    partitions: int = Field(4, ge=1)
+
+    def all(self) -> list[str]:
+        return [self.transactions, self.labels, self.reports, self.alerts, self.dead_letter]
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    consumer_group: str = "argus"
+    # tansu (and small clusters) need short group timeouts, or a group join stalls ~25 s.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1500
+    max_poll_interval_ms: int = 30000
+    max_message_bytes: int = 1_048_576
+
+
+class BrokerSettings(BaseModel):
+    """The embedded tansu broker started by `argus infra up` (not used in production)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    state_dir: Path = HOME / "broker"
+    start_timeout_s: float = 20.0
+
+
+class StoreSettings(BaseModel):
+    url: SecretStr = SecretStr(f"sqlite:///{HOME / 'argus.db'}")
+    batch_size: int = 5000
+
+
+class ModelSettings(BaseModel):
+    fraud_checkpoint: Path | None = None  # None: the shipped `small` checkpoint (or tiny random if absent)
+    summariser_checkpoint: Path | None = None
+    preset: str = "small"
+    device: str = "auto"  # auto | cpu | cuda
+
+
+class FraudSettings(BaseModel):
+    alert_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    review_threshold: float = Field(0.2, ge=0.0, le=1.0)
+    labels_delay_days: float = 7.0
+    customer_history: int = 7
+    terminal_history: int = 7
+    batch_max_size: int = 512
+    batch_max_wait_ms: int = 20
+    max_amount: float = 1_000_000.0
+
+
+class SummariserSettings(BaseModel):
+    mode: str = "extractive"  # extractive | generative
+    max_summary_sentences: int = 5
+    max_summary_chars: int = 1200
+    max_document_bytes: int = 10_000_000
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    config_path: Path = Path(__file__).resolve().parent.parent / "infra" / "serve.yaml"
+    api_key_hashes: dict[str, list[str]] = Field(
+        default_factory=dict, description="sha256(api key) -> scopes; keys never stored in plain text"
+    )
+    max_request_bytes: int = 2_000_000
+    rate_limit_per_minute: int = 6000
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ARGUS_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = HOME
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    broker: BrokerSettings = BrokerSettings()
+    store: StoreSettings = StoreSettings()
+    model: ModelSettings = ModelSettings()
+    fraud: FraudSettings = FraudSettings()
+    summariser: SummariserSettings = SummariserSettings()
+    serve: ServeSettings = ServeSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get("ARGUS_CONFIG")
+        if yaml_path:
+            if not Path(yaml_path).is_file():
+                raise FileNotFoundError(f"ARGUS_CONFIG points to {yaml_path}, which is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets masked (for `argus config show`)."""
+        data = self.model_dump(mode="json")
+        data["store"]["url"] = mask_url(self.store.url.get_secret_value())
+        data["serve"]["api_key_hashes"] = {"***": scopes for scopes in self.serve.api_key_hashes.values()}
+        return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a database URL: postgresql+psycopg://user:***@host/db."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

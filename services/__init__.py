@@ -1,0 +1,1 @@
+"""Ray Serve deployments, the FastAPI ingress and the `argus` command line."""

@@ -1,0 +1,13 @@
+"""Shared fixtures: each real part (broker, store, Ray) has its own fixture module."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+pytest_plugins = [
+    "tests.fixtures.broker",
+    "tests.fixtures.store",
+    "tests.fixtures.ray_local",
+]

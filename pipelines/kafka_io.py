@@ -1,0 +1,261 @@
+"""Kafka building blocks shared by the simulators and the stream jobs.
+
+Everything here talks plain Kafka (kafka-python), so it works the same against the embedded tansu
+broker and an Apache Kafka cluster. Values are JSON bytes: producers take `bytes` (already
+serialised, e.g. `Contract.to_json()`) or plain data (serialised here).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.serializer import Serializer
+
+from pipelines.errors import BrokerError
+from pipelines.settings import Settings
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def _key_bytes(key: Any) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+class JsonValueSerializer(Serializer):
+    """bytes pass through; contracts use their own JSON; anything else goes through json.dumps."""
+
+    def serialize(self, topic, headers, data):
+        return None if data is None else _to_bytes(data)
+
+
+class KeySerializer(Serializer):
+    def serialize(self, topic, headers, data):
+        return _key_bytes(data)
+
+
+def with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
+    """A copy of `settings` pointing at another broker (tests, the embedded broker)."""
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    """A producer for throughput with no loss: acks=all, large batches, a short linger."""
+    config: dict[str, Any] = dict(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        linger_ms=20,  # wait a little so batches fill: far fewer requests at high rates
+        batch_size=512 * 1024,
+        max_request_size=max(settings.kafka.max_message_bytes, 1_048_576) * 4,
+        retries=5,
+        max_in_flight_requests_per_connection=5,
+        request_timeout_ms=30_000,
+        max_block_ms=30_000,
+        value_serializer=JsonValueSerializer(),
+        key_serializer=KeySerializer(),
+    )
+    config.update(overrides)
+    try:
+        return KafkaProducer(**config)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create a producer for {config['bootstrap_servers']}: {exc}") from None
+
+
+def make_consumer(settings: Settings, topics: Iterable[str] | str | None, group_id: str | None, **overrides: Any) -> KafkaConsumer:
+    """A consumer that commits only when told (after the sink write), reading from the start.
+
+    `topics=None` gives an unsubscribed consumer (for `assign()`); `group_id=None` one without a group.
+    The short session/heartbeat/poll timeouts keep a group join to seconds on tansu and small clusters.
+    """
+    config: dict[str, Any] = dict(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
+        max_partition_fetch_bytes=max(settings.kafka.max_message_bytes, 1_048_576) * 2,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_poll_records=5000,
+    )
+    config.update(overrides)
+    try:
+        consumer = KafkaConsumer(**config)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create a consumer for {config['bootstrap_servers']}: {exc}") from None
+    if topics:
+        consumer.subscribe([topics] if isinstance(topics, str) else list(topics))
+    return consumer
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 20.0) -> None:
+    """Block until the broker answers a metadata request, or raise BrokerError."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
+                bootstrap_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
+            )
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except Exception as exc:  # any connection/metadata failure: retry until the deadline
+            last = exc
+            time.sleep(0.2)
+    detail = f" ({type(last).__name__})" if last else ""
+    raise BrokerError(f"broker at {bootstrap} not reachable after {timeout:g}s{detail}")
+
+
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, replication: int = 1, timeout: float = 20.0) -> list[str]:
+    """Create the topics that do not exist yet (idempotent); returns the names created now."""
+    names = list(dict.fromkeys(topics))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
+                                 bootstrap_timeout_ms=int(timeout * 1000))
+    except KafkaError as exc:
+        raise BrokerError(f"broker at {bootstrap} not reachable: {exc}") from None
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        created = []
+        for name in missing:  # one by one: a topic made concurrently by someone else is fine
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication)], timeout_ms=int(timeout * 1000))
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create topics on {bootstrap}: {exc}") from None
+    finally:
+        admin.close()
+
+
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    """How many partitions `topic` has (0 when it does not exist)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    for entry in described:
+        if (entry.get("name") or entry.get("topic")) == topic and not entry.get("error_code"):
+            return len(entry.get("partitions", []))
+    return 0
+
+
+def count_records(settings: Settings, topic: str, idle_timeout_s: float = 5.0, expect: int | None = None) -> int:
+    """Count the records on `topic` (all partitions, from the start) without joining a group."""
+    from kafka import TopicPartition
+
+    consumer = make_consumer(settings, None, None, consumer_timeout_ms=int(idle_timeout_s * 1000))
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        total = 0
+        deadline_idle = time.monotonic() + idle_timeout_s
+        while time.monotonic() < deadline_idle:
+            batch = consumer.poll(timeout_ms=500)
+            n = sum(len(v) for v in batch.values())
+            if n:
+                total += n
+                deadline_idle = time.monotonic() + idle_timeout_s
+                if expect is not None and total >= expect:
+                    # drain briefly to see whether more than expected is there
+                    deadline_idle = time.monotonic() + 1.0
+        return total
+    finally:
+        consumer.close()
+
+
+class DeadLetterPublisher:
+    """Send records that broke their contract to the dead-letter topic, with the reason attached.
+
+    Each dead letter is JSON: {reason, source_topic, partition, offset, key, payload, payload_encoding,
+    failed_at}. The payload is kept as text when it is valid UTF-8, else base64, so nothing is lost.
+    """
+
+    def __init__(self, settings: Settings, producer: KafkaProducer | None = None, topic: str | None = None):
+        self.topic = topic or settings.topics.dead_letter
+        self._own = producer is None
+        self.producer = producer or make_producer(settings)
+        self.published = 0
+
+    @staticmethod
+    def envelope(reason: str, source_topic: str | None, partition: int | None, offset: int | None,
+                 payload: bytes | str | None, key: bytes | str | None = None) -> dict[str, Any]:
+        if isinstance(payload, bytes):
+            try:
+                text, encoding = payload.decode("utf-8"), "text"
+            except UnicodeDecodeError:
+                text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+        else:
+            text, encoding = payload, "text"
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", errors="backslashreplace")
+        return {
+            "reason": reason,
+            "source_topic": source_topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key,
+            "payload": text,
+            "payload_encoding": encoding,
+            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    def publish(self, reason: str, payload: bytes | str | None, source_topic: str | None = None,
+                partition: int | None = None, offset: int | None = None, key: bytes | str | None = None):
+        """Queue one dead letter; returns the send future (call `flush()` before committing offsets)."""
+        self.published += 1
+        return self.producer.send(self.topic, self.envelope(reason, source_topic, partition, offset, payload, key), key=key)
+
+    def publish_record(self, record: Any, reason: str):
+        """Dead-letter a kafka-python ConsumerRecord as is."""
+        return self.publish(reason, record.value, record.topic, record.partition, record.offset, record.key)
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        self.producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        self.flush()
+        if self._own:
+            self.producer.close()
+
+    @staticmethod
+    def decode_payload(letter: dict[str, Any]) -> bytes:
+        """The original bytes of a dead letter's payload."""
+        if letter.get("payload") is None:
+            return b""
+        if letter.get("payload_encoding") == "base64":
+            return base64.b64decode(letter["payload"])
+        return letter["payload"].encode()

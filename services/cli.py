@@ -59,3 +59,62 @@ def config_show() -> None:
     from pipelines.settings import get_settings
 
     console.print_json(json.dumps(get_settings().masked()))
+
+
+# --- infra (embedded broker) ---------------------------------------------------------------------
+
+@infra_app.command("up")
+def infra_up(port: Optional[int] = typer.Option(None, "--port", help="Port (default: broker.port; 0 = any free port)."),
+             partitions: Optional[int] = typer.Option(None, "--partitions", min=1, help="Partitions per topic (default: topics.partitions)."),
+             storage_engine: Optional[str] = typer.Option(None, "--storage-engine", help="tansu storage URL (default: broker.storage_engine, memory).")) -> None:
+    """Start the embedded tansu broker on loopback and create the Argus topics."""
+    from rich.table import Table
+
+    from infra.local_broker import start
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    with console.status("starting tansu broker..."):
+        state = start(settings, port=port, partitions=partitions, storage_engine=storage_engine)
+    table = Table(title=f"broker up at {state.bootstrap}", show_header=False)
+    for key, value in [("pid", state.pid), ("bootstrap", state.bootstrap), ("storage", state.storage_engine),
+                       ("partitions/topic", state.partitions), ("topics", ", ".join(settings.topics.all())),
+                       ("log", state.log_path)]:
+        table.add_row(key, str(value))
+    console.print(table)
+    if state.port != settings.broker.port or settings.kafka.bootstrap_servers != state.bootstrap:
+        console.print(f"[yellow]clients:[/] export ARGUS_KAFKA__BOOTSTRAP_SERVERS={state.bootstrap}")
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop the embedded broker (SIGTERM, then SIGKILL)."""
+    from infra.local_broker import stop
+    from pipelines.settings import get_settings
+
+    state = stop(get_settings())
+    if state is None:
+        console.print("no embedded broker is running")
+    else:
+        console.print(f"[green]stopped[/] broker pid {state.pid} at {state.bootstrap}")
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Show whether the embedded broker runs and answers, and its topics."""
+    from rich.table import Table
+
+    from infra.local_broker import status
+    from pipelines.settings import get_settings
+
+    info = status(get_settings())
+    if not info["running"]:
+        console.print("[yellow]broker not running[/]" + (f" (stale state for {info['bootstrap']})" if info["bootstrap"] else ""))
+        raise typer.Exit(1)
+    table = Table(title="embedded broker", show_header=False)
+    for key in ["bootstrap", "pid", "reachable", "storage_engine", "partitions", "uptime_s", "topics", "log_path"]:
+        value = info.get(key)
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+    if not info["reachable"]:
+        raise typer.Exit(1)

@@ -1,0 +1,672 @@
+"""The results store: fraud scores, alerts, report summaries, dead letters and job runs.
+
+One module, SQLAlchemy Core, two backends from the same code:
+
+* PostgreSQL (production and tests): ``postgresql+psycopg://user:pass@host:5432/db``. To keep a
+  deployment (or a test session) in its own schema, put the search path in the URL:
+  ``...?options=-csearch_path%3Dmy_schema``.
+* SQLite (the embedded default): ``sqlite:///path/to/argus.db``; opened in WAL mode with a busy
+  timeout, and every write transaction starts with ``BEGIN IMMEDIATE`` so that two processes can
+  write the same file at once (one waits for the other instead of failing).
+
+Every write is an idempotent upsert keyed on the natural key (``transaction_id`` for scores and
+alerts, ``(report_id, model_version)`` for summaries, ``(source, partition, offset)`` for dead
+letters that came from a topic), done with the dialect-native ``INSERT ... ON CONFLICT``. A stream
+job can therefore replay a batch after a crash and the tables end up the same.
+
+The stream jobs use it like this::
+
+    store = Store.from_url(settings.store.url.get_secret_value())
+    store.create_schema()                      # idempotent; upgrades an older schema
+    run_id = store.start_run("fraud-stream")
+    ...
+    store.write_batch(scores=[score_row(s, tx) for s, tx in scored],
+                      alerts=[s for s, _ in scored if s.decision == "decline"],
+                      dead_letters=[DeadLetter(source=topic, partition=p, offset=o, payload=raw,
+                                               reason=err.reason, stage="decode")])
+    consumer.commit()                          # only after the single atomic write returned
+    ...
+    store.finish_run(run_id, counts={"scored": n}, status="ok")
+
+The schema is versioned by this module itself (no Alembic): ``schema_version`` holds one row per
+applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
+under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
+
+Bulk upserts on PostgreSQL go through ``COPY`` into a temporary staging table followed by one
+``INSERT ... SELECT ... ON CONFLICT`` (the fastest of the methods measured by
+``benchmarks/store_write.py``); small batches and SQLite use an executemany of the same upsert.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from pipelines.contracts import Decision, FraudScore, KeyFact, Reason, ReportSummary, SummarySentence, Transaction
+from pipelines.errors import StoreError
+from pipelines.settings import mask_url
+
+# --- tables ---------------------------------------------------------------------------------------
+
+# JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
+JsonType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = DateTime(timezone=True)
+
+metadata = MetaData()
+
+fraud_scores = Table(
+    "fraud_scores",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("reasons", JsonType, nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("scored_at", Timestamp, nullable=False),
+    # context of the scored transaction, for replay and analysis (nullable: REST scores may lack it)
+    Column("customer_id", String(128)),
+    Column("terminal_id", String(128)),
+    Column("timestamp", Timestamp),
+    Column("amount", Float),  # schema v2
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("reasons", JsonType, nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+report_summaries = Table(
+    "report_summaries",
+    metadata,
+    Column("report_id", String(256), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("domain", String(32), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("sentences", JsonType, nullable=False),
+    Column("key_facts", JsonType, nullable=False),
+    Column("faithfulness", JsonType, nullable=False),
+    Column("mode", String(32), nullable=False),
+    Column("latency_ms", Float),
+    Column("created_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("report_id", "model_version", name="report_summaries_pkey"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("source", String(512), nullable=False),  # a topic name or a file path
+    Column("partition", Integer),
+    Column("offset", BigInteger),  # Kafka offset, or a line/row number in a file
+    Column("payload", LargeBinary),  # the raw record, capped at Store.max_payload_bytes
+    Column("payload_size", BigInteger, nullable=False),  # the original size in bytes
+    Column("payload_truncated", Boolean, nullable=False),  # True when only a prefix is kept
+    Column("reason", Text, nullable=False),
+    Column("stage", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    # NULLs are distinct in both backends: records without a position never collide.
+    UniqueConstraint("source", "partition", "offset", name="dead_letters_position_key"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
+    Column("counts", JsonType, nullable=False),
+    Column("status", String(32), nullable=False),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Timestamp, nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_summaries, dead_letters, runs)}
+
+
+# --- migrations -----------------------------------------------------------------------------------
+# Each migration is (version, description, function(conn)). Never edit an applied one; append.
+
+def _v1_initial(conn: Connection) -> None:
+    # v1 created fraud_scores without `amount`; create_all with v2 metadata would already include
+    # it, so create fraud_scores column by column as v1 had it and let v2 add `amount`.
+    v1_scores = Table("fraud_scores", MetaData(), *[c._copy() for c in fraud_scores.columns if c.name != "amount"])
+    v1_scores.create(conn, checkfirst=True)
+    for table in (alerts, report_summaries, dead_letters, runs):
+        table.create(conn, checkfirst=True)
+
+
+def _v2_amount_and_indexes(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE fraud_scores ADD COLUMN amount FLOAT"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS fraud_scores_scored_at_idx ON fraud_scores (scored_at)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS report_summaries_report_id_idx ON report_summaries (report_id)"))
+
+
+MIGRATIONS: list[tuple[int, str, Any]] = [
+    (1, "initial tables", _v1_initial),
+    (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _migrate(conn: Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations up to `target` under a lock; returns the version in place."""
+    if conn.dialect.name == "postgresql":  # serialise concurrent create_schema() calls
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('argus.create_schema'))"))
+    schema_version.create(conn, checkfirst=True)
+    current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+    for version, description, migrate in MIGRATIONS:
+        if current < version <= target:
+            migrate(conn)
+            conn.execute(schema_version.insert().values(version=version, applied_at=_now(), description=description))
+    return max(current, min(target, SCHEMA_VERSION))
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be processed, with why and where it failed.
+
+    source: the topic or file it came from; partition/offset: its position there (None for a
+    record without one, e.g. a REST request); payload: the raw bytes or text as received;
+    reason: one line, e.g. ``"amount: Input should be greater than or equal to 0"``;
+    stage: where it failed (``decode``, ``validate_input``, ``score``, ``validate_output``, ...).
+    """
+
+    source: str
+    reason: str
+    stage: str
+    payload: bytes | str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """What one `write_batch` wrote (after de-duplicating keys within the batch)."""
+
+    scores: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+
+
+def score_row(score: FraudScore, transaction: Transaction | None = None) -> dict[str, Any]:
+    """A fraud_scores row from a score and (optionally) the transaction it scored."""
+    row = _score_fields(score)
+    if transaction is not None:
+        row.update(customer_id=transaction.customer_id, terminal_id=transaction.terminal_id,
+                   timestamp=_utc(transaction.timestamp), amount=transaction.amount)
+    return row
+
+
+ScoreInput = FraudScore | Mapping[str, Any]
+SummaryInput = ReportSummary | Mapping[str, Any]
+
+_SCORE_OPTIONAL = ("customer_id", "terminal_id", "timestamp", "amount")
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    """Aware UTC datetimes in, so SQLite (which stores no offset) and PostgreSQL agree."""
+    if dt is None:
+        return None
+    if isinstance(dt, str):
+        dt = datetime.fromisoformat(dt.replace("Z", "+00:00"))
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _plain(items: Iterable[Any]) -> list[Any]:
+    return [i.model_dump(mode="json") if hasattr(i, "model_dump") else dict(i) for i in items]
+
+
+def _score_fields(s: FraudScore) -> dict[str, Any]:
+    return {"transaction_id": s.transaction_id, "score": float(s.score), "decision": s.decision.value,
+            "reasons": _plain(s.reasons), "model_version": s.model_version, "scored_at": _utc(s.scored_at),
+            **{k: None for k in _SCORE_OPTIONAL}}
+
+
+def _check_keys(row: Mapping[str, Any], table: Table, required: Sequence[str]) -> None:
+    unknown = set(row) - set(table.c.keys()) - {"schema_version"}
+    if unknown:
+        raise StoreError(f"{table.name}: unknown column(s) {sorted(unknown)}")
+    missing = [k for k in required if row.get(k) is None]
+    if missing:
+        raise StoreError(f"{table.name}: missing {missing} in row {dict(row)!r:.200}")
+
+
+def _to_score_row(item: ScoreInput) -> dict[str, Any]:
+    if isinstance(item, FraudScore):
+        return _score_fields(item)
+    _check_keys(item, fraud_scores, ("transaction_id", "score", "decision", "model_version"))
+    decision = item["decision"]
+    row = {k: item.get(k) for k in fraud_scores.c.keys()}
+    row.update(score=float(item["score"]), decision=decision.value if isinstance(decision, Decision) else str(decision),
+               reasons=_plain(item.get("reasons") or []), scored_at=_utc(item.get("scored_at")) or _now(),
+               timestamp=_utc(item.get("timestamp")))
+    return row
+
+
+def _to_alert_row(item: ScoreInput) -> dict[str, Any]:
+    if isinstance(item, FraudScore):
+        return {"transaction_id": item.transaction_id, "score": float(item.score), "reasons": _plain(item.reasons),
+                "model_version": item.model_version, "created_at": _now()}
+    extra = {"decision", "scored_at", *_SCORE_OPTIONAL}  # a score row is accepted as an alert
+    _check_keys({k: v for k, v in item.items() if k not in extra}, alerts, ("transaction_id", "score", "model_version"))
+    return {"transaction_id": item["transaction_id"], "score": float(item["score"]),
+            "reasons": _plain(item.get("reasons") or []), "model_version": item["model_version"],
+            "created_at": _utc(item.get("created_at")) or _now()}
+
+
+def _to_summary_row(item: SummaryInput) -> dict[str, Any]:
+    if not isinstance(item, ReportSummary):
+        _check_keys(item, report_summaries, ("report_id", "model_version", "domain", "summary"))
+        item = ReportSummary.model_validate({k: v for k, v in item.items()})
+    return {"report_id": item.report_id, "model_version": item.model_version, "domain": item.domain.value,
+            "summary": item.summary, "sentences": _plain(item.sentences), "key_facts": _plain(item.key_facts),
+            "faithfulness": dict(item.faithfulness), "mode": item.mode, "latency_ms": item.latency_ms,
+            "created_at": _utc(item.created_at)}
+
+
+def _to_dead_letter_row(item: DeadLetter | Mapping[str, Any], cap: int) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        item = DeadLetter(**item)
+    raw = item.payload
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else (bytes(raw) if raw is not None else None)
+    size = len(data) if data is not None else 0
+    truncated = data is not None and size > cap
+    reason = item.reason if not truncated else f"{item.reason} [payload truncated to {cap} of {size} bytes]"
+    return {"source": item.source, "partition": item.partition, "offset": item.offset,
+            "payload": data[:cap] if truncated else data, "payload_size": size, "payload_truncated": truncated,
+            "reason": reason, "stage": item.stage, "created_at": _utc(item.created_at) or _now()}
+
+
+def _dedupe(rows: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """Last row per key wins, sorted by key: one ON CONFLICT statement may not touch a row twice,
+    and a stable key order keeps two concurrent upserts from deadlocking on each other."""
+    by_key = {tuple(r[k] for k in key): r for r in rows}
+    return [by_key[k] for k in sorted(by_key)]
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+UpsertMethod = Literal["auto", "copy", "executemany", "values"]
+
+
+class Store:
+    """Read and write Argus results. Build with `Store.from_url`; thread-safe (pooled engine);
+    not fork-safe: each process builds its own Store."""
+
+    #: Dead-letter payloads above this many bytes keep only a prefix (flagged `payload_truncated`).
+    max_payload_bytes: int = 256 * 1024
+    #: At or above this many rows a PostgreSQL upsert goes through COPY into a staging table.
+    copy_threshold: int = 500
+    #: Rows per statement for the executemany / multi-VALUES paths.
+    chunk_size: int = 5000
+
+    def __init__(self, engine: Engine, *, method: UpsertMethod = "auto"):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.method = method
+        self._stage_seq = 0
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, *, method: UpsertMethod = "auto", check: bool = True, **engine_kw: Any) -> "Store":
+        """Open a store at `url` (postgresql+psycopg://... or sqlite:///...).
+
+        Raises StoreError (one line, password masked) if the URL is invalid or, with `check`, the
+        database cannot be reached.
+        """
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid store URL: {exc}") from None
+        masked = parsed.render_as_string(hide_password=True)
+        backend = parsed.get_backend_name()
+        if backend not in ("postgresql", "sqlite"):
+            raise StoreError(f"unsupported store URL {masked}: use postgresql+psycopg:// or sqlite:///")
+        if backend == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_engine(parsed, pool_pre_ping=True, **engine_kw)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise StoreError(f"cannot open store {masked}: {exc}") from None
+        if backend == "sqlite":
+            _configure_sqlite(engine)
+        store = cls(engine, method=method)
+        if check:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except SQLAlchemyError as exc:
+                engine.dispose()
+                raise StoreError(f"cannot connect to store {masked}: {_one_line(exc, parsed.password)}") from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The URL with the password masked (safe to print)."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- schema ------------------------------------------------------------------------------------
+
+    def create_schema(self) -> int:
+        """Create the tables, or upgrade an older schema to `SCHEMA_VERSION`; idempotent and safe
+        to call from several processes at once. Returns the schema version now in place."""
+        return self._transact(_migrate)
+
+    def schema_version(self) -> int:
+        """The applied schema version (0 when the schema was never created)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+        except SQLAlchemyError:
+            return 0
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def upsert_scores(self, items: Iterable[ScoreInput]) -> int:
+        """Insert or update fraud scores keyed on transaction_id (last write wins). Items are
+        `FraudScore`s or dicts of fraud_scores columns (see `score_row`). Returns rows written."""
+        rows = _dedupe([_to_score_row(i) for i in items], ("transaction_id",))
+        return self._transact(lambda conn: self._upsert(conn, fraud_scores, rows, ("transaction_id",), update=True))
+
+    def insert_alerts(self, items: Iterable[ScoreInput]) -> int:
+        """Record alerts; a transaction already alerted is left as it was (idempotent). Items are
+        `FraudScore`s or dicts. Returns the rows offered (after de-duplication)."""
+        rows = _dedupe([_to_alert_row(i) for i in items], ("transaction_id",))
+        return self._transact(lambda conn: self._upsert(conn, alerts, rows, ("transaction_id",), update=False))
+
+    def upsert_summaries(self, items: Iterable[SummaryInput]) -> int:
+        """Insert or update report summaries keyed on (report_id, model_version)."""
+        rows = _dedupe([_to_summary_row(i) for i in items], ("report_id", "model_version"))
+        return self._transact(lambda conn: self._upsert(conn, report_summaries, rows, ("report_id", "model_version"),
+                                                        update=True))
+
+    def add_dead_letters(self, items: Iterable[DeadLetter | Mapping[str, Any]]) -> int:
+        """Record failed records. One with a (source, partition, offset) already recorded is not
+        recorded twice (a replay after a crash); one without a position is always recorded."""
+        rows = [_to_dead_letter_row(i, self.max_payload_bytes) for i in items]
+        return self._transact(lambda conn: self._add_dead_letters(conn, rows))
+
+    def write_batch(self, scores: Iterable[ScoreInput] = (), alerts: Iterable[ScoreInput] = (),
+                    dead_letters: Iterable[DeadLetter | Mapping[str, Any]] = ()) -> BatchCounts:
+        """Write scores, alerts and dead letters in ONE transaction: all or nothing. A stream job
+        commits its consumer offsets after this returns; if it raises, nothing was written."""
+        score_rows = _dedupe([_to_score_row(i) for i in scores], ("transaction_id",))
+        alert_rows = _dedupe([_to_alert_row(i) for i in alerts], ("transaction_id",))  # `alerts` is the argument here
+        alerts_table = TABLES["alerts"]
+        dl_rows = [_to_dead_letter_row(i, self.max_payload_bytes) for i in dead_letters]
+
+        def work(conn: Connection) -> BatchCounts:
+            return BatchCounts(
+                scores=self._upsert(conn, fraud_scores, score_rows, ("transaction_id",), update=True),
+                alerts=self._upsert(conn, alerts_table, alert_rows, ("transaction_id",), update=False),
+                dead_letters=self._add_dead_letters(conn, dl_rows))
+
+        return self._transact(work)
+
+    def start_run(self, kind: str, run_id: str | None = None) -> str:
+        """Record the start of a job run (e.g. ``fraud-stream``, ``summarise-batch``); returns its id."""
+        run_id = run_id or uuid.uuid4().hex
+        row = {"run_id": run_id, "kind": kind, "started_at": _now(), "finished_at": None, "counts": {},
+               "status": "running"}
+        self._transact(lambda conn: self._upsert(conn, runs, [row], ("run_id",), update=True))
+        return run_id
+
+    def finish_run(self, run_id: str, counts: Mapping[str, Any] | None = None, status: str = "ok") -> None:
+        """Record the end of a run with its counts and status (``ok``, ``failed``, ``interrupted``)."""
+        stmt = runs.update().where(runs.c.run_id == run_id).values(finished_at=_now(), counts=dict(counts or {}),
+                                                                   status=status)
+        if self._transact(lambda conn: conn.execute(stmt).rowcount) == 0:
+            raise StoreError(f"unknown run {run_id!r}")
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def summaries_done(self, report_ids: Iterable[str], model_version: str) -> set[str]:
+        """The subset of `report_ids` already summarised by `model_version` (to resume a batch)."""
+        ids = list(dict.fromkeys(report_ids))
+        done: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                done.update(conn.execute(select(report_summaries.c.report_id).where(
+                    report_summaries.c.model_version == model_version, report_summaries.c.report_id.in_(chunk))).scalars())
+        return done
+
+    def get_result(self, result_id: str, model_version: str | None = None) -> FraudScore | ReportSummary | None:
+        """A fraud score by transaction_id, else a report summary by report_id (the given
+        model_version, or the most recent one), else None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(fraud_scores).where(fraud_scores.c.transaction_id == result_id)).mappings().first()
+            if row is not None and model_version in (None, row["model_version"]):
+                return FraudScore(transaction_id=row["transaction_id"], score=row["score"], decision=row["decision"],
+                                  reasons=[Reason(**r) for r in row["reasons"]], model_version=row["model_version"],
+                                  scored_at=_utc(row["scored_at"]))
+            query = select(report_summaries).where(report_summaries.c.report_id == result_id)
+            if model_version is not None:
+                query = query.where(report_summaries.c.model_version == model_version)
+            row = conn.execute(query.order_by(report_summaries.c.created_at.desc()).limit(1)).mappings().first()
+            if row is None:
+                return None
+            return ReportSummary(report_id=row["report_id"], domain=row["domain"], summary=row["summary"],
+                                 sentences=[SummarySentence(**s) for s in row["sentences"]],
+                                 key_facts=[KeyFact(**k) for k in row["key_facts"]], model_version=row["model_version"],
+                                 mode=row["mode"], faithfulness=row["faithfulness"], latency_ms=row["latency_ms"],
+                                 created_at=_utc(row["created_at"]))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+            return dict(row) if row is not None else None
+
+    def dead_letter_rows(self, limit: int = 100, source: str | None = None) -> list[dict[str, Any]]:
+        """The most recent dead letters (for inspection and tests)."""
+        query = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit)
+        if source is not None:
+            query = query.where(dead_letters.c.source == source)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def count(self, table: str) -> int:
+        """Rows in one of `TABLES` (fraud_scores, alerts, report_summaries, dead_letters, runs)."""
+        if table not in TABLES:
+            raise StoreError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(TABLES[table])).scalar_one()
+        except DBAPIError as exc:
+            raise StoreError(f"cannot count {table} at {self.url}: {_one_line(exc)} (run `argus store init`?)") from None
+
+    def stats(self) -> dict[str, int]:
+        """Row counts of every table."""
+        return {name: self.count(name) for name in TABLES}
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a
+        concurrent writer waits on the busy timeout instead of failing mid-transaction."""
+        with self.engine.connect().execution_options(argus_write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def _transact(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction, retrying the whole transaction on a PostgreSQL
+        deadlock / serialization failure or a SQLite lock timeout (all rolled back first)."""
+        for attempt in range(6):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 5 or not _is_retryable(exc):
+                    raise
+                time.sleep(0.02 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _add_dead_letters(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        positioned = _dedupe([r for r in rows if r["partition"] is not None and r["offset"] is not None],
+                             ("source", "partition", "offset"))
+        loose = [r for r in rows if r["partition"] is None or r["offset"] is None]
+        n = self._upsert(conn, dead_letters, positioned, ("source", "partition", "offset"), update=False, method="executemany")
+        if loose:
+            conn.execute(dead_letters.insert(), loose)
+        return n + len(loose)
+
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], key: Sequence[str], *,
+                update: bool, method: UpsertMethod | None = None) -> int:
+        if not rows:
+            return 0
+        method = method or self.method
+        if method == "auto":
+            method = "copy" if self.dialect == "postgresql" and len(rows) >= self.copy_threshold else "executemany"
+        if method == "copy" and self.dialect != "postgresql":
+            method = "executemany"
+        if method == "copy":
+            self._copy_upsert(conn, table, rows, key, update)
+            return len(rows)
+        columns = list(rows[0].keys())
+        for start in range(0, len(rows), self.chunk_size):
+            chunk = rows[start:start + self.chunk_size]
+            if method == "values":  # one multi-row VALUES statement per chunk
+                conn.execute(_on_conflict(self._insert(table).values(chunk), key, columns, update))
+            else:  # executemany (psycopg 3 pipelines it)
+                conn.execute(_on_conflict(self._insert(table), key, columns, update), chunk)
+        return len(rows)
+
+    def _insert(self, table: Table) -> Any:
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    def _copy_upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]], key: Sequence[str],
+                     update: bool) -> None:
+        """COPY rows into a temporary table dropped at commit, then one INSERT ... SELECT ... ON
+        CONFLICT into the real table, in key order."""
+        columns = list(rows[0].keys())
+        json_cols = {c.name for c in table.columns if c.type._type_affinity is JSON}  # noqa: SLF001
+        self._stage_seq += 1
+        stage = f"argus_stage_{table.name}_{self._stage_seq}"
+        quoted = ", ".join(_q(c) for c in columns)
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {stage} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({quoted}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([json.dumps(row[c], default=str) if c in json_cols else row[c] for c in columns])
+        keys = ", ".join(_q(k) for k in key)
+        if update:
+            sets = ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in columns if c not in key)
+            action = f"DO UPDATE SET {sets}"
+        else:
+            action = "DO NOTHING"
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({quoted}) SELECT {quoted} FROM {stage} ORDER BY {keys} "
+                             f"ON CONFLICT ({keys}) {action}")
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _on_conflict(ins: Any, key: Sequence[str], columns: Sequence[str], update: bool) -> Any:
+    if not update:
+        return ins.on_conflict_do_nothing(index_elements=list(key))
+    return ins.on_conflict_do_update(index_elements=list(key),
+                                     set_={c: ins.excluded[c] for c in columns if c not in key})
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    return code in ("40P01", "40001") or "database is locked" in str(exc.orig)
+
+
+def _one_line(exc: BaseException, password: str | None = None) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    msg = " ".join(str(orig).split()) or type(orig).__name__
+    if password:
+        msg = msg.replace(password, "***")
+    return msg[:300]
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL + busy timeout + explicit BEGIN: two processes can write one SQLite file concurrently."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" hook emit BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # writes take the write lock at BEGIN, so the busy timeout applies (a deferred transaction
+        # upgrading from read to write would fail at once with SQLITE_BUSY instead of waiting)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("argus_write") else "BEGIN")

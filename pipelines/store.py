@@ -558,14 +558,15 @@ class Store:
 
     def _transact(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one write transaction, retrying the whole transaction on a PostgreSQL
-        deadlock / serialization failure or a SQLite lock timeout (all rolled back first)."""
+        deadlock / serialization failure or a SQLite lock timeout (all rolled back first). Any other
+        database error rolls the transaction back and raises StoreError (the original chained)."""
         for attempt in range(6):
             try:
                 with self._write() as conn:
                     return work(conn)
             except DBAPIError as exc:
                 if attempt == 5 or not _is_retryable(exc):
-                    raise
+                    raise StoreError(f"store write failed at {self.url}: {_one_line(exc)}") from exc
                 time.sleep(0.02 * 2 ** attempt)
         raise AssertionError("unreachable")
 

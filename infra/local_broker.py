@@ -255,3 +255,18 @@ def embedded_broker(settings: Settings | None = None, port: int = 0, partitions:
             stop(settings, state_dir=state_dir)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def resolve_settings(settings: Settings | None = None) -> Settings:
+    """Point clients at the running embedded broker when the bootstrap address was not set explicitly
+    (ARGUS_KAFKA__BOOTSTRAP_SERVERS unset and the default unchanged), so `argus infra up --port 0`
+    followed by other `argus` commands just works."""
+    from pipelines.kafka_io import with_bootstrap
+
+    settings = settings or get_settings()
+    if os.environ.get("ARGUS_KAFKA__BOOTSTRAP_SERVERS"):
+        return settings
+    state = read_state(Path(settings.broker.state_dir))
+    if state and _is_our_broker(state.pid) and state.bootstrap != settings.kafka.bootstrap_servers:
+        return with_bootstrap(settings, state.bootstrap)
+    return settings

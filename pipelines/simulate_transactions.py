@@ -421,7 +421,8 @@ class SimulationResult:
     frauds: int = 0
     labels: int = 0
     by_scenario: dict[str, int] = field(default_factory=dict)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # including the wait for the last labels
+    tx_elapsed_s: float = 0.0  # until the last transaction was acknowledged
     destination: str = ""
 
 
@@ -480,6 +481,8 @@ def run_to_kafka(settings, rate: float, seconds: float, config: SimulatorConfig 
             ahead = wall0 + sent / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+        producer.flush(timeout=60)
+        result.tx_elapsed_s = time.monotonic() - wall0  # all transactions acknowledged (acks=all)
         flush_labels(time.monotonic(), force=True)
         producer.flush(timeout=60)
     finally:

@@ -118,3 +118,63 @@ def infra_status() -> None:
     console.print(table)
     if not info["reachable"]:
         raise typer.Exit(1)
+
+
+# --- simulate ------------------------------------------------------------------------------------
+
+def _kafka_settings(bootstrap: Optional[str]):
+    """Settings with the bootstrap address from --bootstrap, else the running embedded broker, else config."""
+    from infra.local_broker import resolve_settings
+    from pipelines.kafka_io import with_bootstrap
+
+    settings = resolve_settings()
+    return with_bootstrap(settings, bootstrap) if bootstrap else settings
+
+
+@simulate_app.command("transactions")
+def simulate_transactions(
+    rate: float = typer.Option(100.0, "--rate", min=0.001, help="Transactions per second."),
+    seconds: float = typer.Option(10.0, "--seconds", min=0.0, help="How long to produce (total = rate x seconds)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same customers, terminals and fraud."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write .jsonl/.parquet (or handbook .csv/.csv.gz) instead of Kafka."),
+    fraud_rate: float = typer.Option(0.01, "--fraud-rate", min=0.0, max=0.5, help="Target share of fraudulent transactions."),
+    label_delay: float = typer.Option(2.0, "--label-delay", min=0.0, help="Seconds after a fraud before its label is published."),
+    speedup: float = typer.Option(1.0, "--speedup", min=0.001, help="Simulated seconds per wall second (timestamps)."),
+    negatives: bool = typer.Option(False, "--negatives/--frauds-only", help="Also publish is_fraud=false labels."),
+    customers: int = typer.Option(5000, "--customers", min=1),
+    terminals: int = typer.Option(10000, "--terminals", min=10),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers (default: config / embedded broker)."),
+) -> None:
+    """Produce synthetic card transactions (six tagged fraud typologies) and delayed fraud labels."""
+    from datetime import timedelta
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from pipelines.simulate_transactions import SimulatorConfig, run_to_file, run_to_kafka
+
+    cfg = SimulatorConfig(n_customers=customers, n_terminals=terminals, fraud_rate=fraud_rate, seed=seed)
+    if output is not None:
+        with console.status(f"writing {output}..."):
+            result = run_to_file(output, rate, seconds, cfg, label_delay=timedelta(seconds=label_delay * speedup), negatives=negatives)
+    else:
+        from pipelines.kafka_io import wait_for_broker
+
+        settings = _kafka_settings(bootstrap)
+        wait_for_broker(settings.kafka.bootstrap_servers, 10.0)
+        total = int(round(rate * seconds))
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task(f"-> {settings.topics.transactions}", total=total)
+            result = run_to_kafka(settings, rate, seconds, cfg, label_delay_s=label_delay, speedup=speedup, negatives=negatives,
+                                  progress=lambda done, _total: bar.update(task, completed=done))
+    table = Table(title=f"simulated transactions -> {result.destination}", show_header=False)
+    table.add_row("transactions", str(result.transactions))
+    table.add_row("frauds", f"{result.frauds} ({result.frauds / max(1, result.transactions):.2%})")
+    table.add_row("labels", str(result.labels))
+    for name, count in sorted(result.by_scenario.items()):
+        table.add_row(f"  {name}", str(count))
+    if result.tx_elapsed_s:
+        table.add_row("transactions acked after", f"{result.tx_elapsed_s:.2f} s ({result.transactions / result.tx_elapsed_s:,.0f} tx/s)")
+        table.add_row("elapsed (incl. label delay)", f"{result.elapsed_s:.2f} s")
+    console.print(table)

@@ -178,3 +178,31 @@ def simulate_transactions(
         table.add_row("transactions acked after", f"{result.tx_elapsed_s:.2f} s ({result.transactions / result.tx_elapsed_s:,.0f} tx/s)")
         table.add_row("elapsed (incl. label delay)", f"{result.elapsed_s:.2f} s")
     console.print(table)
+
+
+@simulate_app.command("reports")
+def simulate_reports(
+    count: int = typer.Option(10, "--count", "-n", min=1, help="How many reports."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="finance | medical (default: alternate)."),
+    words: Optional[int] = typer.Option(None, "--words", min=0, help="Approximate words per report (60000 ~ a 100-page filing)."),
+    seed: int = typer.Option(0, "--seed"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="A directory (.txt + .json per report), .jsonl or .parquet, instead of Kafka."),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers (default: config / embedded broker)."),
+) -> None:
+    """Produce synthetic finance (results, 10-K, earnings calls) and medical (radiology, discharge) reports."""
+    from pipelines.simulate_reports import generate_reports, produce_reports, write_reports
+
+    if domain not in (None, "finance", "medical"):
+        raise ArgusError(f"unknown domain {domain!r}: use finance or medical")
+    reports = generate_reports(count, domain, seed, words)
+    if output is not None:
+        n = write_reports(reports, output)
+        console.print(f"[green]wrote[/] {n} reports to {output}")
+    else:
+        from pipelines.kafka_io import wait_for_broker
+
+        settings = _kafka_settings(bootstrap)
+        wait_for_broker(settings.kafka.bootstrap_servers, 10.0)
+        with console.status(f"producing {count} reports to {settings.topics.reports}..."):
+            n = produce_reports(settings, reports)
+        console.print(f"[green]produced[/] {n} reports to {settings.topics.reports} at {settings.kafka.bootstrap_servers}")

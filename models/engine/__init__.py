@@ -1,0 +1,87 @@
+"""Fast MoE inference engine for the Argus model family (any transformers DeepSeek-V3-class checkpoint).
+
+In the spirit of gpt-fast: plain PyTorch, a static preallocated cache, CUDA-graph decode.
+
+API
+---
+    from models.engine import load_engine
+
+    engine = load_engine(hf_model, max_batch=64, max_seq_len=8192, device="cuda")
+
+    # whole batches (continuous batching inside): generated ids per prompt, prompt excluded
+    outs = engine.generate([[1, 2, 3], [4, 5]], max_new_tokens=32)              # greedy
+    outs = engine.generate(prompts, 32, temperature=0.8, top_k=50, stop_token_ids=[eos])
+
+    # streaming: a handle per request, iterate for tokens as they come (or pass on_token=callback)
+    handle = engine.submit([1, 2, 3], max_new_tokens=64, on_token=lambda req_id, tok: ...)
+    for tok in handle: ...
+    engine.start()   # optional: the scheduler loop in a background thread (one per replica);
+    engine.stop()    # without it, iterating a handle or calling generate() drives the loop
+
+    # prefill-only forward for classification-style heads (fraud scoring, fixed sequence buckets)
+    hidden = engine.prefill_hidden(token_ids, lengths)        # [B, L, H], final-normed
+    logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
+
+`load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
+prefill_chunk=8192)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
+`Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
+transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
+torch.compile; `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
+eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
+
+Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA attention, router,
+grouped experts, MLP, block), `model.py` (decoder, prefill/decode), `cuda_graphs.py` (graph buckets),
+`scheduler.py` (continuous batching, streaming, the `Engine`), `fallback.py`, `random_init.py`.
+
+Cache: per layer and slot, one row per token of [normed kv latent (kv_lora_rank) | roped key
+(qk_rope_head_dim)]: 576 values = 1,152 bytes in bf16 for the lite shape, 30.4 KiB/token over 27
+layers. Decode uses the absorbed form (W_UK folded into the query, W_UV after attention over the
+latent); prefill expands per-head K/V from the latent and runs SDPA (causal, chunked beyond
+`prefill_chunk` tokens), which is transformers' own arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import EngineArgs, UnsupportedModelError
+from .scheduler import Engine, RequestError, RequestHandle
+
+__all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "load_engine"]
+
+
+def load_engine(
+    hf_model,
+    max_batch: int = 8,
+    max_seq_len: int = 4096,
+    device: str | torch.device | None = None,
+    compile: bool | None = None,
+    use_cuda_graphs: bool | None = None,
+    prefill_chunk: int = 8192,
+    max_prefill_tokens: int = 32768,
+):
+    """An engine over `hf_model`'s weights; see the module docstring."""
+    if device is not None:
+        hf_model = hf_model.to(device)
+    hf_model.eval()
+    dev = next(hf_model.parameters()).device
+    from .model import EngineModel
+
+    try:
+        model = EngineModel(hf_model, max_seq_len)
+    except UnsupportedModelError:
+        from .fallback import TransformersEngine
+
+        return TransformersEngine(hf_model, max_batch, max_seq_len)
+    on_gpu = dev.type == "cuda"
+    if compile if compile is not None else on_gpu:
+        from . import kernels
+
+        kernels.enable_compile()
+    return Engine(
+        model,
+        max_batch,
+        use_cuda_graphs=on_gpu if use_cuda_graphs is None else use_cuda_graphs,
+        prefill_chunk=prefill_chunk,
+        max_prefill_tokens=max_prefill_tokens,
+    )

@@ -1,0 +1,127 @@
+"""Small numeric kernels the engine's layers call, kept apart from the model code.
+
+Each is plain PyTorch and runs anywhere (CPU tests). `enable_compile()` swaps the elementwise ones
+for `torch.compile`d versions on GPU, which fuses their many tiny launches (rms norm, rope, masked
+softmax, SiLU*up, the router's scoring) into one Triton kernel each; the matrix products stay on
+cuBLAS / CUTLASS (`torch._grouped_mm`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' DeepseekV3RMSNorm, op for op (fp32 statistics, weight applied in the input dtype)."""
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(residual + x, rms_norm(residual + x)): the residual add fused with the next norm."""
+    h = residual + x
+    return h, rms_norm(h, weight, eps)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """Rotary embedding on the last dim; cos/sin are half-width tables broadcastable to x[..., :d/2].
+
+    Same arithmetic as transformers' DeepSeek rope: interleaved pairs are rotated and written out
+    de-interleaved (first all even, then all odd dims), which is what the cached rope key holds.
+    """
+    if interleave:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+    else:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up for a fused [.., 2I] gate|up projection."""
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def masked_softmax(scores: torch.Tensor, scale: float, valid_len: torch.Tensor) -> torch.Tensor:
+    """softmax(scores * scale) over the last dim, keys at index >= valid_len[b] masked out.
+
+    scores: [B, heads, S]; valid_len: [B] (the query's position + 1). Returns the input dtype.
+    """
+    keys = torch.arange(scores.shape[-1], device=scores.device)
+    mask = keys[None, None, :] < valid_len[:, None, None]
+    s = (scores.float() * scale).masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, dim=-1).to(scores.dtype)
+
+
+def route_sigmoid_topk(
+    logits: torch.Tensor,
+    bias: torch.Tensor,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3 routing on fp32 router logits [T, E]: (weights [T, k] fp32, expert ids [T, k])."""
+    scores = logits.sigmoid()
+    choice = scores + bias
+    if n_group > 1:
+        t, e = choice.shape
+        grouped = choice.view(t, n_group, e // n_group)
+        group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+        group_idx = group_scores.topk(topk_group, dim=-1, sorted=False)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1.0)
+        keep = group_mask.unsqueeze(-1).expand(t, n_group, e // n_group).reshape(t, e)
+        choice = choice.masked_fill(keep == 0, float("-inf"))
+    idx = torch.topk(choice, k=top_k, dim=-1, sorted=False)[1]
+    weights = scores.gather(1, idx)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling, idx
+
+
+def _grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if device.type == "cuda":
+        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] >= 9
+    return device.type == "cpu"
+
+
+def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, use_grouped_mm: bool) -> torch.Tensor:
+    """Rows of x sorted by expert times each expert's weight: x[M, K] @ weight[e, N, K]^T -> [M, N].
+
+    offsets[e] is the (int32, cumulative) end row of expert e's group. `torch._grouped_mm` runs all
+    groups in one launch with no host sync (CUDA-graph safe); the fallback loops over experts and
+    reads the group sizes on the host.
+    """
+    if use_grouped_mm:
+        return torch._grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+    out = x.new_empty(x.shape[0], weight.shape[1])
+    ends = offsets.tolist()
+    start = 0
+    for e, end in enumerate(ends):
+        if end > start:
+            out[start:end] = F.linear(x[start:end], weight[e])
+        start = end
+    return out
+
+
+_EAGER = {
+    name: globals()[name] for name in ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk")
+}
+
+
+def enable_compile() -> None:
+    """Swap the elementwise kernels for torch.compile'd ones (dynamic shapes: one compile per kernel)."""
+    g = globals()
+    for name, fn in _EAGER.items():
+        g[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+
+
+def disable_compile() -> None:
+    globals().update(_EAGER)

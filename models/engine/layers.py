@@ -1,0 +1,225 @@
+"""The model math, one small module per concept: MLA attention, router, grouped experts, MLPs, block.
+
+Weights are taken from a transformers `DeepseekV3ForCausalLM` (shared, not copied, except where two
+projections that read the same input are concatenated into one GEMM). Every layer has two entry
+points: `prefill` for [B, C] chunks (SDPA over expanded per-head K/V, exactly transformers' math)
+and `decode` for one token per sequence (MLA with absorbed weights over the compressed cache).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels as K
+from .config import EngineArgs
+
+
+def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
+    return None if module is None else module.weight
+
+
+class MLAAttention(nn.Module):
+    """Multi-head latent attention. The cache row of a token is [normed latent (r) | roped key (dr)]."""
+
+    def __init__(self, args: EngineArgs, hf_attn: nn.Module):
+        super().__init__()
+        self.args = args
+        a = args
+        self.q_lora = a.q_lora_rank is not None
+        # One GEMM for everything computed from the block input: q (or q's LoRA down) and kv_a.
+        first = hf_attn.q_a_proj if self.q_lora else hf_attn.q_proj
+        self.w_in = nn.Parameter(torch.cat([first.weight, hf_attn.kv_a_proj_with_mqa.weight]).detach(), False)
+        biases = [getattr(first, "bias", None), getattr(hf_attn.kv_a_proj_with_mqa, "bias", None)]
+        self.b_in = None
+        if any(b is not None for b in biases):
+            self.b_in = torch.cat(
+                [b if b is not None else torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device)
+                 for b, m in zip(biases, (first, hf_attn.kv_a_proj_with_mqa))]
+            ).detach()
+        self.split_in = first.weight.shape[0]
+        if self.q_lora:
+            self.q_a_norm = hf_attn.q_a_layernorm.weight
+            self.q_a_eps = hf_attn.q_a_layernorm.variance_epsilon
+            self.w_q_b = hf_attn.q_b_proj.weight
+        self.kv_norm = hf_attn.kv_a_layernorm.weight
+        self.kv_eps = hf_attn.kv_a_layernorm.variance_epsilon
+        self.w_kv_b = hf_attn.kv_b_proj.weight  # [heads * (dn + dv), r]
+        wkv = self.w_kv_b.view(a.num_heads, a.qk_nope_head_dim + a.v_head_dim, a.kv_lora_rank)
+        self.w_uk = wkv[:, : a.qk_nope_head_dim].contiguous()  # [heads, dn, r]: absorbed into q
+        self.w_uv_t = wkv[:, a.qk_nope_head_dim :].transpose(1, 2).contiguous()  # [heads, r, dv]: after attention
+        self.w_o = hf_attn.o_proj.weight
+        self.b_o = getattr(hf_attn.o_proj, "bias", None)
+        self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
+
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
+        a = self.args
+        h = F.linear(x, self.w_in, self.b_in)
+        q, kv = h[..., : self.split_in], h[..., self.split_in :]
+        if self.q_lora:
+            q = F.linear(K.rms_norm(q, self.q_a_norm, self.q_a_eps), self.w_q_b)
+        q = q.unflatten(-1, (a.num_heads, a.qk_head_dim))
+        q_nope, q_rope = q[..., : a.qk_nope_head_dim], q[..., a.qk_nope_head_dim :]
+        q_rope = K.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
+        latent = K.rms_norm(kv[..., : a.kv_lora_rank], self.kv_norm, self.kv_eps)
+        k_rope = K.apply_rope(kv[..., a.kv_lora_rank :], cos, sin, a.rope_interleave)
+        return q_nope, q_rope, torch.cat([latent, k_rope], dim=-1)
+
+    def _out(self, o: torch.Tensor) -> torch.Tensor:
+        return F.linear(o, self.w_o, self.b_o)
+
+    def prefill(self, x, cos, sin, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int) -> torch.Tensor:
+        """x [B, C, H] at positions start..start+C-1. With a cache, the chunk's rows are written to
+        cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
+        a = self.args
+        bsz, c, _ = x.shape
+        q_nope, q_rope, rows = self._project(x, cos, sin)
+        if cache is not None:
+            cache[slots, start : start + c] = rows
+            kv = cache[slots, : start + c] if start > 0 else rows
+        else:
+            assert start == 0
+            kv = rows
+        p = kv.shape[1]
+        kv_b = F.linear(kv[..., : a.kv_lora_rank], self.w_kv_b).unflatten(-1, (a.num_heads, -1))
+        k_nope, v = kv_b[..., : a.qk_nope_head_dim], kv_b[..., a.qk_nope_head_dim :]
+        k_rope = kv[..., None, a.kv_lora_rank :].expand(bsz, p, a.num_heads, a.qk_rope_head_dim)
+        q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+        k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
+        v = v.transpose(1, 2)
+        pad = 0
+        if x.is_cuda and a.v_head_dim < a.qk_head_dim:
+            pad = a.qk_head_dim - a.v_head_dim  # flash attention wants one head dim for q, k and v
+            v = F.pad(v, (0, pad))
+        if p == c:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        elif x.is_cuda:
+            from torch.nn.attention.bias import causal_lower_right
+
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, p), scale=self.scale)
+        else:
+            keep = torch.arange(p, device=x.device)[None, :] <= (start + torch.arange(c, device=x.device))[:, None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=self.scale)
+        if pad:
+            o = o[..., : a.v_head_dim]
+        return self._out(o.transpose(1, 2).reshape(bsz, c, a.num_heads * a.v_head_dim))
+
+    def decode(self, x, cos, sin, cache: torch.Tensor, pos: torch.Tensor, seq_bucket: int) -> torch.Tensor:
+        """x [B, H], one token per cache slot 0..B-1 at positions pos [B]; attends to cache[:B, :seq_bucket].
+
+        Absorbed MLA: q_nope @ W_UK gives a query in latent space, scores are taken against the cached
+        [latent | rope key] rows directly, and W_UV is applied to the attention-weighted latent.
+        """
+        a = self.args
+        bsz = x.shape[0]
+        q_nope, q_rope, rows = self._project(x, cos, sin)
+        max_seq = cache.shape[1]
+        flat = torch.arange(bsz, device=x.device) * max_seq + pos
+        cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [B, heads, r]
+        q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
+        kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
+        scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
+        probs = K.masked_softmax(scores, self.scale, pos + 1)
+        o_lat = torch.bmm(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
+        o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
+        return self._out(o.reshape(bsz, a.num_heads * a.v_head_dim))
+
+
+class DenseMLP(nn.Module):
+    """SwiGLU MLP with gate and up fused into one GEMM (dense layers and the shared experts)."""
+
+    def __init__(self, hf_mlp: nn.Module):
+        super().__init__()
+        self.w_gate_up = nn.Parameter(torch.cat([hf_mlp.gate_proj.weight, hf_mlp.up_proj.weight]).detach(), False)
+        self.w_down = hf_mlp.down_proj.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(K.silu_mul(F.linear(x, self.w_gate_up)), self.w_down)
+
+
+class TopKRouter(nn.Module):
+    """Sigmoid scores + correction bias for the choice, (group-limited) top-k, scores as weights."""
+
+    def __init__(self, args: EngineArgs, hf_gate: nn.Module):
+        super().__init__()
+        self.args = args
+        self.weight = hf_gate.weight.detach().float()  # transformers routes in fp32
+        bias = getattr(hf_gate, "e_score_correction_bias", None)
+        self.bias = (bias.detach().float() if bias is not None
+                     else torch.zeros(args.n_routed_experts, device=self.weight.device))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.args
+        logits = F.linear(x.float(), self.weight)
+        return K.route_sigmoid_topk(logits, self.bias, a.top_k, a.n_group, a.topk_group, a.norm_topk_prob,
+                                    a.routed_scaling_factor)
+
+
+class GroupedExperts(nn.Module):
+    """Routed experts as two grouped GEMMs over tokens sorted by expert (no host sync, graph-safe)."""
+
+    def __init__(self, hf_experts: nn.Module, use_grouped_mm: bool):
+        super().__init__()
+        if hasattr(hf_experts, "gate_up_proj"):  # transformers 5.x fused 3-D expert weights
+            self.w_gate_up, self.w_down = hf_experts.gate_up_proj, hf_experts.down_proj  # [E, 2I, H], [E, H, I]
+        else:  # a ModuleList of per-expert MLPs: stack once
+            self.w_gate_up = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in hf_experts])
+            self.w_down = torch.stack([e.down_proj.weight for e in hf_experts])
+        self.num_experts = self.w_gate_up.shape[0]
+        self.use_grouped_mm = use_grouped_mm
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        t, k = idx.shape
+        flat = idx.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        xs = x.index_select(0, order // k)
+        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offsets = counts.cumsum(0, dtype=torch.int32)
+        h = K.silu_mul(K.grouped_gemm(xs, self.w_gate_up, offsets, self.use_grouped_mm))
+        ys = K.grouped_gemm(h, self.w_down, offsets, self.use_grouped_mm)
+        y = torch.empty_like(ys).index_copy_(0, order, ys).view(t, k, -1)
+        return (y.float() * weights.unsqueeze(-1)).sum(1).to(x.dtype)
+
+
+class MoE(nn.Module):
+    def __init__(self, args: EngineArgs, hf_moe: nn.Module, use_grouped_mm: bool):
+        super().__init__()
+        self.router = TopKRouter(args, hf_moe.gate)
+        self.experts = GroupedExperts(hf_moe.experts, use_grouped_mm)
+        self.shared = DenseMLP(hf_moe.shared_experts) if getattr(hf_moe, "shared_experts", None) is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, idx = self.router(flat)
+        out = self.experts(flat, weights, idx)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, args: EngineArgs, hf_layer: nn.Module, use_grouped_mm: bool):
+        super().__init__()
+        self.attn_norm = hf_layer.input_layernorm.weight
+        self.mlp_norm = hf_layer.post_attention_layernorm.weight
+        self.eps = hf_layer.input_layernorm.variance_epsilon
+        self.attn = MLAAttention(args, hf_layer.self_attn)
+        mlp = hf_layer.mlp
+        self.mlp = MoE(args, mlp, use_grouped_mm) if hasattr(mlp, "experts") else DenseMLP(mlp)
+
+    def prefill(self, x, cos, sin, cache, slots, start):
+        h = self.attn.prefill(K.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
+        h, normed = K.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return h + self.mlp(normed)
+
+    def decode(self, x, cos, sin, cache, pos, seq_bucket):
+        h = self.attn.decode(K.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)
+        h, normed = K.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return h + self.mlp(normed)

@@ -1,0 +1,73 @@
+"""The whole decoder (embedding, blocks, final norm, LM head) with prefill and decode entry points."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels as K
+from .config import EngineArgs
+from .layers import Block
+
+
+class RopeTables(nn.Module):
+    """cos/sin for every position, computed once exactly as transformers does per step (fp32 angle,
+    attention scaling, cast to the model dtype), so a table lookup equals transformers' values."""
+
+    def __init__(self, hf_rotary: nn.Module, max_seq_len: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        inv_freq = hf_rotary.inv_freq.detach().to(device=device, dtype=torch.float32)
+        scaling = float(getattr(hf_rotary, "attention_scaling", 1.0))
+        freqs = torch.arange(max_seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        self.cos = (freqs.cos() * scaling).to(dtype)  # [max_seq, dr/2]
+        self.sin = (freqs.sin() * scaling).to(dtype)
+
+
+class EngineModel(nn.Module):
+    def __init__(self, hf_model: nn.Module, max_seq_len: int, use_grouped_mm: bool | None = None):
+        super().__init__()
+        cfg = hf_model.config
+        self.args = args = EngineArgs.from_hf_config(cfg)
+        base = hf_model.model
+        self.embed = base.embed_tokens.weight
+        self.dtype, self.device = self.embed.dtype, self.embed.device
+        if use_grouped_mm is None:
+            use_grouped_mm = K._grouped_mm_available(self.device, self.dtype)
+        self.use_grouped_mm = use_grouped_mm
+        self.blocks = nn.ModuleList([Block(args, layer, use_grouped_mm) for layer in base.layers[: args.num_layers]])
+        self.norm = base.norm.weight
+        self.norm_eps = base.norm.variance_epsilon
+        self.lm_head = hf_model.lm_head.weight
+        self.rope = RopeTables(base.rotary_emb, max_seq_len, self.dtype, self.device)
+        self.max_seq_len = max_seq_len
+
+    def new_cache(self, max_batch: int) -> torch.Tensor:
+        """The static latent cache: [layers, slots, max_seq_len, kv_lora_rank + rope_dim]."""
+        a = self.args
+        return torch.zeros(a.num_layers, max_batch, self.max_seq_len, a.latent_dim, dtype=self.dtype, device=self.device)
+
+    def _final(self, h: torch.Tensor) -> torch.Tensor:
+        return K.rms_norm(h, self.norm, self.norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head)
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int = 0):
+        """tokens [B, C] at positions start..start+C-1 (rows of cache slots `slots`); final-normed hidden [B, C, H]."""
+        c = tokens.shape[1]
+        cos, sin = self.rope.cos[start : start + c], self.rope.sin[start : start + c]
+        h = F.embedding(tokens, self.embed)
+        for i, block in enumerate(self.blocks):
+            h = block.prefill(h, cos, sin, None if cache is None else cache[i], slots, start)
+        return self._final(h)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, seq_bucket: int) -> torch.Tensor:
+        """One token for each of slots 0..B-1 (tokens, pos: [B]); logits [B, vocab]. Graph-capturable."""
+        cos, sin = self.rope.cos[pos], self.rope.sin[pos]
+        h = F.embedding(tokens, self.embed)
+        for i, block in enumerate(self.blocks):
+            h = block.decode(h, cos, sin, cache[i], pos, seq_bucket)
+        return self.logits(self._final(h))

@@ -1,0 +1,91 @@
+"""Bulk upsert throughput of the results store (fraud_scores), per backend and write method.
+
+For each (backend, method): upsert N fresh rows in batches (inserts), then upsert the same N rows
+again with changed scores (updates), and report rows/s for both. PostgreSQL runs in a scratch
+schema that is dropped afterwards; SQLite in a temporary file.
+
+    python benchmarks/store_write.py                       # 200k rows, batches of 5000
+    python benchmarks/store_write.py --rows 50000 --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+from sqlalchemy import create_engine, text
+
+from pipelines.store import Store
+
+console = Console()
+
+
+def make_rows(n: int, version: str, offset: float) -> list[dict]:
+    now = datetime.now(timezone.utc)
+    return [{"transaction_id": f"tx-{i:09d}", "score": (i % 1000) / 1000 * 0.5 + offset, "decision": "approve",
+             "reasons": [{"source": "current", "feature": "amount", "weight": 0.31, "detail": "large"},
+                         {"source": "customer_history", "feature": "velocity", "weight": 0.12, "detail": ""}],
+             "model_version": version, "scored_at": now, "customer_id": f"c{i % 5000}", "terminal_id": f"k{i % 10000}",
+             "timestamp": now, "amount": 10.0 + i % 500} for i in range(n)]
+
+
+def run(store: Store, rows: int, batch: int, label: str) -> tuple[float, float]:
+    rates = []
+    for phase, offset in (("insert", 0.0), ("re-upsert", 0.25)):
+        data = make_rows(rows, "bench", offset)
+        start = time.perf_counter()
+        for lo in track(range(0, rows, batch), description=f"{label} {phase}", console=console, transient=True):
+            store.upsert_scores(data[lo:lo + batch])
+        rates.append(rows / (time.perf_counter() - start))
+    assert store.count("fraud_scores") == rows, "upsert lost or duplicated rows"
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--methods", default="copy,executemany,values")
+    ap.add_argument("--no-sqlite", action="store_true")
+    args = ap.parse_args()
+
+    table = Table(title=f"fraud_scores bulk upsert: {args.rows:,} rows, batches of {args.batch:,}")
+    for col in ("backend", "method", "insert rows/s", "re-upsert rows/s"):
+        table.add_column(col, justify="right" if "rows" in col else "left")
+
+    admin = create_engine(args.pg_url)
+    for method in args.methods.split(","):
+        schema = f"argus_bench_{uuid.uuid4().hex[:8]}"
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        try:
+            store = Store.from_url(f"{args.pg_url}?options=-csearch_path%3D{schema}", method=method)
+            store.create_schema()
+            ins, upd = run(store, args.rows, args.batch, f"postgresql/{method}")
+            store.close()
+            table.add_row("postgresql", method, f"{ins:,.0f}", f"{upd:,.0f}")
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+    if not args.no_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.from_url(f"sqlite:///{Path(tmp) / 'bench.db'}")
+            store.create_schema()
+            ins, upd = run(store, args.rows, args.batch, "sqlite/executemany")
+            store.close()
+            table.add_row("sqlite (WAL)", "executemany", f"{ins:,.0f}", f"{upd:,.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The Serve application builder: `services.app:build_app`, called by Serve with the `args` of
+`infra/serve.yaml` (or by `argus serve`, which deploys that same file).
+
+The graph: Ingress (FastAPI) -> FraudScorer, Summarizer. Arguments left out fall back to the Argus
+settings (environment / ARGUS_CONFIG YAML), so the Serve YAML only names what an operator changes.
+Per-deployment knobs (replicas, autoscaling, max_ongoing_requests, batch size/wait in user_config,
+ray_actor_options) live in the YAML's `deployments:` section, where Serve applies them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from services.fraud_deployment import FraudScorerDeployment
+from services.ingress import Ingress, IngressConfig
+from services.summarizer_deployment import SummarizerDeployment
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fraud_checkpoint: str | None = None
+    summarizer_checkpoint: str | None = None
+    device: str | None = None  # auto | cpu | cuda (default: settings.model.device)
+    # auto: one GPU per model replica when the Ray cluster has GPUs; 0: CPU replicas; N: N GPUs each
+    gpus_per_replica: Literal["auto"] | float = "auto"
+    alert_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    review_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    state_snapshot: str | None = None  # FraudState.snapshot() bytes written by the stream job
+    state_refresh_s: float = 30.0
+    summary_mode: str | None = None
+    store_url: str | None = None
+    api_key_hashes: dict[str, list[str]] | None = None  # merged over settings.serve.api_key_hashes
+    max_request_bytes: int | None = None
+    rate_limit_per_minute: int | None = None
+    rate_limit_burst: int | None = None
+    key_rate_limits: dict[str, int] = Field(default_factory=dict)
+    cors_origins: list[str] | None = None
+    model_timeout_s: float = 60.0
+    scorer_class: str = "models.fraud_scorer:FraudScorer"
+    summarizer_class: str = "models.summariser:Summarizer"
+
+
+def _gpus(requested: Literal["auto"] | float) -> float:
+    if requested != "auto":
+        return float(requested)
+    import ray
+
+    return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def build_app(args: dict | AppArgs | None = None) -> serve.Application:
+    from pipelines.settings import get_settings
+
+    a = AppArgs.model_validate(args or {})
+    s = get_settings()
+    device = a.device or s.model.device
+    gpus = _gpus(a.gpus_per_replica)
+    fraud_d, summ_d = FraudScorerDeployment, SummarizerDeployment
+    if gpus > 0:  # serve.yaml's ray_actor_options, when given, still win over this
+        fraud_d = fraud_d.options(ray_actor_options={"num_cpus": 1, "num_gpus": gpus})
+        summ_d = summ_d.options(ray_actor_options={"num_cpus": 1, "num_gpus": gpus})
+        device = "cuda" if device == "auto" else device
+
+    fraud = fraud_d.bind(
+        checkpoint=a.fraud_checkpoint or _opt_path(s.model.fraud_checkpoint),
+        device=device,
+        alert_threshold=a.alert_threshold if a.alert_threshold is not None else s.fraud.alert_threshold,
+        review_threshold=a.review_threshold if a.review_threshold is not None else s.fraud.review_threshold,
+        state_snapshot=a.state_snapshot, state_refresh_s=a.state_refresh_s, scorer_class=a.scorer_class,
+    )
+    summarizer = summ_d.bind(
+        checkpoint=a.summarizer_checkpoint or _opt_path(s.model.summariser_checkpoint), device=device,
+        mode=a.summary_mode or s.summariser.mode, summarizer_class=a.summarizer_class,
+    )
+    config = IngressConfig(
+        api_key_hashes={**s.serve.api_key_hashes, **(a.api_key_hashes or {})},
+        max_request_bytes=a.max_request_bytes or s.serve.max_request_bytes,
+        rate_limit_per_minute=a.rate_limit_per_minute or s.serve.rate_limit_per_minute,
+        rate_limit_burst=a.rate_limit_burst, key_rate_limits=a.key_rate_limits,
+        cors_origins=a.cors_origins if a.cors_origins is not None else s.serve.cors_origins,
+        store_url=a.store_url or s.store.url.get_secret_value(), model_timeout_s=a.model_timeout_s,
+    )
+    return Ingress.bind(fraud, summarizer, config.model_dump())
+
+
+def _opt_path(p) -> str | None:
+    return str(p) if p is not None else None

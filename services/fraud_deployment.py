@@ -1,0 +1,167 @@
+"""The FraudScorer Serve deployment: dynamic batching (`@serve.batch`) around `FraudScorer.score`.
+
+State hook: the replica keeps a `FraudState` (per-customer / per-terminal history). With
+`state_snapshot` set (a file the stream job writes with `FraudState.save`), it is loaded at start
+and re-read every `state_refresh_s` seconds when the file changed, so known customers are scored
+with the stream job's context. Without it the state starts empty. REST scoring never writes to this
+state: the stream job owns it, and a synchronous lookup must not change what the stream sees.
+A request may carry `history` (recent transactions of that customer); it is scored against a
+private copy of the state with that history added, so it never leaks into other requests.
+
+`user_config` (hot-reconfigurable from infra/serve.yaml without a restart): max_batch_size,
+batch_wait_timeout_s, alert_threshold, review_threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from pipelines.contracts import FraudScore, Transaction
+from services.loading import BackgroundLoad, ModelNotReady
+
+log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files
+
+
+def import_attr(path: str) -> Any:
+    """'package.module:Name' -> the object (lets a config swap in another class with the same API)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@serve.deployment(name="FraudScorer", max_ongoing_requests=256)
+class FraudScorerDeployment:
+    def __init__(self, checkpoint: str | None = None, device: str = "auto", alert_threshold: float = 0.5,
+                 review_threshold: float = 0.2, state_snapshot: str | None = None, state_refresh_s: float = 30.0,
+                 warmup: bool = True, scorer_class: str = "models.fraud_scorer:FraudScorer"):
+        self.scorer_class = scorer_class
+        self.alert_threshold = alert_threshold
+        self.review_threshold = review_threshold
+        self.state_snapshot = Path(state_snapshot) if state_snapshot else None
+        self.state_refresh_s = state_refresh_s
+        self._state_mtime: float | None = None
+        self._state_checked = 0.0
+        self.device = device
+        self.model = BackgroundLoad("fraud scorer", lambda: self._load(checkpoint, warmup))
+
+    def _load(self, checkpoint: str | None, warmup: bool) -> Any:
+        FraudScorer = import_attr(self.scorer_class)
+        self.device = resolve_device(self.device)
+        scorer = FraudScorer.load(checkpoint, device=self.device)
+        self._scorer = scorer
+        self.state = scorer.new_state()  # history lengths that match the model
+        self._state_from_stream = False
+        self._refresh_state(force=True)
+        if warmup:  # the first forward pass allocates; keep that out of the first request
+            tx = Transaction(transaction_id="warmup", timestamp="2024-01-01T00:00:00Z", customer_id="warmup",
+                             terminal_id="warmup", amount=1.0)
+            scorer.score([tx], self._private_state([tx], []), self.alert_threshold, self.review_threshold)
+        log.info("fraud scorer %s loaded on %s", scorer.model_version, self.device)
+        return scorer
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        if "max_batch_size" in config:
+            self.score_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self.score_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self.alert_threshold = float(config.get("alert_threshold", self.alert_threshold))
+        self.review_threshold = float(config.get("review_threshold", self.review_threshold))
+
+    # -- the state hook ---------------------------------------------------------------------------
+
+    def _refresh_state(self, force: bool = False) -> None:
+        if self.state_snapshot is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._state_checked < self.state_refresh_s:
+            return
+        self._state_checked = now
+        try:
+            mtime = os.stat(self.state_snapshot).st_mtime
+        except FileNotFoundError:
+            log.warning("fraud state snapshot %s not found; scoring without stream state", self.state_snapshot)
+            return
+        if mtime == self._state_mtime:
+            return
+        from models.fraud_state import FraudState
+
+        self.state = FraudState.from_snapshot(self.state_snapshot.read_bytes())
+        self._state_from_stream = True
+        self._state_mtime = mtime
+        log.info("fraud state reloaded from %s", self.state_snapshot)
+
+    def _private_state(self, transactions: list[Transaction], history: list[Transaction]) -> Any:
+        """A small private state for these transactions: the shared state's entries for their
+        customers/terminals (a partial snapshot, not a copy of everything) plus `history`.
+        The scorer may advance it freely; the shared state never changes here."""
+        from models.fraud_state import FraudState
+
+        if not self._state_from_stream:
+            state = self._scorer.new_state()
+        else:
+            keys = transactions + history
+            state = FraudState.from_snapshot(self.state.snapshot(customers={t.customer_id for t in keys},
+                                                                 terminals={t.terminal_id for t in keys}))
+        if history:
+            state.update_batch(sorted(history, key=lambda t: t.timestamp))
+        return state
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    async def ready(self) -> dict[str, Any]:
+        status = self.model.status()
+        if self.model.ready:
+            status["model_version"] = self.model.value.model_version
+            status["device"] = self.device
+        return status
+
+    def check_health(self) -> None:
+        # A failed load keeps the replica up (it answers ready() with the reason); nothing to check.
+        return None
+
+    async def score(self, transaction: Transaction, history: list[Transaction] | None = None) -> tuple[FraudScore, int]:
+        """Score one transaction; returns the score and the size of the batch it was scored in."""
+        await self.model.get(wait_s=0.0)
+        return await self.score_batch((transaction, tuple(history or ())))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def score_batch(self, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[tuple[FraudScore, int]]:
+        scorer = await self.model.get()
+        self._refresh_state()
+        loop = asyncio.get_running_loop()
+        # Off the event loop, so the replica keeps accepting (and batching) requests meanwhile.
+        scores = await loop.run_in_executor(None, self._score_items, scorer, items)
+        return [(s, len(items)) for s in scores]
+
+    def _score_items(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[FraudScore]:
+        out: list[FraudScore | None] = [None] * len(items)
+        plain = [i for i, (_, history) in enumerate(items) if not history]
+        if plain:
+            txs = [items[i][0] for i in plain]
+            scores = scorer.score(txs, self._private_state(txs, []), self.alert_threshold, self.review_threshold)
+            for i, s in zip(plain, scores):
+                out[i] = s
+        for i, (tx, history) in enumerate(items):
+            if history:  # each with its own history, so histories of different callers never mix
+                out[i] = scorer.score([tx], self._private_state([tx], list(history)), self.alert_threshold,
+                                      self.review_threshold)[0]
+        return out  # type: ignore[return-value]
+
+
+__all__ = ["FraudScorerDeployment", "ModelNotReady"]

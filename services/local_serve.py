@@ -1,0 +1,155 @@
+"""Run the Argus Serve application on a local Ray: what `argus serve` and the test fixture use.
+
+It deploys the Serve config YAML (infra/serve.yaml) exactly as `serve deploy` would, on a Ray
+started here with the dashboard off, access logs off and a `_temp_dir` that is removed on stop.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ArgusError
+
+APP_NAME = "argus"
+
+
+class ServeStartError(ArgusError):
+    """The Serve application could not be deployed (bad config, a deployment failed to start)."""
+
+    exit_code = 5
+
+
+def load_config(path: str | Path, *, host: str | None = None, port: int | None = None,
+                args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a Serve config YAML and apply command-line overrides (host, port, app args)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ServeStartError(f"serve config {path} not found")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ServeStartError(f"serve config {path} is not valid YAML: {exc}") from None
+    return override(config, host=host, port=port, args=args)
+
+
+def override(config: dict[str, Any], *, host: str | None = None, port: int | None = None,
+             args: dict[str, Any] | None = None,
+             deployments: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    http = config.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port:
+        http["port"] = int(port)
+    app = config["applications"][0]
+    app.setdefault("args", {}).update(args or {})
+    for name, knobs in (deployments or {}).items():
+        for d in app.setdefault("deployments", []):
+            if d["name"] == name:
+                break
+        else:
+            d = {"name": name}
+            app["deployments"].append(d)
+        for key, value in knobs.items():  # None removes a knob (e.g. autoscaling_config for fixed replicas)
+            if value is None:
+                d.pop(key, None)
+            else:
+                d[key] = value
+    return config
+
+
+@dataclass
+class LocalServe:
+    url: str
+    temp_dir: Path
+    own_ray: bool
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            if self.own_ray:
+                ray.shutdown()
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | Path | None = None,
+          ha_proxy: bool = False, timeout_s: float = 180.0, progress=None) -> LocalServe:
+    """Start (or join) a local Ray, deploy `config`, wait until the app is RUNNING; return its URL."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        schema = ServeDeploySchema.model_validate(config)
+    except Exception as exc:
+        raise ServeStartError(f"invalid serve config: {exc}") from None
+
+    os.environ.setdefault("RAY_SERVE_ENABLE_ACCESS_LOG", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if ha_proxy:
+        haproxy = shutil.which("haproxy")
+        if haproxy is None:
+            raise ServeStartError("--ha-proxy needs the haproxy binary (apt-get install haproxy)")
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy)
+    else:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+
+    own_ray = not ray.is_initialized()
+    temp = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="argus-ray-"))
+    if own_ray:
+        temp.mkdir(parents=True, exist_ok=True)
+        if ha_proxy:  # keep HAProxy's files with the rest of this Ray's temp files
+            for var, name in [("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "haproxy.cfg"),
+                              ("RAY_SERVE_HAPROXY_SOCKET_PATH", "admin.sock"),
+                              ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", ""),
+                              ("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", "server-state")]:
+                os.environ.setdefault(var, str(temp / "haproxy" / name))
+            (temp / "haproxy").mkdir(exist_ok=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
+                 namespace="serve", configure_logging=False)
+    http = schema.http_options
+    client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema)
+    handle = LocalServe(url=f"http://{http.host}:{http.port}", temp_dir=temp, own_ray=own_ray)
+    try:
+        for app in schema.applications:
+            wait_running(app.name, timeout_s, progress)
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def wait_running(app_name: str, timeout_s: float, progress=None) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(app_name)
+        status = app.status if app else "NOT_STARTED"
+        if status != last and progress:
+            progress(f"application {app_name}: {status}")
+        last = status
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            detail = app.message or "; ".join(f"{n}: {d.message}" for n, d in app.deployments.items() if d.message)
+            raise ServeStartError(f"application {app_name} {status}: {detail.strip()[:2000]}")
+        time.sleep(0.25)
+    raise ServeStartError(f"application {app_name} not RUNNING after {timeout_s:.0f} s (last status {last})")

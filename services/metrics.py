@@ -1,0 +1,37 @@
+"""Prometheus metrics of the REST ingress, on a registry of its own (one per ingress replica).
+
+Scrape `GET /metrics` on every ingress replica (or let Ray's metrics agent do it); the counts are
+per replica, so sum them in Prometheus.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("argus_http_requests_total", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("argus_http_request_duration_seconds", "Request latency inside the ingress",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.scores = Histogram("argus_fraud_score", "Fraud scores returned", buckets=SCORE_BUCKETS,
+                                registry=self.registry)
+        self.decisions = Counter("argus_fraud_decisions_total", "Fraud decisions returned", ["decision"],
+                                 registry=self.registry)
+        # Reported by the model deployment with each result: the size of the @serve.batch call that
+        # served it (so it is weighted by requests, not by batches).
+        self.batch_size = Histogram("argus_model_batch_size", "Size of the model batch that served a request",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

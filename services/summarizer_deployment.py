@@ -1,0 +1,82 @@
+"""The Summarizer Serve deployment: `@serve.batch` around `Summarizer.summarize`.
+
+Documents are long, so batches are small (user_config max_batch_size, default 4); the batch is
+run off the event loop so the replica keeps accepting requests. `user_config` keys:
+max_batch_size, batch_wait_timeout_s, mode (default summary mode when a request names none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+from pipelines.contracts import Report, ReportSummary
+from services.fraud_deployment import import_attr, resolve_device
+from services.loading import BackgroundLoad, BadInput
+
+log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files
+
+
+@serve.deployment(name="Summarizer", max_ongoing_requests=32)
+class SummarizerDeployment:
+    def __init__(self, checkpoint: str | None = None, device: str = "auto", mode: str = "extractive",
+                 summarizer_class: str = "models.summariser:Summarizer"):
+        self.summarizer_class = summarizer_class
+        self.device = device
+        self.mode = mode
+        self.model = BackgroundLoad("summarizer", lambda: self._load(checkpoint))
+
+    def _load(self, checkpoint: str | None) -> Any:
+        Summarizer = import_attr(self.summarizer_class)
+        self.device = resolve_device(self.device)
+        summarizer = Summarizer.load(checkpoint, device=self.device)
+        log.info("summarizer %s loaded on %s", summarizer.model_version, self.device)
+        return summarizer
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        if "max_batch_size" in config:
+            self.summarize_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self.summarize_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self.mode = str(config.get("mode", self.mode))
+
+    async def ready(self) -> dict[str, Any]:
+        status = self.model.status()
+        if self.model.ready:
+            status["model_version"] = self.model.value.model_version
+            status["device"] = self.device
+        return status
+
+    async def summarize(self, report: Report, mode: str | None = None) -> tuple[ReportSummary, int]:
+        """Summarise one report; returns the summary and the size of the batch it ran in."""
+        await self.model.get(wait_s=0.0)
+        summary, batch_size = await self.summarize_batch((report, mode or self.mode))
+        if isinstance(summary, str):
+            raise BadInput(summary)
+        return summary, batch_size
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def summarize_batch(self, items: list[tuple[Report, str]]) -> list[tuple[ReportSummary, int]]:
+        summarizer = await self.model.get()
+        loop = asyncio.get_running_loop()
+        summaries = await loop.run_in_executor(None, self._summarize_items, summarizer, items)
+        return [(s, len(items)) for s in summaries]
+
+    @staticmethod
+    def _summarize_items(summarizer: Any, items: list[tuple[Report, str]]) -> list[ReportSummary | str]:
+        """One bad report must not fail the other callers in its batch: its error travels as a string."""
+        import torch
+
+        from pipelines.errors import ArgusError
+
+        out: list[ReportSummary | str] = []
+        with torch.inference_mode():
+            for report, mode in items:
+                try:
+                    out.append(summarizer.summarize(report, mode=mode))
+                except (ArgusError, ValueError) as exc:
+                    out.append(f"report {report.report_id}: {type(exc).__name__}: {str(exc)[:200]}")
+        return out

@@ -29,6 +29,8 @@ train_app = typer.Typer(help="Train the MoE models.", no_args_is_help=True)
 stream_app = typer.Typer(help="Long-running stream jobs on Ray.", no_args_is_help=True)
 fraud_app = typer.Typer(help="Offline fraud tools.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluation.", no_args_is_help=True)
+store_app = typer.Typer(help="The results store (PostgreSQL or SQLite).", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 for sub, name in [(infra_app, "infra"), (config_app, "config"), (simulate_app, "simulate"), (train_app, "train"),
                   (stream_app, "stream"), (fraud_app, "fraud"), (eval_app, "eval")]:
     app.add_typer(sub, name=name)
@@ -206,3 +208,40 @@ def simulate_reports(
         with console.status(f"producing {count} reports to {settings.topics.reports}..."):
             n = produce_reports(settings, reports)
         console.print(f"[green]produced[/] {n} reports to {settings.topics.reports} at {settings.kafka.bootstrap_servers}")
+
+
+# --- store --------------------------------------------------------------------------------------
+
+def _store_url(url: Optional[str]) -> str:
+    from pipelines.settings import get_settings
+
+    return url or get_settings().store.url.get_secret_value()
+
+
+@store_app.command("init")
+def store_init(url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """Create the store's tables, or upgrade an older schema; safe to run again."""
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        before = store.schema_version()
+        after = store.create_schema()
+        what = "created" if before == 0 else "upgraded" if after > before else "already current"
+        console.print(f"[green]store schema v{after}[/] ({what}) at {store.url}")
+
+
+@store_app.command("stats")
+def store_stats(url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """Row counts per table."""
+    from rich.table import Table
+
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        version = store.schema_version()
+        table = Table(title=f"store schema v{version}", caption=store.url)
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        for name, n in store.stats().items():
+            table.add_row(name, f"{n:,}")
+        console.print(table)

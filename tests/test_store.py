@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -200,3 +201,21 @@ def test_two_processes_write_overlapping_ids(store: Store, store_url: str):
     assert scalar(store, "SELECT min(score) FROM fraud_scores") >= 0.5
     ts = datetime.now(timezone.utc)
     assert store.get_result("t5999").scored_at <= ts
+
+
+def test_cli_store_init_and_stats(sqlite_url: str):
+    import subprocess
+    import sys
+
+    def argus(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from services.cli import main; main()", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    first, again = argus("store", "init", "--url", sqlite_url), argus("store", "init", "--url", sqlite_url)
+    assert first.returncode == 0 and "(created)" in first.stdout
+    assert again.returncode == 0 and "already current" in again.stdout
+    Store.from_url(sqlite_url).upsert_scores([fs(1), fs(2)])
+    stats = argus("store", "stats", "--url", sqlite_url)
+    assert stats.returncode == 0 and re.search(r"fraud_scores\s*│\s*2\s*│", stats.stdout), stats.stdout
+    down = argus("store", "stats", "--url", "postgresql+psycopg://argus:pw123@127.0.0.1:1/x")
+    assert down.returncode == 3 and "cannot connect" in down.stderr and "pw123" not in down.stderr

@@ -31,7 +31,10 @@ Usage::
     for row, reason in result.failures: dead_letter(row, reason, stage="validate_input")
     score(result.good_rows)
 
-The cost of GX per batch is measured by ``benchmarks/validation_cost.py``.
+Every function takes ``engine="gx"`` (default: the great-expectations suite) or ``engine="fast"``:
+the same checks evaluated directly with pandas/numpy, with the same names and messages, for
+latency-critical micro-batches where GX's fixed per-batch cost (~0.1-0.2 s, measured by
+``benchmarks/validation_cost.py``) matters. Tests hold the two engines to identical results.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -145,6 +149,13 @@ def _suite_checks(kind: str) -> list[Check]:
 
 
 KINDS = ("transactions", "scores", "summaries", "reports")
+Engine = Literal["gx", "fast"]
+
+
+@lru_cache(maxsize=None)
+def checks_for(kind: str) -> tuple[Check, ...]:
+    """The checks of one kind's suite, in suite order (built once)."""
+    return tuple(_suite_checks(kind))
 
 
 class Suites:
@@ -163,14 +174,14 @@ class Suites:
         source = self.context.data_sources.add_pandas("argus")
         self.batches: dict[str, Any] = {}
         self.suites: dict[str, Any] = {}
-        self.checks: dict[str, dict[str, Check]] = {}
+        self.positions: dict[str, dict[str, int]] = {}  # expectation id -> position in checks_for(kind)
         for kind in KINDS:
             self.batches[kind] = source.add_dataframe_asset(kind).add_batch_definition_whole_dataframe(kind)
             suite = self.context.suites.add(gx.ExpectationSuite(name=f"argus.{kind}"))
-            self.checks[kind] = {}
-            for check in _suite_checks(kind):
+            self.positions[kind] = {}
+            for position, check in enumerate(checks_for(kind)):
                 added = suite.add_expectation(check.expectation)
-                self.checks[kind][added.id] = check
+                self.positions[kind][added.id] = position
             self.suites[kind] = suite
         self._lock = threading.Lock()
 
@@ -181,17 +192,17 @@ class Suites:
                 cls._instance = cls()
             return cls._instance
 
-    def failing_rows(self, kind: str, frame: Any, parameters: Mapping[str, Any]) -> dict[int, list[tuple[Check, str | None]]]:
-        """Validate `frame` against the `kind` suite: {row position: [(failed check, error or None)]}."""
+    def failing_rows(self, kind: str, frame: Any, parameters: Mapping[str, Any]) -> Failed:
+        """Validate `frame` against the `kind` suite: {row position: [(check position, error or None)]}."""
         with self._lock:  # GX contexts are not documented as thread-safe
             batch = self.batches[kind].get_batch(batch_parameters={"dataframe": frame})
             result = batch.validate(self.suites[kind], result_format={"result_format": "COMPLETE"},
                                     expectation_parameters=dict(parameters))
-        failed: dict[int, list[tuple[Check, str | None]]] = {}
+        failed: Failed = {}
         for res in result.results:
             if res.success:
                 continue
-            check = self.checks[kind][res.expectation_config.id]
+            check = self.positions[kind][res.expectation_config.id]
             if res.exception_info and res.exception_info.get("raised_exception"):
                 # the expectation could not run at all (e.g. an incomparable column): every row fails
                 msg = " ".join(str(res.exception_info.get("exception_message")).split())[:200]
@@ -202,6 +213,61 @@ class Suites:
                 i = int(index[ROW] if isinstance(index, Mapping) else index)
                 failed.setdefault(i, []).append((check, None))
         return failed
+
+
+Failed = dict[int, list[tuple[int, "str | None"]]]
+
+
+def fast_failing_rows(kind: str, frame: Any, parameters: Mapping[str, Any]) -> Failed:
+    """The same checks as the GX suite, evaluated directly with pandas/numpy with GX's semantics
+    (column-map expectations skip missing values; pair expectations follow `ignore_row_if`).
+    For latency-critical micro-batches: GX spends ~0.1 s per batch building its metric graph
+    (see benchmarks/validation_cost.py); tests assert both engines fail the same rows the same way."""
+    import numpy as np
+
+    def param(value: Any) -> Any:
+        return parameters[value["$PARAMETER"]] if isinstance(value, Mapping) and "$PARAMETER" in value else value
+
+    failed: Failed = {}
+    for position, check in enumerate(checks_for(kind)):
+        cfg = check.expectation.configuration
+        kw, kind_ = cfg.kwargs, cfg.type
+        if "column" in kw:
+            col = frame[kw["column"]]
+            present = col.notna().to_numpy()
+            if kind_ == "expect_column_values_to_not_be_null":
+                bad = ~present
+            elif kind_ == "expect_column_values_to_be_between":
+                values = col.to_numpy(dtype=float, na_value=np.nan)
+                ok = np.ones(len(col), dtype=bool)
+                low, high = param(kw.get("min_value")), param(kw.get("max_value"))
+                if low is not None:
+                    ok &= values >= low
+                if high is not None:
+                    ok &= values <= high
+                bad = present & ~ok
+            elif kind_ == "expect_column_values_to_match_regex":
+                bad = present & ~col.astype(str).str.contains(kw["regex"], regex=True).to_numpy(dtype=bool)
+            elif kind_ == "expect_column_values_to_be_in_set":
+                bad = present & ~col.isin(list(kw["value_set"])).to_numpy()
+            else:
+                raise NotImplementedError(f"fast engine: {kind_}")
+        else:
+            a, b = frame[kw["column_A"]], frame[kw["column_B"]]
+            a_missing, b_missing = a.isna().to_numpy(), b.isna().to_numpy()
+            ignore = {"both_values_are_missing": a_missing & b_missing,
+                      "either_value_is_missing": a_missing | b_missing,
+                      "neither": np.zeros(len(a), dtype=bool)}[kw.get("ignore_row_if") or "both_values_are_missing"]
+            if kind_ == "expect_column_pair_values_to_be_equal":
+                ok = (a == b).to_numpy()
+            elif kind_ == "expect_column_pair_values_a_to_be_greater_than_b":
+                ok = (a >= b).to_numpy() if kw.get("or_equal") else (a > b).to_numpy()
+            else:
+                raise NotImplementedError(f"fast engine: {kind_}")
+            bad = ~ignore & ~ok
+        for i in np.flatnonzero(bad):
+            failed.setdefault(int(i), []).append((position, None))
+    return failed
 
 
 # --- frames ---------------------------------------------------------------------------------------
@@ -258,20 +324,26 @@ def _frame(columns: dict[str, list[Any]]) -> Any:
 
 
 def _run(kind: str, rows: Any, columns: Callable[[list[dict[str, Any]]], dict[str, list[Any]]],
-         parameters: Mapping[str, Any], context: Mapping[str, Any]) -> ValidationResult:
+         parameters: Mapping[str, Any], context: Mapping[str, Any], engine: Engine) -> ValidationResult:
     given, plain = _records(rows)
     if not plain:
         return ValidationResult()
     frame = _frame(columns(plain))
-    failed = Suites.get().failing_rows(kind, frame, parameters)
+    if engine == "gx":
+        failed = Suites.get().failing_rows(kind, frame, parameters)
+    elif engine == "fast":
+        failed = fast_failing_rows(kind, frame, parameters)
+    else:
+        raise ValueError(f"unknown validation engine {engine!r} (gx or fast)")
+    checks = checks_for(kind)
     result = ValidationResult()
     for i, row in enumerate(given):
-        checks = failed.get(i)
-        if not checks:
+        found = failed.get(i)
+        if not found:
             result.good_rows.append(row)
             continue
         view = {**plain[i], **{k: frame[k].iat[i] for k in frame.columns if k.startswith("_")}, **context}
-        reasons = [f"{check.name}: {error or check.describe(view)}" for check, error in checks]
+        reasons = [f"{checks[p].name}: {error or checks[p].describe(view)}" for p, error in sorted(found)]
         result.failures.append((row, "; ".join(reasons)))
     return result
 
@@ -285,7 +357,8 @@ def _fraud_settings() -> Any:
 
 
 def validate_transactions(rows: Iterable[Any] | Any, *, max_amount: float | None = None,
-                          future_tolerance_s: float = 300.0, now: datetime | None = None) -> ValidationResult:
+                          future_tolerance_s: float = 300.0, now: datetime | None = None,
+                          engine: Engine = "gx") -> ValidationResult:
     """Check inbound transactions (Transaction models, dicts, or a polars/pandas frame).
     max_amount defaults to settings.fraud.max_amount; a timestamp may be at most
     `future_tolerance_s` after `now` (default: the current time)."""
@@ -300,7 +373,7 @@ def validate_transactions(rows: Iterable[Any] | Any, *, max_amount: float | None
                 "_timestamp__epoch": [_epoch(r.get("timestamp")) for r in plain]}
 
     return _run("transactions", rows, columns, {"max_amount": float(max_amount), "latest_epoch": latest},
-                {"__max_amount": max_amount, "__tolerance_s": future_tolerance_s})
+                {"__max_amount": max_amount, "__tolerance_s": future_tolerance_s}, engine)
 
 
 def expected_decision(score: float, alert_threshold: float, review_threshold: float) -> str | None:
@@ -311,7 +384,7 @@ def expected_decision(score: float, alert_threshold: float, review_threshold: fl
 
 
 def validate_scores(rows: Iterable[Any] | Any, *, alert_threshold: float | None = None,
-                    review_threshold: float | None = None) -> ValidationResult:
+                    review_threshold: float | None = None, engine: Engine = "gx") -> ValidationResult:
     """Check fraud scores (FraudScore models, dicts, or a frame). Thresholds default to
     settings.fraud.alert_threshold / review_threshold."""
     fraud = _fraud_settings()
@@ -326,10 +399,11 @@ def validate_scores(rows: Iterable[Any] | Any, *, alert_threshold: float | None 
                 "decision": [_text(_value(r.get("decision"))) for r in plain],
                 "_decision__expected": [expected_decision(s, alert, review) for s in scores]}
 
-    return _run("scores", rows, columns, {}, {"__alert": alert, "__review": review})
+    return _run("scores", rows, columns, {}, {"__alert": alert, "__review": review}, engine)
 
 
-def validate_summaries(rows: Iterable[Any] | Any, sources: Mapping[str, str] | None = None) -> ValidationResult:
+def validate_summaries(rows: Iterable[Any] | Any, sources: Mapping[str, str] | None = None, *,
+                       engine: Engine = "gx") -> ValidationResult:
     """Check report summaries (ReportSummary models, dicts, or a frame). Each summary's source
     length comes from `sources` (report_id -> source text) or the row's own `source_text` /
     `source_chars`; a row with neither is a programming error (ValueError)."""
@@ -354,10 +428,10 @@ def validate_summaries(rows: Iterable[Any] | Any, sources: Mapping[str, str] | N
                 "_summary__chars": [len(s) for s in summaries],
                 "_source__chars": [source_chars(r) for r in plain]}
 
-    return _run("summaries", rows, columns, {}, {})
+    return _run("summaries", rows, columns, {}, {}, engine)
 
 
-def validate_reports(rows: Iterable[Any] | Any) -> ValidationResult:
+def validate_reports(rows: Iterable[Any] | Any, *, engine: Engine = "gx") -> ValidationResult:
     """Check inbound reports (Report models, dicts, or a frame): id and text non-empty, domain known."""
 
     def columns(plain: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -365,4 +439,4 @@ def validate_reports(rows: Iterable[Any] | Any) -> ValidationResult:
                 "text": [_text(r.get("text")) for r in plain],
                 "domain": [_text(_value(r.get("domain"))) for r in plain]}
 
-    return _run("reports", rows, columns, {}, {})
+    return _run("reports", rows, columns, {}, {}, engine)

@@ -151,3 +151,41 @@ def test_reports():
 
 def test_empty_input():
     assert validate_transactions([]).good_rows == [] and validate_transactions([]).ok
+
+
+def _mixed_rows(seed: int):
+    import random
+
+    rnd = random.Random(seed)
+    amounts = [12.5, 0.0, -1.0, math.nan, math.inf, -math.inf, None, "x", 2e6, 999_999.0]
+    stamps = ["2018-04-01T00:00:31Z", "2999-01-01T00:00:00Z", "junk", None, datetime(2020, 1, 1)]
+    ids = ["a", "", "  ", None]
+    txs = [tx(i, amount=rnd.choice(amounts), timestamp=rnd.choice(stamps), customer_id=rnd.choice(ids))
+           for i in range(300)]
+    scores = [dict(transaction_id=rnd.choice(ids + ["t"]), model_version=rnd.choice(["m", ""]),
+                   score=rnd.choice([0.0, 0.1, 0.2, 0.5, 0.99, 1.0, 1.5, -0.2, math.nan, None]),
+                   decision=rnd.choice(["approve", "review", "decline", "nope", None])) for _ in range(300)]
+    sums = [dict(report_id=f"r{i}", domain=rnd.choice(["finance", "medical", "legal", None]),
+                 summary=rnd.choice(["", "short", "x" * 50]), model_version=rnd.choice(["v", ""]),
+                 source_chars=rnd.choice([0, 5, 10, 100])) for i in range(300)]
+    reports = [dict(report_id=rnd.choice(ids), domain=rnd.choice(["finance", "medical", "x"]),
+                    text=rnd.choice(["", " ", "text"])) for _ in range(300)]
+    return txs, scores, sums, reports
+
+
+def test_fast_engine_matches_gx():
+    txs, scores, sums, reports = _mixed_rows(7)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    pairs = [
+        lambda e: validate_transactions(txs, now=now, max_amount=1e6, engine=e),
+        lambda e: validate_scores(scores, alert_threshold=0.5, review_threshold=0.2, engine=e),
+        lambda e: validate_summaries(sums, engine=e),
+        lambda e: validate_reports(reports, engine=e),
+    ]
+    for run in pairs:
+        gx_result, fast_result = run("gx"), run("fast")
+        assert fast_result.good_rows == gx_result.good_rows
+        assert fast_result.failures == gx_result.failures
+        assert 0 < len(gx_result.failures) < 300  # the data exercises both outcomes
+    with pytest.raises(ValueError, match="unknown validation engine"):
+        validate_reports(reports, engine="turbo")

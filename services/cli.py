@@ -245,3 +245,69 @@ def store_stats(url: Optional[str] = typer.Option(None, "--url", help="Store URL
         for name, n in store.stats().items():
             table.add_row(name, f"{n:,}")
         console.print(table)
+
+
+# --- serve / keys (REST scoring endpoint) --------------------------------------------------------
+
+keys_app = typer.Typer(help="API keys for the REST endpoint (stored as sha256 hashes).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command("serve")
+def serve_cmd(
+    serve_config: Optional[Path] = typer.Option(None, "--config", "--serve-config", help="Serve config YAML (default: serve.config_path, infra/serve.yaml)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the YAML's http_options.host)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: the YAML's http_options.port)."),
+    ha_proxy: bool = typer.Option(False, "--ha-proxy/--no-ha-proxy", help="HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1; needs haproxy)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for the local Ray (default: all)."),
+) -> None:
+    """Start the REST scoring endpoint on a local Ray Serve; prints the URL and blocks until Ctrl-C."""
+    import shutil
+    import tempfile
+    import time
+
+    from pipelines.settings import get_settings
+    from services import local_serve
+
+    settings = get_settings()
+    config = local_serve.load_config(serve_config or settings.serve.config_path, host=host, port=port)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=settings.home))  # short: Ray's socket paths must fit
+    with console.status("starting Ray Serve (models load in the background)...") as status:
+        handle = local_serve.start(config, num_cpus=num_cpus, temp_dir=temp_dir, ha_proxy=ha_proxy,
+                                   progress=lambda msg: status.update(msg))
+    console.print(f"[green]Argus REST endpoint[/] at [bold]{handle.url}[/]  (docs: {handle.url}/docs, "
+                  f"readiness: {handle.url}/healthz){'  [HAProxy]' if ha_proxy else ''}")
+    console.print("Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        handle.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@keys_app.command("hash")
+def keys_hash(key: str = typer.Argument(..., help="The plain API key."),
+              scopes: str = typer.Option("fraud:score,reports:summarize,results:read", "--scopes",
+                                         help="Comma-separated scopes.")) -> None:
+    """Print the config entry (sha256 hash -> scopes) for an existing key."""
+    from services.security import check_scopes, hash_key
+
+    entry = {hash_key(key): check_scopes([s.strip() for s in scopes.split(",") if s.strip()])}
+    console.print_json(json.dumps(entry))
+
+
+@keys_app.command("new")
+def keys_new(scopes: str = typer.Option("fraud:score,reports:summarize,results:read", "--scopes",
+                                        help="Comma-separated scopes: fraud:score, reports:summarize, results:read.")) -> None:
+    """Create a random key; print it once (give it to the client) and the hash entry for the config."""
+    from services.security import check_scopes, hash_key, new_key
+
+    chosen = check_scopes([s.strip() for s in scopes.split(",") if s.strip()])
+    key = new_key()
+    console.print(f"API key (shown once, store it in the client's secret store): [bold]{key}[/]")
+    console.print("Add to serve.api_key_hashes (settings YAML) or api_key_hashes in infra/serve.yaml:")
+    console.print_json(json.dumps({hash_key(key): chosen}))

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.errors import StoreError
 from pipelines.contracts import Domain, FraudScore, Report, ReportSummary, Transaction
@@ -230,7 +231,10 @@ def create_api(backend: Ingress) -> FastAPI:
              responses={**auth_errors, 404: {"description": "no stored result with this id"}})
     def get_result(result_id: str, principal: Principal = Depends(require("results:read"))) -> Any:
         """A stored fraud score (by transaction_id) or report summary (by report_id)."""
-        result = backend.store().get_result(result_id)
+        try:
+            result = backend.store().get_result(result_id)
+        except SQLAlchemyError as exc:  # database down, or its schema not created yet
+            raise StoreError(type(exc).__name__) from None
         if result is None:
             raise HTTPException(404, f"no fraud score or summary with id {result_id!r}")
         return result

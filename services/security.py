@@ -154,28 +154,34 @@ class BodySizeLimit:
                 if declared > self.max_bytes:
                     return await self._reject(send, declared)
         seen = 0
+        rejected = False
+
+        async def guarded_send(message):
+            if not rejected:  # once we answered 413, whatever the app still sends is dropped
+                await send(message)
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    rejected = True
+                    await self._reject(send, seen)
+                    return {"type": "http.disconnect"}  # the app stops reading, as if the client left
             return message
 
         try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await self._reject(send, seen)
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
 
     async def _reject(self, send, size: int):
         body = f'{{"detail":"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"}}'
         await _send_json(send, 413, body.encode())
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _send_json(send, status: int, body: bytes) -> None:

@@ -104,6 +104,10 @@ fraud_scores = Table(
     Column("terminal_id", String(128)),
     Column("timestamp", Timestamp),
     Column("amount", Float),  # schema v2
+    # schema v3: what the stream job scored (sha256 of the canonical transaction) and where it read
+    # it ("topic:partition:offset"), so a replayed record and a duplicate with another payload differ
+    Column("payload_hash", String(64)),
+    Column("source_position", String(300)),
 )
 
 alerts = Table(
@@ -177,7 +181,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_sum
 def _v1_initial(conn: Connection) -> None:
     # v1 created fraud_scores without `amount`; create_all with v2 metadata would already include
     # it, so create fraud_scores column by column as v1 had it and let v2 add `amount`.
-    v1_scores = Table("fraud_scores", MetaData(), *[c._copy() for c in fraud_scores.columns if c.name != "amount"])
+    v1_scores = Table("fraud_scores", MetaData(), *[c._copy() for c in fraud_scores.columns
+                                                    if c.name not in ("amount", "payload_hash", "source_position")])
     v1_scores.create(conn, checkfirst=True)
     for table in (alerts, report_summaries, dead_letters, runs):
         table.create(conn, checkfirst=True)
@@ -189,9 +194,15 @@ def _v2_amount_and_indexes(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS report_summaries_report_id_idx ON report_summaries (report_id)"))
 
 
+def _v3_score_provenance(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE fraud_scores ADD COLUMN payload_hash VARCHAR(64)"))
+    conn.execute(text("ALTER TABLE fraud_scores ADD COLUMN source_position VARCHAR(300)"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
+    (3, "fraud_scores.payload_hash and source_position (stream de-duplication)", _v3_score_provenance),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -251,7 +262,7 @@ def score_row(score: FraudScore, transaction: Transaction | None = None) -> dict
 ScoreInput = FraudScore | Mapping[str, Any]
 SummaryInput = ReportSummary | Mapping[str, Any]
 
-_SCORE_OPTIONAL = ("customer_id", "terminal_id", "timestamp", "amount")
+_SCORE_OPTIONAL = ("customer_id", "terminal_id", "timestamp", "amount", "payload_hash", "source_position")
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -314,7 +325,7 @@ def _to_score_row(item: ScoreInput) -> dict[str, Any]:
                                        and scored_at.tzinfo is timezone.utc) else (_utc(scored_at) or _now()),
             "customer_id": get("customer_id"), "terminal_id": get("terminal_id"),
             "timestamp": ts if (ts is None or (ts.__class__ is datetime and ts.tzinfo is timezone.utc)) else _utc(ts),
-            "amount": get("amount")}
+            "amount": get("amount"), "payload_hash": get("payload_hash"), "source_position": get("source_position")}
 
 
 def _to_alert_row(item: ScoreInput) -> dict[str, Any]:
@@ -394,6 +405,8 @@ class Store:
         Raises StoreError (one line, password masked) if the URL is invalid or, with `check`, the
         database cannot be reached.
         """
+        if hasattr(url, "get_secret_value"):  # settings.store.url is a SecretStr
+            url = url.get_secret_value()
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -421,6 +434,15 @@ class Store:
                 engine.dispose()
                 raise StoreError(f"cannot connect to store {masked}: {_one_line(exc, parsed.password)}") from None
         return store
+
+    @classmethod
+    def from_settings(cls, settings: Any = None, **kw: Any) -> "Store":
+        """Open the store configured as `store.url` (ARGUS_STORE__URL), default settings if None."""
+        if settings is None:
+            from pipelines.settings import get_settings
+
+            settings = get_settings()
+        return cls.from_url(settings.store.url.get_secret_value(), **kw)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -542,6 +564,19 @@ class Store:
                                  key_facts=[KeyFact(**k) for k in row["key_facts"]], model_version=row["model_version"],
                                  mode=row["mode"], faithfulness=row["faithfulness"], latency_ms=row["latency_ms"],
                                  created_at=_utc(row["created_at"]))
+
+    def score_provenance(self, transaction_ids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+        """transaction_id -> (payload_hash, source_position) for the ids already scored (stream de-duplication)."""
+        ids = list(dict.fromkeys(transaction_ids))
+        found: dict[str, tuple[str | None, str | None]] = {}
+        c = fraud_scores.c
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                for tid, h, pos in conn.execute(select(c.transaction_id, c.payload_hash, c.source_position)
+                                                .where(c.transaction_id.in_(chunk))):
+                    found[tid] = (h, pos)
+        return found
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -50,8 +50,8 @@ def test_create_schema_upgrades_from_v1(store_url: str):
     with store.engine.begin() as conn:  # a v1-era row survives the upgrade
         conn.execute(text("INSERT INTO fraud_scores (transaction_id, score, decision, reasons, model_version, scored_at)"
                           " VALUES ('t1', 0.5, 'review', '[]', 'm1', CURRENT_TIMESTAMP)"))
-    assert store.create_schema() == SCHEMA_VERSION == 2
-    assert "amount" in {c["name"] for c in inspect(store.engine).get_columns("fraud_scores")}
+    assert store.create_schema() == SCHEMA_VERSION == 3
+    assert {"amount", "payload_hash", "source_position"} <= {c["name"] for c in inspect(store.engine).get_columns("fraud_scores")}
     assert store.count("fraud_scores") == 1
     store.close()
 
@@ -219,3 +219,11 @@ def test_cli_store_init_and_stats(sqlite_url: str):
     assert stats.returncode == 0 and re.search(r"fraud_scores\s*│\s*2\s*│", stats.stdout), stats.stdout
     down = argus("store", "stats", "--url", "postgresql+psycopg://argus:pw123@127.0.0.1:1/x")
     assert down.returncode == 3 and "cannot connect" in down.stderr and "pw123" not in down.stderr
+
+
+def test_from_settings_uses_store_url(sqlite_url: str, monkeypatch):
+    from pipelines.settings import Settings
+
+    monkeypatch.setenv("ARGUS_STORE__URL", sqlite_url)
+    with Store.from_settings(Settings()) as store:
+        assert store.create_schema() == SCHEMA_VERSION and store.url == sqlite_url

@@ -248,6 +248,7 @@ class BatchCounts:
     scores: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    summaries: int = 0
 
 
 def score_row(score: FraudScore, transaction: Transaction | None = None) -> dict[str, Any]:
@@ -500,9 +501,11 @@ class Store:
         return self._transact(lambda conn: self._add_dead_letters(conn, rows))
 
     def write_batch(self, scores: Iterable[ScoreInput] = (), alerts: Iterable[ScoreInput] = (),
-                    dead_letters: Iterable[DeadLetter | Mapping[str, Any]] = ()) -> BatchCounts:
-        """Write scores, alerts and dead letters in ONE transaction: all or nothing. A stream job
-        commits its consumer offsets after this returns; if it raises, nothing was written."""
+                    dead_letters: Iterable[DeadLetter | Mapping[str, Any]] = (),
+                    summaries: Iterable[SummaryInput] = ()) -> BatchCounts:
+        """Write scores, alerts, report summaries and dead letters in ONE transaction: all or nothing.
+        A stream job commits its consumer offsets after this returns; if it raises, nothing was written."""
+        summary_rows = _dedupe([_to_summary_row(i) for i in summaries], ("report_id", "model_version"))
         score_rows = _dedupe([_to_score_row(i) for i in scores], ("transaction_id",))
         alert_rows = _dedupe([_to_alert_row(i) for i in alerts], ("transaction_id",))  # `alerts` is the argument here
         alerts_table = TABLES["alerts"]
@@ -512,7 +515,9 @@ class Store:
             return BatchCounts(
                 scores=self._upsert(conn, fraud_scores, score_rows, ("transaction_id",), update=True),
                 alerts=self._upsert(conn, alerts_table, alert_rows, ("transaction_id",), update=False),
-                dead_letters=self._add_dead_letters(conn, dl_rows))
+                dead_letters=self._add_dead_letters(conn, dl_rows),
+                summaries=self._upsert(conn, report_summaries, summary_rows, ("report_id", "model_version"),
+                                       update=True))
 
         return self._transact(work)
 

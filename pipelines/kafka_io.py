@@ -259,3 +259,52 @@ class DeadLetterPublisher:
         if letter.get("payload_encoding") == "base64":
             return base64.b64decode(letter["payload"])
         return letter["payload"].encode()
+
+
+class FastProducer:
+    """A librdkafka (confluent-kafka) producer for high-rate paths, e.g. the simulator: about 3 µs of
+    CPU per record against ~55 µs for kafka-python. Same guarantees as `make_producer` (acks=all,
+    batching); values must already be bytes. `flush()` raises BrokerError if any record failed."""
+
+    def __init__(self, settings: Settings, **overrides: Any):
+        from confluent_kafka import Producer
+
+        config: dict[str, Any] = {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "acks": "all",
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "message.max.bytes": max(settings.kafka.max_message_bytes, 1_048_576) * 4,
+            "log.connection.close": False,  # tansu closes idle connections; not worth a log line
+        }
+        config.update(overrides)
+        self.bootstrap = config["bootstrap.servers"]
+        self._producer = Producer(config)
+        self.delivered = 0
+        self.errors: list[str] = []
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err}")
+        else:
+            self.delivered += 1
+
+    def send(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self._producer.flush(timeout)
+        if left:
+            raise BrokerError(f"{left} records not delivered to {self.bootstrap} within {timeout:g}s")
+        if self.errors:
+            raise BrokerError(f"{len(self.errors)} records failed on {self.bootstrap}: {self.errors[0]}")
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)

@@ -79,6 +79,14 @@ class SummariserSettings(BaseModel):
     max_summary_sentences: int = 5
     max_summary_chars: int = 1200
     max_document_bytes: int = 10_000_000
+    # batch job / report stream (pipelines/report_batch.py, report_stream.py)
+    replicas: int | None = None  # summariser actors; None: one per GPU, else 1
+    replica_num_cpus: float = Field(1.0, ge=0.0)  # Ray CPUs per actor (also its torch threads)
+    window_tokens: int | None = None  # None: the checkpoint's trained window
+    actor_batch_size: int = Field(4, ge=1)  # reports per actor call
+    chunk_reports: int = Field(32, ge=1)  # reports per step: validate, summarise, write output + store
+    stream_max_records: int = Field(16, ge=1)  # reports per poll of the stream
+    validation_engine: str = "gx"  # gx | fast (same checks; see pipelines/validation.py)
 
 
 class ServeSettings(BaseModel):

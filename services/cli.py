@@ -311,3 +311,37 @@ def keys_new(scopes: str = typer.Option("fraud:score,reports:summarize,results:r
     console.print(f"API key (shown once, store it in the client's secret store): [bold]{key}[/]")
     console.print("Add to serve.api_key_hashes (settings YAML) or api_key_hashes in infra/serve.yaml:")
     console.print_json(json.dumps({hash_key(key): chosen}))
+
+
+# --- summarise (batch job) and the report stream ---------------------------------------------------
+
+@app.command("summarize")
+def summarize_cmd(
+    input_path: Path = typer.Option(..., "--input", "-i", help="A folder of .txt/.md, .jsonl(.gz), .parquet or .csv."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results file: .parquet or .jsonl."),
+    store: bool = typer.Option(False, "--store/--no-store", help="Also write summaries + dead letters to the store."),
+    store_url: Optional[str] = typer.Option(None, "--store-url", help="Store URL (default: store.url; implies --store)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="finance | medical, for records that name none."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="extractive | generative (default: summariser.mode)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Process at most this many (not yet done) records."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Summariser checkpoint directory (default: shipped)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs for a local Ray (default: all)."),
+) -> None:
+    """Summarise a batch of reports on Ray: resumable, validated, with source spans per sentence and key fact."""
+    from rich.table import Table
+
+    from pipelines.report_batch import run_batch
+    from pipelines.settings import get_settings
+
+    url = store_url or (_store_url(None) if store else None)
+    result = run_batch(input_path, output, store_url=url, domain=domain, mode=mode, limit=limit, checkpoint=checkpoint,
+                       settings=get_settings(), ray_num_cpus=num_cpus, show_progress=True)
+    table = Table(title=f"summarised {input_path}", show_header=False)
+    for key, value in [("model version", result.model_version), ("records in input", result.total),
+                       ("skipped (already done)", result.skipped), ("summarised", result.summarised),
+                       ("failed", result.failed), ("failures by stage", json.dumps(result.errors_by_stage) or "-"),
+                       ("time", f"{result.seconds:.1f} s"), ("docs/s", f"{result.docs_per_s:.3f}"),
+                       ("output", f"{result.output} ({result.output_rows} rows)" if result.output else "-"),
+                       ("store", f"{result.stored} summaries, {result.dead_letters} dead letters" if url else "-")]:
+        table.add_row(key, str(value))
+    console.print(table)

@@ -1,12 +1,14 @@
 """Small numeric kernels the engine's layers call, kept apart from the model code.
 
 Each is plain PyTorch and runs anywhere (CPU tests). `enable_compile()` swaps the elementwise ones
-for `torch.compile`d versions on GPU, which fuses their many tiny launches (rms norm, rope, masked
+used by decode steps for `torch.compile`d versions on GPU, which fuses their many tiny launches (rms norm, rope, masked
 softmax, SiLU*up, the router's scoring) into one Triton kernel each; the matrix products stay on
 cuBLAS / CUTLASS (`torch._grouped_mm`).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -111,17 +113,24 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, u
     return out
 
 
-_EAGER = {
-    name: globals()[name] for name in ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk")
-}
+_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk")
+
+# Two kernel sets: prefill always runs `eager` (compute-bound, and it sees many shapes); decode runs
+# `decode`, which enable_compile() turns into torch.compile'd kernels (launch-bound at small batch).
+eager = SimpleNamespace(**{name: globals()[name] for name in _FUSABLE})
+decode = SimpleNamespace(**vars(eager))
+
+
+_compiled: dict[str, object] = {}
 
 
 def enable_compile() -> None:
-    """Swap the elementwise kernels for torch.compile'd ones (dynamic shapes: one compile per kernel)."""
-    g = globals()
-    for name, fn in _EAGER.items():
-        g[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    """Compile the decode kernels (dynamic shapes, so one compile serves every batch bucket > 1)."""
+    for name in _FUSABLE:
+        if name not in _compiled:
+            _compiled[name] = torch.compile(getattr(eager, name), dynamic=True, fullgraph=True)
+        setattr(decode, name, _compiled[name])
 
 
 def disable_compile() -> None:
-    globals().update(_EAGER)
+    decode.__dict__.update(vars(eager))

@@ -53,18 +53,18 @@ class MLAAttention(nn.Module):
         self.b_o = getattr(hf_attn.o_proj, "bias", None)
         self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
 
-    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
         a = self.args
         h = F.linear(x, self.w_in, self.b_in)
         q, kv = h[..., : self.split_in], h[..., self.split_in :]
         if self.q_lora:
-            q = F.linear(K.rms_norm(q, self.q_a_norm, self.q_a_eps), self.w_q_b)
+            q = F.linear(kk.rms_norm(q, self.q_a_norm, self.q_a_eps), self.w_q_b)
         q = q.unflatten(-1, (a.num_heads, a.qk_head_dim))
         q_nope, q_rope = q[..., : a.qk_nope_head_dim], q[..., a.qk_nope_head_dim :]
-        q_rope = K.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
-        latent = K.rms_norm(kv[..., : a.kv_lora_rank], self.kv_norm, self.kv_eps)
-        k_rope = K.apply_rope(kv[..., a.kv_lora_rank :], cos, sin, a.rope_interleave)
+        q_rope = kk.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
+        latent = kk.rms_norm(kv[..., : a.kv_lora_rank], self.kv_norm, self.kv_eps)
+        k_rope = kk.apply_rope(kv[..., a.kv_lora_rank :], cos, sin, a.rope_interleave)
         return q_nope, q_rope, torch.cat([latent, k_rope], dim=-1)
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class MLAAttention(nn.Module):
         cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
         a = self.args
         bsz, c, _ = x.shape
-        q_nope, q_rope, rows = self._project(x, cos, sin)
+        q_nope, q_rope, rows = self._project(x, cos, sin, K.eager)
         if cache is not None:
             cache[slots, start : start + c] = rows
             kv = cache[slots, : start + c] if start > 0 else rows
@@ -114,7 +114,7 @@ class MLAAttention(nn.Module):
         """
         a = self.args
         bsz = x.shape[0]
-        q_nope, q_rope, rows = self._project(x, cos, sin)
+        q_nope, q_rope, rows = self._project(x, cos, sin, K.decode)
         max_seq = cache.shape[1]
         flat = torch.arange(bsz, device=x.device) * max_seq + pos
         cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
@@ -122,7 +122,7 @@ class MLAAttention(nn.Module):
         q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
         kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
         scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
-        probs = K.masked_softmax(scores, self.scale, pos + 1)
+        probs = K.decode.masked_softmax(scores, self.scale, pos + 1)
         o_lat = torch.bmm(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
         return self._out(o.reshape(bsz, a.num_heads * a.v_head_dim))
@@ -136,8 +136,8 @@ class DenseMLP(nn.Module):
         self.w_gate_up = nn.Parameter(torch.cat([hf_mlp.gate_proj.weight, hf_mlp.up_proj.weight]).detach(), False)
         self.w_down = hf_mlp.down_proj.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(K.silu_mul(F.linear(x, self.w_gate_up)), self.w_down)
+    def forward(self, x: torch.Tensor, kk=K.eager) -> torch.Tensor:
+        return F.linear(kk.silu_mul(F.linear(x, self.w_gate_up)), self.w_down)
 
 
 class TopKRouter(nn.Module):
@@ -151,10 +151,10 @@ class TopKRouter(nn.Module):
         self.bias = (bias.detach().float() if bias is not None
                      else torch.zeros(args.n_routed_experts, device=self.weight.device))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, kk=K.eager) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.args
         logits = F.linear(x.float(), self.weight)
-        return K.route_sigmoid_topk(logits, self.bias, a.top_k, a.n_group, a.topk_group, a.norm_topk_prob,
+        return kk.route_sigmoid_topk(logits, self.bias, a.top_k, a.n_group, a.topk_group, a.norm_topk_prob,
                                     a.routed_scaling_factor)
 
 
@@ -171,7 +171,7 @@ class GroupedExperts(nn.Module):
         self.num_experts = self.w_gate_up.shape[0]
         self.use_grouped_mm = use_grouped_mm
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, kk=K.eager) -> torch.Tensor:
         t, k = idx.shape
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)
@@ -179,7 +179,7 @@ class GroupedExperts(nn.Module):
         counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         offsets = counts.cumsum(0, dtype=torch.int32)
-        h = K.silu_mul(K.grouped_gemm(xs, self.w_gate_up, offsets, self.use_grouped_mm))
+        h = kk.silu_mul(K.grouped_gemm(xs, self.w_gate_up, offsets, self.use_grouped_mm))
         ys = K.grouped_gemm(h, self.w_down, offsets, self.use_grouped_mm)
         y = torch.empty_like(ys).index_copy_(0, order, ys).view(t, k, -1)
         return (y.float() * weights.unsqueeze(-1)).sum(1).to(x.dtype)
@@ -192,13 +192,13 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(hf_moe.experts, use_grouped_mm)
         self.shared = DenseMLP(hf_moe.shared_experts) if getattr(hf_moe, "shared_experts", None) is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kk=K.eager) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        weights, idx = self.router(flat)
-        out = self.experts(flat, weights, idx)
+        weights, idx = self.router(flat, kk)
+        out = self.experts(flat, weights, idx, kk)
         if self.shared is not None:
-            out = out + self.shared(flat)
+            out = out + self.shared(flat, kk)
         return out.view(shape)
 
 
@@ -215,11 +215,11 @@ class Block(nn.Module):
         self.mlp = MoE(args, mlp, use_grouped_mm) if hasattr(mlp, "experts") else DenseMLP(mlp)
 
     def prefill(self, x, cos, sin, cache, slots, start):
-        h = self.attn.prefill(K.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
-        h, normed = K.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return h + self.mlp(normed)
+        h = self.attn.prefill(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
+        h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return h + self.mlp(normed, K.eager)
 
     def decode(self, x, cos, sin, cache, pos, seq_bucket):
-        h = self.attn.decode(K.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)
-        h, normed = K.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return h + self.mlp(normed)
+        h = self.attn.decode(K.decode.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)
+        h, normed = K.decode.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return h + self.mlp(normed, K.decode)

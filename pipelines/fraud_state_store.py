@@ -1,0 +1,83 @@
+"""How the fraud stream's state survives a restart or a rebalance: per-partition snapshots in the store.
+
+The state is PARTITIONED LIKE THE TOPIC: one `FraudState` per transactions partition. Producers
+key transactions (and labels) by customer_id, so a customer's whole history is in one partition's
+state. A terminal is seen from every partition; each partition's state holds only the terminal
+events that arrived through that partition (an approximation: terminal features see ~1/P of a
+terminal's traffic, and a terminal's known frauds only from that partition's labels). In exchange,
+a partition's scores do not depend on which consumer owns it or on how many consumers there are,
+so a restart or a rebalance cannot change a score.
+
+Durability: after an offset commit the job saves, every `snapshot_interval_s`, the state of each
+partition it owns together with the transactions offset it reflects (= the offset just committed)
+and the labels offset of the co-partitioned labels topic. A snapshot is also saved when a
+partition is revoked cleanly. A consumer that is assigned a partition loads its snapshot, seeks
+to the snapshot's offsets, and replays the records between the snapshot and the committed offset
+into the state only (no scoring, no writes), then continues. Snapshots are therefore never ahead
+of the committed offset, and a replay rebuilds exactly the state the old owner had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pipelines.store import Store
+
+metadata = MetaData()
+
+fraud_state_snapshots = Table(
+    "fraud_state_snapshots",
+    metadata,
+    Column("stream", String(300), nullable=False),  # "<consumer group>/<transactions topic>"
+    Column("partition", Integer, nullable=False),
+    Column("tx_offset", BigInteger, nullable=False),  # next transactions offset not yet in the state
+    Column("labels_offset", BigInteger),  # next labels offset not yet in the state (None: from the start)
+    Column("state", LargeBinary, nullable=False),  # FraudState.snapshot()
+    Column("model_version", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("stream", "partition", name="fraud_state_snapshots_pkey"),
+)
+
+
+@dataclass(frozen=True)
+class PartitionSnapshot:
+    partition: int
+    tx_offset: int
+    labels_offset: int | None
+    state: bytes
+    model_version: str | None
+
+
+class PartitionStateStore:
+    """Save and load the latest state snapshot of each partition of one stream (group + topic)."""
+
+    def __init__(self, store: Store, stream: str):
+        self.store = store
+        self.stream = stream
+        metadata.create_all(store.engine, checkfirst=True)
+
+    def save(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
+             model_version: str | None = None) -> None:
+        row = {"stream": self.stream, "partition": partition, "tx_offset": tx_offset, "labels_offset": labels_offset,
+               "state": state, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+        ins = (postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert)(fraud_state_snapshots)
+        stmt = ins.values(row).on_conflict_do_update(index_elements=["stream", "partition"],
+                                                     set_={k: ins.excluded[k] for k in row if k not in ("stream", "partition")})
+        self.store._transact(lambda conn: conn.execute(stmt))  # noqa: SLF001 - the store's retrying transaction
+
+    def load(self, partition: int) -> PartitionSnapshot | None:
+        t = fraud_state_snapshots.c
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(t.tx_offset, t.labels_offset, t.state, t.model_version)
+                               .where(t.stream == self.stream, t.partition == partition)).first()
+        if row is None:
+            return None
+        return PartitionSnapshot(partition, int(row[0]), None if row[1] is None else int(row[1]), bytes(row[2]), row[3])
+
+    def clear(self) -> None:
+        with self.store.engine.begin() as conn:
+            conn.execute(fraud_state_snapshots.delete().where(fraud_state_snapshots.c.stream == self.stream))

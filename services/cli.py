@@ -345,3 +345,29 @@ def summarize_cmd(
                        ("store", f"{result.stored} summaries, {result.dead_letters} dead letters" if url else "-")]:
         table.add_row(key, str(value))
     console.print(table)
+
+
+@stream_app.command("reports")
+def stream_reports_cmd(
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers (default: config / embedded broker)."),
+    store_url: Optional[str] = typer.Option(None, "--store-url", help="Store URL (default: store.url setting)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: run until Ctrl-C)."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many seconds with nothing left to read."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="extractive | generative (default: summariser.mode)."),
+    group: Optional[str] = typer.Option(None, "--group", help="Consumer group (default: <kafka.consumer_group>.reports)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Summariser checkpoint directory (default: shipped)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs for a local Ray (default: all)."),
+) -> None:
+    """Summarise the reports topic into the store (offsets committed after each store write; bad records dead-lettered)."""
+    from pipelines.kafka_io import wait_for_broker
+    from pipelines.report_stream import run_report_stream
+
+    settings = _kafka_settings(bootstrap)
+    wait_for_broker(settings.kafka.bootstrap_servers, 10.0)
+    url = _store_url(store_url)
+    console.print(f"consuming [bold]{settings.topics.reports}[/] at {settings.kafka.bootstrap_servers} -> store; Ctrl-C to stop")
+    counts = run_report_stream(settings, url, seconds=seconds, idle_exit_s=idle_exit, checkpoint=checkpoint, mode=mode,
+                               group=group, ray_num_cpus=num_cpus,
+                               on_batch=lambda job: console.print(f"  batch {job.counts.batches}: {job.counts.summarised} summarised, "
+                                                                  f"{job.counts.dead_letters} dead letters"))
+    console.print(f"[green]stopped[/]: {counts.as_dict()}")

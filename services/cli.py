@@ -371,3 +371,79 @@ def stream_reports_cmd(
                                on_batch=lambda job: console.print(f"  batch {job.counts.batches}: {job.counts.summarised} summarised, "
                                                                   f"{job.counts.dead_letters} dead letters"))
     console.print(f"[green]stopped[/]: {counts.as_dict()}")
+
+
+# --- summariser: tokenizer, training, evaluation -----------------------------------------------------
+
+@train_app.command("tokenizer")
+def train_tokenizer_cmd(
+    inputs: list[Path] = typer.Option(..., "--input", "-i", help="JSONL(.gz) files with document/summary/text fields (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for tokenizer.json (e.g. beside the checkpoints)."),
+    vocab_size: int = typer.Option(8192, "--vocab-size", min=300, help="BPE vocabulary size, special tokens included."),
+) -> None:
+    """Train the byte-level BPE tokenizer (special tokens + prompt markers) on report text."""
+    from models.tokenizer import load_tokenizer, train_tokenizer_files
+
+    path = train_tokenizer_files(inputs, output, vocab_size=vocab_size)
+    console.print(f"[green]tokenizer[/] {path} ({len(load_tokenizer(path))} tokens)")
+
+
+@train_app.command("summariser")
+def train_summariser_cmd(
+    preset: str = typer.Option("tiny", "--preset", help="tiny | small | lite (models/presets.py)."),
+    inputs: list[Path] = typer.Option(..., "--input", "-i", help="JSONL(.gz) with document + summary (repeatable)."),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Held-out JSONL(.gz) for the model card (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default: <home>/checkpoints/summariser-<preset>)."),
+    epochs: int = typer.Option(1, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", min=1, help="Train on at most this many documents."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", min=64, help="Training sequence length (default: 16384 GPU, 1024 CPU)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop training after this long (then evaluate, save)."),
+    eval_docs: int = typer.Option(200, "--eval-docs", min=0, help="Held-out documents per source for the model card."),
+    gen_eval_docs: int = typer.Option(0, "--gen-eval-docs", min=0, help="Held-out documents per source for generative ROUGE."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=300, help="Tokenizer vocabulary (default: the preset's)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+) -> None:
+    """Train the summariser (extractive sentence scorer + causal LM on one MoE backbone) and write a checkpoint."""
+    from models.train_summariser import train_summariser
+    from pipelines.settings import get_settings
+
+    out = output or (get_settings().home / "checkpoints" / f"summariser-{preset}")
+    meta = train_summariser(inputs, out, preset=preset, val=val, epochs=epochs, seed=seed, max_docs=max_docs, max_len=max_len,
+                            max_minutes=max_minutes, eval_docs=eval_docs or None, gen_eval_docs=gen_eval_docs,
+                            vocab_size=vocab_size, device=device)
+    console.print(f"[green]saved[/] {out} ({meta['model_version']}, {meta['steps']} steps, {meta['train_seconds']} s)")
+    for source, rows in (meta.get("metrics") or {}).items():
+        if isinstance(rows, list):
+            _print_rouge_table(rows, f"held-out {source}")
+
+
+def _print_rouge_table(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("system", "docs", "rouge1", "rouge2", "rougeL", "rougeLsum", "figures_in_source"):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("system", "docs", "rouge1", "rouge2", "rougeL", "rougeLsum", "figures_in_source")))
+    console.print(table)
+
+
+@eval_app.command("summaries")
+def eval_summaries_cmd(
+    inputs: list[Path] = typer.Option(..., "--input", "-i", help="JSONL(.gz) with document + reference 'summary' (repeatable)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (table + chart) here."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N records only."),
+    mode: str = typer.Option("extractive", "--mode", help="extractive | generative."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Summariser checkpoint (default: shipped)."),
+    max_sentences: int = typer.Option(5, "--max-sentences", min=1),
+    max_chars: int = typer.Option(1200, "--max-chars", min=1),
+) -> None:
+    """ROUGE-1/2/L/Lsum and figure support of the summariser next to LEAD-3 and TextRank."""
+    from pipelines.eval_summaries import run_eval
+
+    rows = run_eval(inputs, limit=limit, mode=mode, checkpoint=checkpoint, max_sentences=max_sentences,
+                    max_chars=max_chars, report=report)
+    _print_rouge_table(rows, f"summaries: {', '.join(p.name for p in inputs)}" + (f" (first {limit})" if limit else ""))
+    if report:
+        console.print(f"report: {report}")

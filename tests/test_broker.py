@@ -13,7 +13,7 @@ import pytest
 from kafka.admin import KafkaAdminClient
 
 from infra.broker_binary import broker_binary
-from infra.local_broker import read_state, start, status, stop
+from infra.local_broker import read_state, resolve_settings, start, status, stop
 from pipelines.errors import BrokerError
 from pipelines.kafka_io import create_topics, topic_partitions, wait_for_broker
 from pipelines.settings import Settings
@@ -26,7 +26,7 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(broker={"state_dir": tmp_path / "broker", "port": 0, "start_timeout_s": 15})
 
 
-def test_up_metadata_topics_partitions_down(tmp_path):
+def test_up_metadata_topics_partitions_down(tmp_path, monkeypatch):
     settings = _settings(tmp_path)
     state = start(settings, port=0, partitions=3)
     try:
@@ -45,6 +45,11 @@ def test_up_metadata_topics_partitions_down(tmp_path):
         assert again.pid == state.pid
         # topic creation is idempotent
         assert create_topics(state.bootstrap, settings.topics.all(), 3) == []
+        # other commands find the running embedded broker unless the bootstrap is set explicitly
+        monkeypatch.delenv("ARGUS_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+        assert resolve_settings(settings).kafka.bootstrap_servers == state.bootstrap
+        monkeypatch.setenv("ARGUS_KAFKA__BOOTSTRAP_SERVERS", "kafka:9092")
+        assert resolve_settings(settings).kafka.bootstrap_servers == settings.kafka.bootstrap_servers
     finally:
         stopped = stop(settings)
     assert stopped is not None and stopped.pid == state.pid

@@ -86,6 +86,7 @@ def test_group_resumes_after_committed_offset(kafka_broker):
         third.close()
 
 
+@pytest.mark.slow  # a second member waits out the rebalance timeout (max_poll_interval_ms) on tansu
 def test_two_consumers_share_partitions(kafka_broker):
     settings = kafka_broker.settings
     topic = kafka_broker.new_topic(partitions=4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -180,11 +181,11 @@ def create_api(backend: Ingress) -> FastAPI:
 
     @api.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"detail": _message(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @api.exception_handler(BadInput)
     async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc), "type": "model_input"}]}, status_code=422)
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": _message(exc), "type": "model_input"}]}, status_code=422)
 
     @api.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
@@ -234,7 +235,7 @@ def create_api(backend: Ingress) -> FastAPI:
         try:
             result = backend.store().get_result(result_id)
         except SQLAlchemyError as exc:  # database down, or its schema not created yet
-            raise StoreError(type(exc).__name__) from None
+            raise StoreError(f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0][:200]}") from None
         if result is None:
             raise HTTPException(404, f"no fraud score or summary with id {result_id!r}")
         return result
@@ -271,6 +272,13 @@ def create_api(backend: Ingress) -> FastAPI:
     return api
 
 
+def _message(exc: Exception) -> str:
+    """The model replica's own message: an exception re-raised through a handle is a RayTaskError
+    whose str() is a whole remote traceback, not something to send to a client."""
+    cause = getattr(exc, "cause", None) or exc
+    return str(cause.args[0]) if cause.args else type(cause).__name__
+
+
 class _Observe:
     """Outermost ASGI middleware: request count/latency by route template and status; one log line
     for each non-2xx answer (route, status, key id; never the body)."""
@@ -285,14 +293,29 @@ class _Observe:
         start = time.perf_counter()
         status = 500
 
+        started = False
+
         async def send_status(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception as exc:
+            # Logged by type and place only (an exception's message can quote its input: a card
+            # number, a document), and not re-raised, so nothing further up logs it in full.
+            cause = getattr(exc, "cause", None) or exc
+            frames = traceback.extract_tb(cause.__traceback__)[-1:]
+            where = f"{frames[0].filename}:{frames[0].lineno}" if frames else "?"
+            log.error("unhandled %s at %s", type(cause).__name__, where)
+            status = 500
+            if not started:
+                body = f'{{"detail":"internal error ({type(cause).__name__})"}}'.encode()
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.simulate_reports import finance_report, medical_report
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray start + model load: ~15 s idle
 
 PROSE = ("Revenue grew 12% to $4.1 billion in the third quarter. Operating margin improved to 18.5% from 16.2%. "
          "Management raised full-year guidance to $16 billion. Credit losses remained low at 0.4% of loans. "

@@ -11,6 +11,7 @@ schema that is dropped afterwards; SQLite in a temporary file.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -36,16 +37,18 @@ def make_rows(n: int, version: str, offset: float) -> list[dict]:
              "timestamp": now, "amount": 10.0 + i % 500} for i in range(n)]
 
 
-def run(store: Store, rows: int, batch: int, label: str) -> tuple[float, float]:
-    rates = []
+def run(store: Store, rows: int, batch: int, label: str) -> list[float]:
+    """[insert rows/s, re-upsert rows/s, client CPU µs/row] (CPU of this process, both phases)."""
+    rates, cpu = [], 0.0
     for phase, offset in (("insert", 0.0), ("re-upsert", 0.25)):
         data = make_rows(rows, "bench", offset)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for lo in track(range(0, rows, batch), description=f"{label} {phase}", console=console, transient=True):
             store.upsert_scores(data[lo:lo + batch])
         rates.append(rows / (time.perf_counter() - start))
+        cpu += time.process_time() - cpu_start
     assert store.count("fraud_scores") == rows, "upsert lost or duplicated rows"
-    return rates[0], rates[1]
+    return [*rates, cpu / (2 * rows) * 1e6]
 
 
 def main() -> None:
@@ -57,8 +60,10 @@ def main() -> None:
     ap.add_argument("--no-sqlite", action="store_true")
     args = ap.parse_args()
 
-    table = Table(title=f"fraud_scores bulk upsert: {args.rows:,} rows, batches of {args.batch:,}")
-    for col in ("backend", "method", "insert rows/s", "re-upsert rows/s"):
+    load = os.getloadavg()[0]
+    table = Table(title=f"fraud_scores bulk upsert: {args.rows:,} rows, batches of {args.batch:,}",
+                  caption=f"{os.cpu_count()} CPUs, load average {load:.1f} at start (wall-clock rates include contention)")
+    for col in ("backend", "method", "insert rows/s", "re-upsert rows/s", "client CPU µs/row"):
         table.add_column(col, justify="right" if "rows" in col else "left")
 
     admin = create_engine(args.pg_url)
@@ -69,9 +74,9 @@ def main() -> None:
         try:
             store = Store.from_url(f"{args.pg_url}?options=-csearch_path%3D{schema}", method=method)
             store.create_schema()
-            ins, upd = run(store, args.rows, args.batch, f"postgresql/{method}")
+            ins, upd, cpu = run(store, args.rows, args.batch, f"postgresql/{method}")
             store.close()
-            table.add_row("postgresql", method, f"{ins:,.0f}", f"{upd:,.0f}")
+            table.add_row("postgresql", method, f"{ins:,.0f}", f"{upd:,.0f}", f"{cpu:.1f}")
         finally:
             with admin.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
@@ -81,9 +86,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store = Store.from_url(f"sqlite:///{Path(tmp) / 'bench.db'}")
             store.create_schema()
-            ins, upd = run(store, args.rows, args.batch, "sqlite/executemany")
+            ins, upd, cpu = run(store, args.rows, args.batch, "sqlite/executemany")
             store.close()
-            table.add_row("sqlite (WAL)", "executemany", f"{ins:,.0f}", f"{upd:,.0f}")
+            table.add_row("sqlite (WAL)", "executemany", f"{ins:,.0f}", f"{upd:,.0f}", f"{cpu:.1f}")
     console.print(table)
 
 

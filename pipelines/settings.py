@@ -35,7 +35,7 @@ class KafkaSettings(BaseModel):
     # tansu (and small clusters) need short group timeouts, or a group join stalls ~25 s.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
-    max_poll_interval_ms: int = 30000
+    max_poll_interval_ms: int = 10000  # tansu: a joining member waits this long for a rebalance
     max_message_bytes: int = 1_048_576
 
 

@@ -29,7 +29,9 @@ class AppArgs(BaseModel):
     gpus_per_replica: Literal["auto"] | float = "auto"
     alert_threshold: float | None = Field(None, ge=0.0, le=1.0)
     review_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    state_snapshot: str | None = None  # FraudState.snapshot() bytes written by the stream job
+    # the fraud stream job's state: a file of FraudState.snapshot() bytes, or store://<group>/<topic>
+    # (the per-partition snapshots the stream keeps in the store at store_url)
+    state_snapshot: str | None = None
     state_refresh_s: float = 30.0
     summary_mode: str | None = None
     store_url: str | None = None
@@ -71,6 +73,7 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         alert_threshold=a.alert_threshold if a.alert_threshold is not None else s.fraud.alert_threshold,
         review_threshold=a.review_threshold if a.review_threshold is not None else s.fraud.review_threshold,
         state_snapshot=a.state_snapshot, state_refresh_s=a.state_refresh_s, scorer_class=a.scorer_class,
+        store_url=a.store_url or s.store.url.get_secret_value(),
     )
     summarizer = summ_d.bind(
         checkpoint=a.summarizer_checkpoint or _opt_path(s.model.summariser_checkpoint), device=device,

@@ -45,17 +45,63 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+STORE_PREFIX = "store://"
+
+
+def stream_state_source(source: str, store_url: str | None) -> tuple[Any, Any]:
+    """(a token that changes when the stream's state changes, a function reading that state).
+
+    `source` is a file holding `FraudState.snapshot()` bytes, or `store://<group>/<topic>`: the
+    per-partition snapshots the fraud stream job keeps in the store (merged into one state).
+    The token is None when there is nothing to read yet.
+    """
+    from models.fraud_state import FraudState
+
+    if not source.startswith(STORE_PREFIX):
+        path = Path(source)
+        if not path.is_file():
+            return None, None
+        return path.stat().st_mtime_ns, lambda: FraudState.from_snapshot(path.read_bytes())
+    from sqlalchemy import select
+
+    from pipelines.fraud_state_store import fraud_state_snapshots as t
+    from pipelines.store import Store
+
+    if not store_url:
+        raise ValueError("a store:// state source needs a store_url")
+    stream = source[len(STORE_PREFIX):]
+    store = Store.from_url(store_url, check=False)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(t.c.partition, t.c.tx_offset, t.c.labels_offset, t.c.state)
+                                .where(t.c.stream == stream).order_by(t.c.partition)).all()
+    finally:
+        store.close()
+    if not rows:
+        return None, None
+
+    def read() -> Any:
+        state = FraudState.from_snapshot(bytes(rows[0].state))
+        for row in rows[1:]:  # partitions hold disjoint customers; restore merges them
+            state.restore(bytes(row.state))
+        return state
+
+    return tuple((r.partition, r.tx_offset, r.labels_offset) for r in rows), read
+
+
 @serve.deployment(name="FraudScorer", max_ongoing_requests=256)
 class FraudScorerDeployment:
     def __init__(self, checkpoint: str | None = None, device: str = "auto", alert_threshold: float = 0.5,
                  review_threshold: float = 0.2, state_snapshot: str | None = None, state_refresh_s: float = 30.0,
-                 warmup: bool = True, scorer_class: str = "models.fraud_scorer:FraudScorer"):
+                 warmup: bool = True, scorer_class: str = "models.fraud_scorer:FraudScorer",
+                 store_url: str | None = None):
         self.scorer_class = scorer_class
         self.alert_threshold = alert_threshold
         self.review_threshold = review_threshold
-        self.state_snapshot = Path(state_snapshot) if state_snapshot else None
+        self.state_snapshot = state_snapshot
+        self.store_url = store_url
         self.state_refresh_s = state_refresh_s
-        self._state_mtime: float | None = None
+        self._state_token: Any = None
         self._state_checked = 0.0
         self.device = device
         self.model = BackgroundLoad("fraud scorer", lambda: self._load(checkpoint, warmup))
@@ -93,18 +139,19 @@ class FraudScorerDeployment:
             return
         self._state_checked = now
         try:
-            mtime = os.stat(self.state_snapshot).st_mtime
-        except FileNotFoundError:
-            log.warning("fraud state snapshot %s not found; scoring without stream state", self.state_snapshot)
+            token, read = stream_state_source(self.state_snapshot, self.store_url)
+            if token is None:
+                log.warning("fraud state snapshot %s not found; scoring without stream state", self.state_snapshot)
+                return
+            if token == self._state_token:
+                return
+            self.state = read()
+        except Exception as exc:  # a broken snapshot must not stop scoring: keep the state we have
+            log.error("fraud state from %s not loaded: %s", self.state_snapshot, type(exc).__name__)
             return
-        if mtime == self._state_mtime:
-            return
-        from models.fraud_state import FraudState
-
-        self.state = FraudState.from_snapshot(self.state_snapshot.read_bytes())
         self._state_from_stream = True
-        self._state_mtime = mtime
-        log.info("fraud state reloaded from %s", self.state_snapshot)
+        self._state_token = token
+        log.info("fraud state loaded from %s", self.state_snapshot)
 
     def _private_state(self, transactions: list[Transaction], history: list[Transaction]) -> Any:
         """A small private state for these transactions: the shared state's entries for their

@@ -87,6 +87,25 @@ def test_score_batch_and_history(client, serve_app):
     assert alone != r.json()["scores"][0]["score"]
 
 
+def test_known_customer_is_scored_with_the_stream_state(client, serve_app):
+    """The deployment loaded the stream job's snapshot: its score for a known customer is what a
+    scorer with that state gives, and not what an empty state gives."""
+    from models.fraud_scorer import FraudScorer
+    from pipelines.contracts import Transaction
+    from tests.fixtures.ray_local import KNOWN_CUSTOMER, known_history
+
+    tx = {**TX, "transaction_id": "known-now", "customer_id": KNOWN_CUSTOMER, "terminal_id": "known-term",
+          "timestamp": "2024-04-20T09:00:00Z", "amount": 2500.0}
+    served = client.post("/v1/fraud/score", json=tx, headers=key(serve_app, "all")).json()["scores"][0]["score"]
+    scorer = FraudScorer.load(None, device="cpu")
+    with_state = scorer.new_state()
+    with_state.update_batch(known_history())
+    expected = scorer.score([Transaction(**tx)], with_state)[0].score
+    empty = scorer.score([Transaction(**tx)], scorer.new_state())[0].score
+    assert served == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - empty) > 1e-6
+
+
 def test_summarize_text_and_report(client, serve_app):
     r = client.post("/v1/reports/summarize", json={"text": REPORT_TEXT, "domain": "finance"},
                     headers=key(serve_app, "all"))

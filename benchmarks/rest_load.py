@@ -1,0 +1,253 @@
+"""Load test of the REST endpoint (loopback only, bounded in count and time).
+
+In ONE run and configuration it measures, per proxy mode (Serve's default proxy, and HAProxy with
+RAY_SERVE_ENABLE_HA_PROXY=1):
+  ping       GET /v1/ping: the ingress alone, no key, no model - the proxy path's ceiling
+  score      POST /v1/fraud/score, one transaction per request, 50 concurrent clients
+  summarize  POST /v1/reports/summarize, one ~2,000-word report per request (few clients)
+
+The load generator is wrk (Debian: apt-get install -y wrk; a Lua script sends the POST bodies)
+when installed, else a bounded asyncio httpx client; either is pinned to one core (taskset /
+sched_setaffinity) so the server keeps the others.
+
+    python benchmarks/rest_load.py --proxy both --duration 15
+    python benchmarks/rest_load.py --url http://127.0.0.1:8000 --key $KEY   # an app already running
+
+The app started here is infra/serve.yaml with fixed replicas (--fraud-replicas, --ingress-replicas)
+and the default (shipped, else tiny) checkpoints; the model versions are printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BENCH_KEY = "bench-key-not-secret"
+TX = {"transaction_id": "bench-1", "timestamp": "2024-05-01T12:30:00Z", "customer_id": "c-1", "terminal_id": "t-1",
+      "amount": 42.5}
+
+
+def report_2k_words(seed: int = 0) -> str:
+    """A deterministic ~2,000-word earnings-call-like report (figures, guidance, risks)."""
+    rng = random.Random(seed)
+    templates = [
+        "Revenue for the quarter was ${a}.{b} billion, up {p}% year over year.",
+        "Operating margin came in at {p}.{b}%, compared with {q}.{a}% a year ago.",
+        "We expect full-year revenue between ${a} billion and ${c} billion.",
+        "Free cash flow was ${a}{b}0 million and we returned ${q}00 million to shareholders.",
+        "Our customers in the {seg} segment grew {p}% and now represent {q}% of sales.",
+        "Foreign exchange reduced reported growth by {b} percentage points.",
+        "We continue to see pressure from supply chain costs in {seg} and expect it to ease in the second half.",
+        "Headcount ended the quarter at {a},{b}00 employees, up {q}% sequentially.",
+        "Capital expenditure was ${q}{b} million, mostly for new capacity in {seg}.",
+        "Risk factors include interest rates, competition in {seg}, and regulatory changes.",
+    ]
+    segs = ["cloud", "retail", "payments", "devices", "advertising", "healthcare"]
+    words, sentences = 0, []
+    while words < 2000:
+        s = rng.choice(templates).format(a=rng.randint(1, 9), b=rng.randint(0, 9), c=rng.randint(10, 19),
+                                         p=rng.randint(2, 40), q=rng.randint(10, 60), seg=rng.choice(segs))
+        sentences.append(s)
+        words += len(s.split())
+    return " ".join(sentences)
+
+
+# --- load generators --------------------------------------------------------------------------------
+
+WRK_LUA = """
+wrk.method = "{method}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = "{key}"
+wrk.body = [[{body}]]
+"""
+
+
+def run_wrk(url: str, method: str, body: str | None, key: str, concurrency: int, duration: float,
+            core: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA.format(method=method, key=key, body=body or ""))
+        script = f.name
+    cmd = ["taskset", "-c", str(core), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(duration))}s", "--latency",
+           "--timeout", "30s", "-s", script, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"tool": "wrk", "requests": total, "rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
+
+
+def run_asyncio(url: str, method: str, body: str | None, key: str, concurrency: int, duration: float,
+                max_requests: int, core: int) -> dict:
+    import httpx
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+    latencies: list[float] = []
+    failures = 0
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    payload = body.encode() if body else None
+
+    async def main() -> float:
+        nonlocal failures
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            deadline = time.perf_counter() + duration
+            issued = 0
+
+            async def worker():
+                nonlocal issued, failures
+                while time.perf_counter() < deadline and issued < max_requests:
+                    issued += 1
+                    t0 = time.perf_counter()
+                    r = await client.request(method, url, content=payload, headers=headers)
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    failures += r.status_code != 200
+
+            start = time.perf_counter()
+            await asyncio.gather(*[worker() for _ in range(concurrency)])
+            return time.perf_counter() - start
+
+    elapsed = asyncio.run(main())
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] if latencies else float("nan")
+
+    return {"tool": "httpx-asyncio", "requests": len(latencies), "rps": len(latencies) / elapsed,
+            "p50_ms": pct(50), "p99_ms": pct(99), "non_2xx": failures}
+
+
+def measure(base: str, key: str, args, tool: str) -> dict:
+    report = json.dumps({"text": report_2k_words(), "domain": "finance"})
+    cases = [
+        ("ping", "GET", "/v1/ping", None, args.concurrency, args.duration),
+        ("score", "POST", "/v1/fraud/score", json.dumps(TX), args.concurrency, args.duration),
+        ("summarize", "POST", "/v1/reports/summarize", report, args.summarize_concurrency, args.summarize_duration),
+    ]
+    results = {}
+    for name, method, path, body, conc, dur in cases:
+        warm = run_asyncio(base + path, method, body, key, min(conc, 4), 2.0, 20, args.client_core)  # warm-up
+        if warm["non_2xx"]:
+            raise SystemExit(f"{name}: warm-up got non-200 answers; is the key/app right?")
+        if tool == "wrk":
+            r = run_wrk(base + path, method, body, key, conc, dur, args.client_core)
+        else:
+            r = run_asyncio(base + path, method, body, key, conc, dur, args.max_requests, args.client_core)
+        r["concurrency"] = conc
+        results[name] = r
+        print(f"  {name:<10} c={conc:<3} {r['requests']:>7} req  {r['rps']:8.1f} RPS  p50 {r['p50_ms']:7.1f} ms  "
+              f"p99 {r['p99_ms']:7.1f} ms  non-2xx {r['non_2xx']}  [{r['tool']}]", flush=True)
+    results["score_vs_ping"] = results["score"]["rps"] / results["ping"]["rps"]
+    return results
+
+
+def start_app(args, ha_proxy: bool):
+    from services import local_serve
+    from services.security import hash_key
+    from tests.fixtures.ray_local import free_port, wait_ready
+
+    port = free_port()
+    config = local_serve.load_config(args.serve_config, port=port, args={
+        "api_key_hashes": {hash_key(BENCH_KEY): ["fraud:score", "reports:summarize", "results:read"]},
+        "rate_limit_per_minute": 10_000_000, "device": "cpu"})
+    fixed = {"autoscaling_config": None}
+    config = local_serve.override(config, deployments={
+        "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0}},
+        "FraudScorer": {**fixed, "num_replicas": args.fraud_replicas, "ray_actor_options": {"num_cpus": 0},
+                        "user_config": {"max_batch_size": args.batch_size, "batch_wait_timeout_s": args.batch_wait_s}},
+        "Summarizer": {**fixed, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
+    })
+    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
+    handle = local_serve.start(config, num_cpus=os.cpu_count(), temp_dir=temp, ha_proxy=ha_proxy, timeout_s=300)
+    wait_ready(handle.url, 300)
+    return handle
+
+
+def stop_app(handle) -> None:
+    handle.stop()
+    for var in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE"):
+        os.environ.pop(var, None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="benchmark an app already running here (loopback) instead of starting one")
+    p.add_argument("--key", default=BENCH_KEY, help="API key for --url")
+    p.add_argument("--proxy", choices=["default", "haproxy", "both"], default="both")
+    p.add_argument("--serve-config", default=str(REPO / "infra" / "serve.yaml"))
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per ping/score measurement")
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--summarize-concurrency", type=int, default=2)
+    p.add_argument("--summarize-duration", type=float, default=15.0)
+    p.add_argument("--max-requests", type=int, default=200_000, help="cap per measurement (asyncio client)")
+    p.add_argument("--tool", choices=["auto", "wrk", "asyncio"], default="auto")
+    p.add_argument("--client-core", type=int, default=0, help="the core the load generator is pinned to")
+    p.add_argument("--ingress-replicas", type=int, default=1)
+    p.add_argument("--fraud-replicas", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args()
+
+    tool = "wrk" if args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk")) else "asyncio"
+    print(f"load generator: {tool} pinned to core {args.client_core}; {os.cpu_count()} cores on this machine")
+    all_results: dict = {"tool": tool, "cores": os.cpu_count(), "args": vars(args)}
+    if args.url:
+        all_results["external"] = measure(args.url.rstrip("/"), args.key, args, tool)
+    else:
+        modes = ["default", "haproxy"] if args.proxy == "both" else [args.proxy]
+        for mode in modes:
+            if mode == "haproxy" and not shutil.which("haproxy"):
+                print("haproxy: not installed (apt-get install -y haproxy); skipped")
+                all_results[mode] = {"skipped": "haproxy binary not installed"}
+                continue
+            print(f"proxy: {mode} - starting the app...", flush=True)
+            try:
+                handle = start_app(args, ha_proxy=(mode == "haproxy"))
+            except Exception as exc:  # e.g. HAProxy mode failing to start; report and go on
+                print(f"  {mode}: could not start: {exc}")
+                all_results[mode] = {"failed": str(exc)[:500]}
+                continue
+            try:
+                import httpx
+
+                health = httpx.get(handle.url + "/healthz", timeout=10).json()
+                versions = {m: v.get("model_version") for m, v in health["models"].items()}
+                print(f"  models: {versions}")
+                all_results[mode] = {"models": versions, **measure(handle.url, BENCH_KEY, args, tool)}
+            finally:
+                stop_app(handle)
+    for mode, r in all_results.items():
+        if isinstance(r, dict) and "score_vs_ping" in r:
+            print(f"{mode}: score/ping RPS ratio {r['score_vs_ping']:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(all_results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

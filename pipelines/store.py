@@ -24,17 +24,23 @@ The stream jobs use it like this::
                       alerts=[s for s, _ in scored if s.decision == "decline"],
                       dead_letters=[DeadLetter(source=topic, partition=p, offset=o, payload=raw,
                                                reason=err.reason, stage="decode")])
+    # (the report jobs pass summaries=[ReportSummary, ...] to the same call)
     consumer.commit()                          # only after the single atomic write returned
     ...
     store.finish_run(run_id, counts={"scored": n}, status="ok")
 
-The schema is versioned by this module itself (no Alembic): ``schema_version`` holds one row per
-applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
+The schema is versioned by this module itself (no Alembic): ``MIGRATIONS`` lists (version,
+description, function) and is only ever appended to (v1 tables, v2 ``fraud_scores.amount`` +
+indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication);
+``schema_version`` holds one row per applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
 under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
 
 Bulk upserts on PostgreSQL go through ``COPY`` into a temporary staging table followed by one
 ``INSERT ... SELECT ... ON CONFLICT`` (the fastest of the methods measured by
-``benchmarks/store_write.py``); small batches and SQLite use an executemany of the same upsert.
+``benchmarks/store_write.py``: ~3x executemany, ~60x multi-row VALUES, ~4x unnest arrays); small
+batches (< ``copy_threshold`` rows) and SQLite use an executemany of the same upsert. Keys are
+de-duplicated within a batch (last wins) and written in key order, so two writers with
+overlapping keys do not deadlock; a deadlock or serialization failure anyway is retried.
 """
 
 from __future__ import annotations

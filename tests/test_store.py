@@ -227,3 +227,14 @@ def test_from_settings_uses_store_url(sqlite_url: str, monkeypatch):
     monkeypatch.setenv("ARGUS_STORE__URL", sqlite_url)
     with Store.from_settings(Settings()) as store:
         assert store.create_schema() == SCHEMA_VERSION and store.url == sqlite_url
+
+
+def test_write_batch_with_summaries_and_score_provenance(store: Store):
+    counts = store.write_batch(summaries=[summary("r1", "v1"), summary("r1", "v1")],
+                               scores=[{**score_row(fs(1)), "payload_hash": "ab" * 32, "source_position": "tx:0:5"}])
+    assert (counts.summaries, counts.scores) == (1, 1)
+    assert store.score_provenance(["t1", "t2"]) == {"t1": ("ab" * 32, "tx:0:5")}
+    with pytest.raises(StoreError):
+        store.write_batch(summaries=[summary("r2", "v1")],
+                          dead_letters=[DeadLetter(source="r", partition=0, offset=1, reason="x", stage=None)])
+    assert store.summaries_done(["r1", "r2"], "v1") == {"r1"}

@@ -14,6 +14,7 @@ The engine passes if its error is no worse than 2x transformers' own bf16 error 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -58,12 +59,28 @@ def main() -> None:
     ap.add_argument("--lengths", default="1000,700,300,64")
     ap.add_argument("--decode-steps", type=int, default=24)
     ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--inits", default="scaled,standard",
+                    help="scaled: residual-scaled init (well-conditioned routing); standard: std 0.02 everywhere")
     args = ap.parse_args()
+    reports = {}
+    for init in args.inits.split(","):
+        reports[init] = run_case(args, init)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    print("\n== summary: " + "; ".join(f"{k}: engine {r['worst_engine_rel']:.2e} vs transformers {r['worst_hf_rel']:.2e} "
+                                        f"-> {'PASS' if r['pass'] else 'FAIL'}" for k, r in reports.items()))
+    if args.out:
+        with open(os.path.join(args.out, "engine_equivalence.json"), "w") as f:
+            json.dump(reports, f, indent=1)
+
+
+def run_case(args, init: str) -> dict:
     dev = torch.device(args.device)
     dtype = torch.bfloat16
     cfg = preset_config(args.preset)
     expert_impl = "grouped_mm" if dev.type == "cuda" else "eager"
-    hf = random_hf_model(cfg, dev, dtype, experts_implementation=expert_impl)
+    hf = random_hf_model(cfg, dev, dtype, experts_implementation=expert_impl, scaled_residual=init == "scaled")
     ref = float32_copy(hf, cfg, dev)
     lengths = [int(x) for x in args.lengths.split(",")]
     steps = args.decode_steps
@@ -71,7 +88,7 @@ def main() -> None:
     seqs = [torch.randint(0, cfg.vocab_size, (n + steps,), generator=gen).to(dev) for n in lengths]
 
     engine = load_engine(hf, max_batch=len(lengths), max_seq_len=max(lengths) + steps + 8, prefill_chunk=args.chunk)
-    report: dict = {"preset": args.preset, "device": str(dev), "lengths": lengths, "decode_steps": steps,
+    report: dict = {"init": init, "preset": args.preset, "device": str(dev), "lengths": lengths, "decode_steps": steps,
                     "prefill_chunk": args.chunk, "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}
     import transformers
 
@@ -136,7 +153,7 @@ def main() -> None:
     report["pass"] = bool(worst_engine <= max(2 * worst_hf, 1e-6) and worst_engine < 2e-2)
     report["worst_engine_rel"], report["worst_hf_rel"] = worst_engine, worst_hf
 
-    print(f"\n== engine vs transformers ({args.preset}, {report['gpu']}, torch {torch.__version__}, "
+    print(f"\n== [{init} init] engine vs transformers ({args.preset}, {report['gpu']}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}); rel = ||x - fp32 ref|| / ||fp32 ref|| over logits")
     print(f"{'prefill len':>11} {'hf bf16 rel':>12} {'engine rel':>11} {'eng vs hf':>10} {'eng top1':>9}")
     for r in report["prefill"]:
@@ -148,9 +165,8 @@ def main() -> None:
     print(f"greedy 32 tokens: identical prefix {same}/32")
     print(f"worst engine rel {worst_engine:.2e} vs worst transformers bf16 rel {worst_hf:.2e}: "
           f"{'PASS' if report['pass'] else 'FAIL'}")
-    if args.out:
-        with open(os.path.join(args.out, "engine_equivalence.json"), "w") as f:
-            json.dump(report, f, indent=1)
+    del engine, hf, ref
+    return report
 
 
 if __name__ == "__main__":

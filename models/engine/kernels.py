@@ -8,6 +8,7 @@ cuBLAS / CUTLASS (`torch._grouped_mm`).
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -86,6 +87,33 @@ def route_sigmoid_topk(
     return weights * scaling, idx
 
 
+def expert_order(flat_idx: torch.Tensor, num_experts: int):
+    """Sort (token, expert) pairs by expert: (order, dest, offsets) with x_sorted = x_pairs[order],
+    pairs = sorted[dest] and offsets the int32 cumulative group ends. Stable (argsort) version."""
+    order = torch.argsort(flat_idx, stable=True)
+    dest = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    counts = torch.zeros(num_experts, dtype=torch.int32, device=flat_idx.device)
+    counts.scatter_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=torch.int32))
+    return order, dest, counts.cumsum(0, dtype=torch.int32)
+
+
+def expert_order_onehot(flat_idx: torch.Tensor, num_experts: int):
+    """Same result as expert_order by counting instead of sorting: a few fusable elementwise/scan
+    ops, far cheaper than a radix sort for the few hundred pairs of a decode step."""
+    onehot = (flat_idx[:, None] == torch.arange(num_experts, device=flat_idx.device)).long()  # [M, E]
+    counts = onehot.sum(0)
+    ends = counts.cumsum(0)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # place among the pairs of the same expert
+    dest = (ends - counts).gather(0, flat_idx) + rank
+    order = torch.empty_like(dest).scatter_(0, dest, torch.arange(dest.numel(), device=dest.device))
+    return order, dest, ends.to(torch.int32)
+
+
+def combine_experts(y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[t, k] * y[t, k, :] in fp32, back to y's dtype: y [T, k, H], weights [T, k]."""
+    return (y.float() * weights.unsqueeze(-1)).sum(1).to(y.dtype)
+
+
 def _grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
@@ -113,12 +141,15 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, u
     return out
 
 
-_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk")
+_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk",
+            "expert_order", "combine_experts")
 
 # Two kernel sets: prefill always runs `eager` (compute-bound, and it sees many shapes); decode runs
 # `decode`, which enable_compile() turns into torch.compile'd kernels (launch-bound at small batch).
 eager = SimpleNamespace(**{name: globals()[name] for name in _FUSABLE})
 decode = SimpleNamespace(**vars(eager))
+decode.expert_order = expert_order_onehot
+_DECODE_EAGER = dict(vars(decode))
 
 
 _compiled: dict[str, object] = {}
@@ -128,9 +159,29 @@ def enable_compile() -> None:
     """Compile the decode kernels (dynamic shapes, so one compile serves every batch bucket > 1)."""
     for name in _FUSABLE:
         if name not in _compiled:
-            _compiled[name] = torch.compile(getattr(eager, name), dynamic=True, fullgraph=True)
+            fn = _DECODE_EAGER[name]
+            _compiled[name] = _CompiledOrEager(name, torch.compile(fn, dynamic=True, fullgraph=True), fn)
         setattr(decode, name, _compiled[name])
 
 
 def disable_compile() -> None:
-    decode.__dict__.update(vars(eager))
+    decode.__dict__.update(_DECODE_EAGER)
+
+
+class _CompiledOrEager:
+    """A compiled kernel that falls back to its eager version for good if compiling it fails
+    (first calls happen in the warm-up before graph capture, never inside a capture)."""
+
+    def __init__(self, name, compiled, eager_fn):
+        self.name, self.compiled, self.eager_fn, self.ok = name, compiled, eager_fn, True
+
+    def __call__(self, *args):
+        if self.ok:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: keep serving, eagerly
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise
+                warnings.warn(f"torch.compile of {self.name} failed, running it eagerly: {exc!r:.300}")
+                self.ok = False
+        return self.eager_fn(*args)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels as K
+from . import triton_moe
 from .config import EngineArgs
 
 
@@ -159,9 +160,10 @@ class TopKRouter(nn.Module):
 
 
 class GroupedExperts(nn.Module):
-    """Routed experts as two grouped GEMMs over tokens sorted by expert (no host sync, graph-safe)."""
+    """Routed experts. Few pairs (decode at small batch, on GPU): one Triton GEMV per (token, expert)
+    pair. Otherwise: pairs sorted by expert, then two grouped GEMMs (no host sync, graph-safe)."""
 
-    def __init__(self, hf_experts: nn.Module, use_grouped_mm: bool):
+    def __init__(self, hf_experts: nn.Module, use_grouped_mm: bool, gemv_max_pairs: int = 64):
         super().__init__()
         if hasattr(hf_experts, "gate_up_proj"):  # transformers 5.x fused 3-D expert weights
             self.w_gate_up, self.w_down = hf_experts.gate_up_proj, hf_experts.down_proj  # [E, 2I, H], [E, H, I]
@@ -170,19 +172,20 @@ class GroupedExperts(nn.Module):
             self.w_down = torch.stack([e.down_proj.weight for e in hf_experts])
         self.num_experts = self.w_gate_up.shape[0]
         self.use_grouped_mm = use_grouped_mm
+        self.gemv_max_pairs = gemv_max_pairs if triton_moe.available(self.w_gate_up.device) else 0
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, kk=K.eager) -> torch.Tensor:
         t, k = idx.shape
         flat = idx.reshape(-1)
-        order = torch.argsort(flat, stable=True)
+        if flat.numel() <= self.gemv_max_pairs:
+            h = kk.silu_mul(triton_moe.expert_gemv(x, self.w_gate_up, flat, k))
+            y = triton_moe.expert_gemv(h, self.w_down, flat, 1)
+            return kk.combine_experts(y.view(t, k, -1), weights)
+        order, dest, offsets = kk.expert_order(flat, self.num_experts)
         xs = x.index_select(0, order // k)
-        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        offsets = counts.cumsum(0, dtype=torch.int32)
         h = kk.silu_mul(K.grouped_gemm(xs, self.w_gate_up, offsets, self.use_grouped_mm))
         ys = K.grouped_gemm(h, self.w_down, offsets, self.use_grouped_mm)
-        y = torch.empty_like(ys).index_copy_(0, order, ys).view(t, k, -1)
-        return (y.float() * weights.unsqueeze(-1)).sum(1).to(x.dtype)
+        return kk.combine_experts(ys.index_select(0, dest).view(t, k, -1), weights)
 
 
 class MoE(nn.Module):

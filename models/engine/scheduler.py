@@ -241,9 +241,8 @@ class Engine:
         reqs = [self._active.get(s) for s in range(n)]
         tokens = [r.output[-1] if r else 0 for r in reqs]
         pos = [r.cache_len if r else 0 for r in reqs]
-        logits = self.runner.step(
-            torch.tensor(tokens, device=self.device), torch.tensor(pos, device=self.device), max(pos) + 1
-        )
+        inputs = torch.tensor([tokens, pos], device=self.device)  # one host-to-device copy
+        logits = self.runner.step(inputs[0], inputs[1], max(pos) + 1)
         nxt = self._sample(logits, reqs)
         self.stats["decode_steps"] += 1
         for req, tok in zip(reqs, nxt):

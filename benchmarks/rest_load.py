@@ -165,6 +165,28 @@ def measure(base: str, key: str, args, tool: str) -> dict:
     return results
 
 
+def profile_scorer(explain_top_k: int) -> dict:
+    """Where the time goes: the same FraudScorer, in this process, on batches of 1 and 50 (median of 5)."""
+    import statistics
+
+    from models.fraud_scorer import FraudScorer
+    from pipelines.contracts import Transaction
+
+    scorer = FraudScorer.load(None, device="cpu")
+    out = {"model_version": scorer.model_version}
+    for n in (1, 50):
+        txs = [Transaction(**{**TX, "transaction_id": f"p{i}", "customer_id": f"c{i}"}) for i in range(n)]
+        for k in sorted({0, explain_top_k}):
+            times = []
+            for _ in range(6):
+                t0 = time.perf_counter()
+                scorer.score(txs, scorer.new_state(), explain_top_k=k)
+                times.append((time.perf_counter() - t0) * 1000)
+            out[f"batch{n}_explain{k}_ms"] = statistics.median(times[1:])
+    print("  in-process FraudScorer.score: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items() if k != "model_version"))
+    return out
+
+
 def start_app(args, ha_proxy: bool):
     from services import local_serve
     from services.security import hash_key
@@ -178,7 +200,8 @@ def start_app(args, ha_proxy: bool):
     config = local_serve.override(config, deployments={
         "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0}},
         "FraudScorer": {**fixed, "num_replicas": args.fraud_replicas, "ray_actor_options": {"num_cpus": 0},
-                        "user_config": {"max_batch_size": args.batch_size, "batch_wait_timeout_s": args.batch_wait_s}},
+                        "user_config": {"max_batch_size": args.batch_size, "batch_wait_timeout_s": args.batch_wait_s,
+                                        "explain_top_k": args.explain_top_k}},
         "Summarizer": {**fixed, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}},
     })
     temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
@@ -211,12 +234,15 @@ def main() -> None:
     p.add_argument("--fraud-replicas", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--explain-top-k", type=int, default=5, help="reasons per flagged score (0: none)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
 
     tool = "wrk" if args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk")) else "asyncio"
     print(f"load generator: {tool} pinned to core {args.client_core}; {os.cpu_count()} cores on this machine")
-    all_results: dict = {"tool": tool, "cores": os.cpu_count(), "args": vars(args)}
+    all_results: dict = {"tool": tool, "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "args": vars(args)}
+    print(f"load average (1 min) before: {os.getloadavg()[0]:.1f}")
+    all_results["scorer_profile"] = profile_scorer(args.explain_top_k)
     if args.url:
         all_results["external"] = measure(args.url.rstrip("/"), args.key, args, tool)
     else:

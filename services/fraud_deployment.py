@@ -9,7 +9,7 @@ A request may carry `history` (recent transactions of that customer); it is scor
 private copy of the state with that history added, so it never leaks into other requests.
 
 `user_config` (hot-reconfigurable from infra/serve.yaml without a restart): max_batch_size,
-batch_wait_timeout_s, alert_threshold, review_threshold.
+batch_wait_timeout_s, alert_threshold, review_threshold, explain_top_k (reasons per flagged score).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class FraudScorerDeployment:
         self.scorer_class = scorer_class
         self.alert_threshold = alert_threshold
         self.review_threshold = review_threshold
+        self.explain_top_k = 5  # reasons per review/decline score; 0 turns them off (cheaper)
         self.state_snapshot = state_snapshot
         self.store_url = store_url
         self.state_refresh_s = state_refresh_s
@@ -128,6 +129,7 @@ class FraudScorerDeployment:
             self.score_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
         self.alert_threshold = float(config.get("alert_threshold", self.alert_threshold))
         self.review_threshold = float(config.get("review_threshold", self.review_threshold))
+        self.explain_top_k = int(config.get("explain_top_k", self.explain_top_k))
 
     # -- the state hook ---------------------------------------------------------------------------
 
@@ -201,13 +203,14 @@ class FraudScorerDeployment:
         plain = [i for i, (_, history) in enumerate(items) if not history]
         if plain:
             txs = [items[i][0] for i in plain]
-            scores = scorer.score(txs, self._private_state(txs, []), self.alert_threshold, self.review_threshold)
+            scores = scorer.score(txs, self._private_state(txs, []), self.alert_threshold, self.review_threshold,
+                                  explain_top_k=self.explain_top_k)
             for i, s in zip(plain, scores):
                 out[i] = s
         for i, (tx, history) in enumerate(items):
             if history:  # each with its own history, so histories of different callers never mix
                 out[i] = scorer.score([tx], self._private_state([tx], list(history)), self.alert_threshold,
-                                      self.review_threshold)[0]
+                                      self.review_threshold, explain_top_k=self.explain_top_k)[0]
         return out  # type: ignore[return-value]
 
 

@@ -183,6 +183,11 @@ def create_api(backend: Ingress) -> FastAPI:
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
         return JSONResponse({"detail": _message(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @api.exception_handler(TimeoutError)
+    async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
+        return JSONResponse({"detail": f"the model did not answer within {backend.config.model_timeout_s:g} s"},
+                            status_code=504)
+
     @api.exception_handler(BadInput)
     async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
         return JSONResponse({"detail": [{"loc": ["body"], "msg": _message(exc), "type": "model_input"}]}, status_code=422)
@@ -191,7 +196,8 @@ def create_api(backend: Ingress) -> FastAPI:
     async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
-    unavailable = {503: {"description": "a model is loading or failed to load"}}
+    unavailable = {503: {"description": "a model is loading or failed to load"},
+                   504: {"description": "the model did not answer within model_timeout_s"}}
     auth_errors = {401: {"description": "missing or unknown API key"}, 403: {"description": "key lacks the scope"},
                    429: {"description": "rate limit exceeded (see Retry-After)"}}
 

@@ -1,0 +1,355 @@
+"""Train the fraud scorer on a handbook-shaped transaction file, next to a LightGBM baseline.
+
+Streaming-safe preparation: the file is replayed in time order through the same `FraudState`
+the stream job uses, so every transaction's context holds only what was known before it; every
+label is handed to the state right after its transaction and becomes visible only
+`labels_delay_days` later (the state's read-time rule).
+
+Split inside the data's own period, by time: a burn-in week (histories fill up), train days,
+a gap of at least the label delay, then the validation days (the last weeks).
+
+Metrics: Average Precision, AUC-ROC and Card Precision@100 (per validation day, the 100 customers
+with the highest score that day; the share of them with a fraud that day; averaged over days).
+
+Baseline: LightGBM on the fraud-detection handbook's engineered features (customer count/mean
+amount over 1/7/30 days, terminal count and fraud risk over 1/7/30 days behind the label delay,
+weekend/night flags) on the same train/validation rows.
+
+Importable without pydantic/polars so it also runs on a bare GPU image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.fraud_state import DAY, FraudContext, FraudState, TxColumns
+
+HANDBOOK_COLUMNS = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]
+
+
+class TrainDataError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    epochs: int = 3
+    seed: int = 0
+    batch_size: int = 1024
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    pos_weight: float = 5.0  # class weight on frauds (~0.8% of rows): imbalance without wrecking calibration
+    labels_delay_days: float = 7.0
+    burn_in_days: int = 7
+    val_days: int = 28
+    max_rows: int | None = None
+    device: str = "auto"
+    grad_checkpointing: bool | None = None  # None: on for CUDA
+    baseline: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def read_handbook(path: Path, max_rows: int | None = None) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainDataError(f"input {path} does not exist")
+    if path.suffix == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, nrows=max_rows)
+    missing = [c for c in HANDBOOK_COLUMNS if c not in df.columns]
+    if missing:
+        raise TrainDataError(f"{path} lacks handbook columns {missing}")
+    if max_rows:
+        df = df.head(max_rows)
+    df = df[HANDBOOK_COLUMNS].copy()
+    df["TX_DATETIME"] = pd.to_datetime(df["TX_DATETIME"], utc=True)
+    df = df.sort_values(["TX_DATETIME", "TRANSACTION_ID"], kind="stable").reset_index(drop=True)
+    df["TS"] = (df["TX_DATETIME"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
+    df["DAY"] = ((df["TS"] - df["TS"].iloc[0] // DAY * DAY) // DAY).astype(int)
+    return df
+
+
+def build_contexts(df: pd.DataFrame, customer_history: int, terminal_history: int, delay_days: float,
+                   chunk: int = 8192, progress: bool = True) -> FraudContext:
+    """Replay the file through a FraudState in time order; labels are given right after their chunk."""
+    from tqdm import tqdm
+
+    state = FraudState(customer_history, terminal_history, delay_days)
+    cols = TxColumns(df["TRANSACTION_ID"].astype(str).tolist(), df["TS"].to_numpy(np.float64),
+                     df["CUSTOMER_ID"].astype(str).tolist(), df["TERMINAL_ID"].astype(str).tolist(),
+                     df["TX_AMOUNT"].to_numpy(np.float64))
+    fraud = df["TX_FRAUD"].to_numpy().astype(bool)
+    parts = []
+    for s in tqdm(range(0, len(df), chunk), desc="replaying through FraudState", disable=not progress, unit="chunk"):
+        idx = np.arange(s, min(s + chunk, len(df)))
+        parts.append(state.advance_columns(cols.take(idx)))
+        state.apply_label_columns([cols.transaction_id[i] for i in idx], fraud[idx])
+    return FraudContext.concat(parts)
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    train_days: tuple[int, int]
+    val_days: tuple[int, int]
+    dates: dict[str, str]
+
+
+def time_split(df: pd.DataFrame, cfg: TrainConfig) -> Split:
+    """Burn-in, train days, a gap >= the label delay, validation = the last days."""
+    n_days = int(df["DAY"].max()) + 1
+    gap = int(math.ceil(cfg.labels_delay_days))
+    val_days = cfg.val_days
+    burn = cfg.burn_in_days
+    if n_days < burn + gap + val_days + 7:  # short files (tests): shrink burn-in and validation
+        burn = min(burn, max(1, n_days // 8))
+        val_days = max(2, (n_days - burn - gap) // 3)
+    val_start = n_days - val_days
+    train_end = val_start - gap
+    if train_end <= burn:
+        raise TrainDataError(f"{n_days} days of data are too few for a burn-in, a {gap}-day gap and validation")
+    day = df["DAY"].to_numpy()
+    start = df["TX_DATETIME"].iloc[0].normalize()
+
+    def date(d: int) -> str:
+        return str((start + pd.Timedelta(days=d)).date())
+
+    return Split(np.nonzero((day >= burn) & (day < train_end))[0], np.nonzero(day >= val_start)[0],
+                 (burn, train_end - 1), (val_start, n_days - 1),
+                 {"train": f"{date(burn)} .. {date(train_end - 1)}", "gap": f"{date(train_end)} .. {date(val_start - 1)}",
+                  "validation": f"{date(val_start)} .. {date(n_days - 1)}"})
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def card_precision_at_k(df: pd.DataFrame, scores: np.ndarray, k: int = 100) -> float:
+    """Per day: the k customers with the highest (max) score; share with a fraud that day; mean over days."""
+    d = pd.DataFrame({"day": df["DAY"].to_numpy(), "customer": df["CUSTOMER_ID"].to_numpy(),
+                      "score": scores, "fraud": df["TX_FRAUD"].to_numpy()})
+    per_cust = d.groupby(["day", "customer"], sort=False).agg(score=("score", "max"), fraud=("fraud", "max")).reset_index()
+    top = per_cust.sort_values(["day", "score"], ascending=[True, False]).groupby("day").head(k)
+    return float(top.groupby("day")["fraud"].sum().div(k).mean())
+
+
+def metrics(df: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = df["TX_FRAUD"].to_numpy()
+    if y.min() == y.max():
+        return {"ap": float("nan"), "auc": float("nan"), "cp100": card_precision_at_k(df, scores)}
+    return {"ap": float(average_precision_score(y, scores)), "auc": float(roc_auc_score(y, scores)),
+            "cp100": card_precision_at_k(df, scores)}
+
+
+# --- LightGBM baseline ------------------------------------------------------------------------------
+
+def handbook_features(df: pd.DataFrame, delay_days: float = 7.0) -> pd.DataFrame:
+    """The handbook's engineered features (chapter 3), computed causally with time-based rolling windows."""
+    out = pd.DataFrame(index=df.index)
+    out["amount"] = df["TX_AMOUNT"].to_numpy()
+    out["weekend"] = (df["TX_DATETIME"].dt.weekday >= 5).astype(np.int8)
+    out["night"] = (df["TX_DATETIME"].dt.hour <= 6).astype(np.int8)
+    t = df[["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]].copy()
+    t["one"] = 1.0
+    t = t.set_index("TX_DATETIME")
+    for w in (1, 7, 30):
+        cnt = _per_group_rolling(t, "CUSTOMER_ID", "one", f"{w}D")
+        amt = _per_group_rolling(t, "CUSTOMER_ID", "TX_AMOUNT", f"{w}D")
+        out[f"customer_nb_tx_{w}d"] = cnt
+        out[f"customer_avg_amount_{w}d"] = amt / np.maximum(cnt, 1)
+    d = int(delay_days)
+    cnt_d = _per_group_rolling(t, "TERMINAL_ID", "one", f"{d}D")
+    fr_d = _per_group_rolling(t, "TERMINAL_ID", "TX_FRAUD", f"{d}D")
+    for w in (1, 7, 30):
+        cnt = _per_group_rolling(t, "TERMINAL_ID", "one", f"{d + w}D") - cnt_d
+        fr = _per_group_rolling(t, "TERMINAL_ID", "TX_FRAUD", f"{d + w}D") - fr_d
+        out[f"terminal_nb_tx_{w}d"] = cnt
+        out[f"terminal_risk_{w}d"] = np.where(cnt > 0, fr / np.maximum(cnt, 1), 0.0)
+    return out
+
+
+def _per_group_rolling(t: pd.DataFrame, key: str, col: str, window: str) -> np.ndarray:
+    """Time-window rolling sum per group, returned in the frame's row order."""
+    pos = pd.Series(np.arange(len(t)), index=t.index)
+    frame = pd.DataFrame({"k": t[key].to_numpy(), "v": t[col].to_numpy(np.float64), "pos": pos.to_numpy()}, index=t.index)
+    frame = frame.sort_values(["k"], kind="stable")  # stable: time order kept inside each group
+    rolled = frame.groupby("k", sort=False)["v"].rolling(window).sum().to_numpy()
+    res = np.empty(len(t))
+    res[frame["pos"].to_numpy()] = rolled
+    return res
+
+
+def train_lightgbm(X: pd.DataFrame, y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int) -> np.ndarray:
+    import lightgbm as lgb
+
+    clf = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, subsample=0.8, subsample_freq=1,
+                             colsample_bytree=0.8, random_state=seed, verbose=-1, n_jobs=max(1, min(8, _cpus())))
+    clf.fit(X.iloc[train], y[train])
+    return clf.predict_proba(X.iloc[val])[:, 1]
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --- the MoE model -------------------------------------------------------------------------------------
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def fit_model(ctx: FraudContext, y: np.ndarray, train: np.ndarray, cfg: TrainConfig, device: str, progress: bool = True):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from models.fraud_scorer import FraudModel, FraudModelConfig, context_tensors
+
+    torch.manual_seed(cfg.seed)
+    mcfg = FraudModelConfig.from_preset(cfg.preset, labels_delay_days=cfg.labels_delay_days, **cfg.overrides)
+    model = FraudModel(mcfg).to(device)
+    use_ckpt = cfg.grad_checkpointing if cfg.grad_checkpointing is not None else device.startswith("cuda")
+    if use_ckpt:
+        model.backbone.gradient_checkpointing_enable()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg.pos_weight, device=device))
+    all_t = context_tensors(ctx.take(train), device)  # whole training set on the device (small per row)
+    y_t = torch.from_numpy(y[train].astype(np.float32)).to(device)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    amp = device.startswith("cuda")
+    history = []
+    with Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("train", total=steps_per_epoch * cfg.epochs, epoch=0, loss=float("nan"))
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(len(train), generator=gen).to(device)
+            running, n = 0.0, 0
+            for s in range(0, len(train), cfg.batch_size):
+                idx = perm[s:s + cfg.batch_size]
+                batch = {k: v[idx] for k, v in all_t.items()}
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    logits = model(batch)
+                loss = loss_fn(logits.float(), y_t[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                running += float(loss.detach()) if (n % 50 == 0) else 0.0
+                n += 1
+                if n % 50 == 0 or s + cfg.batch_size >= len(train):
+                    bar.update(task, completed=epoch * steps_per_epoch + n, epoch=epoch + 1, loss=float(loss.detach()))
+            history.append(float(loss.detach()))
+    if use_ckpt:
+        model.backbone.gradient_checkpointing_disable()
+    return model.eval(), history
+
+
+def predict(model, ctx: FraudContext, idx: np.ndarray, device: str, batch: int = 8192) -> np.ndarray:
+    from models.fraud_scorer import context_tensors
+
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(idx), batch):
+            t = context_tensors(ctx.take(idx[s:s + batch]), device)
+            out.append(torch.sigmoid(model.fast_logits(t).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+# --- the whole run ---------------------------------------------------------------------------------------
+
+def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True, log=print) -> dict[str, Any]:
+    from models.checkpoint import save_task_model
+
+    t0 = time.perf_counter()
+    np.random.seed(cfg.seed)
+    device = pick_device(cfg.device)
+    df = read_handbook(input_path, cfg.max_rows)
+    if df["TX_FRAUD"].sum() == 0:
+        raise TrainDataError(f"{input_path} has no fraud labels (TX_FRAUD all 0): nothing to learn")
+    split = time_split(df, cfg)
+    log(f"{len(df):,} transactions over {int(df['DAY'].max()) + 1} days; train {split.dates['train']} "
+        f"({len(split.train):,}), gap {split.dates['gap']}, validation {split.dates['validation']} ({len(split.val):,}); device {device}")
+    from models.fraud_scorer import FraudModelConfig
+
+    probe = FraudModelConfig.from_preset(cfg.preset, **cfg.overrides)
+    t1 = time.perf_counter()
+    ctx = build_contexts(df, probe.customer_history, probe.terminal_history, cfg.labels_delay_days, progress=progress)
+    prep_s = time.perf_counter() - t1
+    log(f"contexts built in {prep_s:.1f}s")
+    y = df["TX_FRAUD"].to_numpy().astype(np.int64)
+    t2 = time.perf_counter()
+    model, history = fit_model(ctx, y, split.train, cfg, device, progress)
+    train_s = time.perf_counter() - t2
+    log(f"MoE trained in {train_s:.1f}s")
+    val_df = df.iloc[split.val]
+    moe_scores = predict(model, ctx, split.val, device)
+    results = {"argus-moe": metrics(val_df, moe_scores)}
+    if cfg.baseline:
+        t3 = time.perf_counter()
+        feats = handbook_features(df, cfg.labels_delay_days)
+        log(f"handbook features in {time.perf_counter() - t3:.1f}s")
+        lgb_scores = train_lightgbm(feats, y, split.train, split.val, cfg.seed)
+        results["lightgbm-handbook"] = metrics(val_df, lgb_scores)
+        results["lightgbm-handbook"]["fit_s"] = round(time.perf_counter() - t3, 1)
+    results["argus-moe"]["fit_s"] = round(train_s, 1)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    version = f"fraud-{cfg.preset}-{time.strftime('%Y%m%d')}-s{cfg.seed}"
+    metric_table = {m: {name: round(r[m], 5) for name, r in results.items() if m in r} for m in ("ap", "auc", "cp100")}
+    config = {
+        "task": "fraud", "model_version": version, "seed": cfg.seed, "parameters": n_params,
+        "fraud": model.config.to_dict(),
+        "metrics": metric_table,
+        "split": split.dates,
+        "train": {k: v for k, v in cfg.__dict__.items() if k != "overrides"} | {"overrides": cfg.overrides, "device": device},
+    }
+    card = {
+        "description": ("Fraud scorer: each transaction with its customer's last events and its terminal's last events "
+                        "as a 16-token sequence through a DeepSeek-V3-style MoE (MLA, 1 shared + 8 routed experts, "
+                        "top-2); a linear head on the current transaction's token gives the fraud probability."),
+        "data": {"input": Path(input_path).name, "rows": len(df), "frauds": int(y.sum()), **split.dates,
+                 "label_delay_days": cfg.labels_delay_days,
+                 "preparation": "replayed in time order through FraudState; labels visible only after the delay"},
+        "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "pos_weight": cfg.pos_weight,
+                     "device": device, "mixed_precision": "bf16" if device.startswith("cuda") else "fp32",
+                     "final_losses": [round(x, 4) for x in history], "prep_s": round(prep_s, 1),
+                     "train_s": round(train_s, 1), "parameters": n_params},
+        "metrics": metric_table,
+    }
+    save_task_model(output, model, config, card)
+    return {"output": str(output), "metrics": results, "split": split.dates, "model_version": version,
+            "parameters": n_params, "seconds": round(time.perf_counter() - t0, 1), "device": device}
+
+
+def main() -> None:  # python -m models.train_fraud INPUT OUTPUT [preset] [epochs] (GPU machine, no typer needed)
+    import sys
+
+    args = sys.argv[1:]
+    cfg = TrainConfig(preset=args[2] if len(args) > 2 else "small", epochs=int(args[3]) if len(args) > 3 else 3)
+    res = run(Path(args[0]), Path(args[1]), cfg)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

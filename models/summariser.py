@@ -96,10 +96,16 @@ class Summarizer:
         dev = _resolve_device(device)
         if path is None:
             if not (SHIPPED_CHECKPOINT / "config.json").is_file():
-                lm, tok, head, meta = _tiny_random(dev)
-                return cls(lm, tok, head, meta, dev, **kwargs)
+                return cls.tiny_random(device, **kwargs)
             path = SHIPPED_CHECKPOINT
         return cls(*_load_dir(Path(path), dev), dev, **kwargs)
+
+    @classmethod
+    def tiny_random(cls, device: str = "cpu", **kwargs) -> "Summarizer":
+        """Untrained `tiny` weights (model_version 'tiny-random-untrained'): tests and checkpoint-less runs."""
+        dev = _resolve_device(device)
+        lm, tok, head, meta = _tiny_random(dev)
+        return cls(lm, tok, head, meta, dev, **kwargs)
 
     # --- public API -------------------------------------------------------------------------------
 

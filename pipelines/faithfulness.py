@@ -41,6 +41,9 @@ class Figure:
 def extract_figures(text: str) -> list[Figure]:
     out: list[Figure] = []
     for m in _FIGURE.finditer(text):
+        before = text[max(0, m.start() - 2) : m.start()]
+        if len(before) == 2 and before[1] in "-−/" and before[0].isalnum():
+            continue  # 'COVID-19', '10-K', '24/7': part of a name, not a figure
         raw = m.group("num").replace(",", "")
         try:
             mantissa = float(raw)

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 
 from pipelines.store import Store
 
-console = Console()
+console = Console(width=150)
 
 
 def make_rows(n: int, version: str, offset: float) -> list[dict]:

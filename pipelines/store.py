@@ -694,7 +694,10 @@ class Store:
                 for row in rows:
                     values = list(values_of(row))
                     for i in json_at:
-                        values[i] = dumps(values[i], default=str)
+                        try:  # the default encoder is the fast path; str() only for odd values
+                            values[i] = dumps(values[i])
+                        except TypeError:
+                            values[i] = dumps(values[i], default=str)
                     write_row(values)
         keys = ", ".join(_q(k) for k in key)
         if update:

@@ -22,7 +22,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-console = Console()
+console = Console(width=150)
 
 
 def transactions(n: int) -> list[dict]:

@@ -267,6 +267,22 @@ def bench_engine(hf, cfg, args):
             times.append(now() - t0)
         res[f"prefill_{n}_s"] = min(times)
         print(f"engine prefill {n}: {times}", flush=True)
+    # prefill variants at the longest length: chunk size x (V padded for flash | unequal head dims)
+    from models.engine import layers
+
+    n = max(args.prefill_lens)
+    p = rand_prompts(1, n, vocab, n)
+    sweep = {}
+    for chunk in (8192, 32768):
+        for pad in (True, False):
+            layers.PAD_V_FOR_FLASH, engine.prefill_chunk = pad, chunk
+            engine.generate(p, 1) if (chunk, pad) == (8192, False) else None  # first use of new kernels
+            t0 = now()
+            engine.generate(p, 1)
+            sweep[f"chunk{chunk}_padv{int(pad)}"] = now() - t0
+    layers.PAD_V_FOR_FLASH, engine.prefill_chunk = True, 8192
+    res[f"prefill_{n}_variants_s"] = sweep
+    print(f"prefill variants: {sweep}", flush=True)
     n_ctx = args.seq_long - 16
     p = rand_prompts(1, n_ctx, vocab, 3)
     h = engine.submit(p[0], 16)

@@ -5,7 +5,10 @@ compared against a float32 copy of the model (eager experts), by ‖x − ref‖
   * prefill logits of several prompts (one longer than the prefill chunk, so chunking is exercised);
   * teacher-forced decode logits: the engine's decode steps (absorbed MLA over the latent cache,
     CUDA graphs + compiled kernels on GPU) against the full-sequence forward at the same positions.
-The engine passes if its error is no worse than 2x transformers' own bf16 error (and < 2e-2).
+  * layer by layer: each decoder layer fed the same bf16 input (one layer's rounding, no compounding).
+The engine passes if its error is within 1.1x of transformers' own bf16 error against the same
+float32 reference (random weights make top-k routing full of near-ties that bf16 rounding flips in
+either implementation, and 27 layers compound them; that noise is the bf16 tolerance here).
 
     python benchmarks/engine_equivalence.py --preset lite --device cuda --out $OUT
     python benchmarks/engine_equivalence.py --preset tiny --device cpu        # dry run
@@ -75,6 +78,29 @@ def main() -> None:
             json.dump(reports, f, indent=1)
 
 
+def layerwise(hf, ref, engine, ids) -> dict:
+    """Each decoder layer fed transformers' bf16 input to that layer: one layer's rounding error, with
+    no compounding across 27 layers (and at most one layer's routing near-ties)."""
+    n = ids.shape[1]
+    pos = torch.arange(n, device=ids.device)[None]
+    x = hf.model.embed_tokens(ids)
+    hf_pe = hf.model.rotary_emb(x, pos)
+    ref_pe = ref.model.rotary_emb(x.float(), pos)
+    cos, sin = engine.model.rope.cos[:n], engine.model.rope.sin[:n]
+    hf_rel, eng_rel = [], []
+    for i, block in enumerate(engine.model.blocks):
+        r = ref.model.layers[i](x.float(), position_embeddings=ref_pe, attention_mask=None, position_ids=pos)
+        h = hf.model.layers[i](x, position_embeddings=hf_pe, attention_mask=None, position_ids=pos)
+        r, h = (t[0] if isinstance(t, tuple) else t for t in (r, h))
+        e = block.prefill(x, cos, sin, None, None, 0)
+        hf_rel.append(rel(h, r))
+        eng_rel.append(rel(e, r))
+        x = h
+    print("layerwise rel error of each layer's output (engine / transformers bf16):",
+          " ".join(f"{a:.1e}/{b:.1e}" for a, b in zip(eng_rel, hf_rel)))
+    return {"engine_rel": eng_rel, "hf_rel": hf_rel, "engine_max": max(eng_rel), "hf_max": max(hf_rel)}
+
+
 def run_case(args, init: str) -> dict:
     dev = torch.device(args.device)
     dtype = torch.bfloat16
@@ -105,6 +131,9 @@ def run_case(args, init: str) -> dict:
                      "hf_top1": top1(h, r), "engine_top1": top1(e, r), "engine_vs_hf_max_abs": float((e - h).abs().max())})
         del r, h, e
     report["prefill"] = rows
+
+    # ---- layer by layer: the same bf16 input into each layer of all three -------------------
+    report["layerwise"] = layerwise(hf, ref, engine, seqs[0][: lengths[0]][None])
 
     # ---- teacher-forced decode through the cache (chunked prefill, then decode steps) ---------
     slots = torch.arange(len(lengths), device=dev)
@@ -150,7 +179,9 @@ def run_case(args, init: str) -> dict:
 
     worst_engine = max([r["engine_rel"] for r in report["prefill"]] + [r["engine_decode_rel"] for r in report["decode"]])
     worst_hf = max([r["hf_rel"] for r in report["prefill"]] + [r["hf_incremental_rel"] for r in report["decode"]])
-    report["pass"] = bool(worst_engine <= max(2 * worst_hf, 1e-6) and worst_engine < 2e-2)
+    # bf16 tolerance = transformers' own bf16 error against the same float32 reference
+    report["pass"] = bool(worst_engine <= 1.1 * worst_hf + 1e-6
+                          and report["layerwise"]["engine_max"] <= 1.1 * report["layerwise"]["hf_max"] + 1e-6)
     report["worst_engine_rel"], report["worst_hf_rel"] = worst_engine, worst_hf
 
     print(f"\n== [{init} init] engine vs transformers ({args.preset}, {report['gpu']}, torch {torch.__version__}, "
@@ -163,6 +194,7 @@ def run_case(args, init: str) -> dict:
         print(f"{r['len']:>11} {r['hf_incremental_rel']:>12.2e} {r['engine_decode_rel']:>11.2e} "
               f"{r['engine_vs_hf_incremental_rel']:>10.2e} {r['engine_top1']:>9.3f}")
     print(f"greedy 32 tokens: identical prefix {same}/32")
+    print(f"layerwise max: engine {report['layerwise']['engine_max']:.2e} vs transformers {report['layerwise']['hf_max']:.2e}")
     print(f"worst engine rel {worst_engine:.2e} vs worst transformers bf16 rel {worst_hf:.2e}: "
           f"{'PASS' if report['pass'] else 'FAIL'}")
     del engine, hf, ref

@@ -133,3 +133,12 @@ def test_other_model_families_fall_back_to_transformers():
     engine = load_engine(model, max_batch=2, max_seq_len=32)
     assert type(engine).__name__ == "TransformersEngine"
     assert engine.generate([[1, 2, 3]], 4) == [hf_greedy(model, [1, 2, 3], 4)]
+
+
+def test_long_context_split_of_the_attention_sum_is_exact(monkeypatch):
+    from models.engine import layers
+
+    monkeypatch.setattr(layers, "LONG_CONTEXT_SPLIT", 8)
+    probs = torch.softmax(torch.randn(3, 4, 64), -1)
+    latent = torch.randn(3, 80, 16)[:, :64]  # a strided prefix of a longer cache, as in decode
+    torch.testing.assert_close(layers._weighted_latent(probs, latent), torch.bmm(probs, latent))

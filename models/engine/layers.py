@@ -21,6 +21,26 @@ def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
     return None if module is None else module.weight
 
 
+# Prefill attention: pad V's head dim up to Q/K's so SDPA can take the flash kernel (else it picks
+# cuDNN / memory-efficient attention, which accept unequal head dims). benchmarks/engine.py times both.
+PAD_V_FOR_FLASH = True
+LONG_CONTEXT_SPLIT = 2048  # decode attention over >= 4 of these splits the sum over keys (see below)
+
+
+def _weighted_latent(probs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """probs [B, heads, S] @ latent [B, S, r]. For long contexts the plain bmm has only heads x r
+    outputs per sequence, so cuBLAS runs a handful of CTAs down a 100K-long reduction; splitting
+    the keys into blocks, one batch entry each, and summing the partial products keeps all SMs busy."""
+    b, h, s = probs.shape
+    blk = LONG_CONTEXT_SPLIT
+    if s < 4 * blk or s % blk:
+        return torch.bmm(probs, latent)
+    n = s // blk
+    p = probs.view(b, h, n, blk).transpose(1, 2).reshape(b * n, h, blk)
+    part = torch.bmm(p, latent.reshape(b * n, blk, latent.shape[-1]))  # latent view is strided: reshape copies
+    return part.view(b, n, h, -1).float().sum(1).to(probs.dtype)
+
+
 class MLAAttention(nn.Module):
     """Multi-head latent attention. The cache row of a token is [normed latent (r) | roped key (dr)]."""
 
@@ -91,7 +111,7 @@ class MLAAttention(nn.Module):
         k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         pad = 0
-        if x.is_cuda and a.v_head_dim < a.qk_head_dim:
+        if PAD_V_FOR_FLASH and x.is_cuda and a.v_head_dim < a.qk_head_dim:
             pad = a.qk_head_dim - a.v_head_dim  # flash attention wants one head dim for q, k and v
             v = F.pad(v, (0, pad))
         if p == c:
@@ -124,7 +144,7 @@ class MLAAttention(nn.Module):
         kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
         scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
         probs = K.decode.masked_softmax(scores, self.scale, pos + 1)
-        o_lat = torch.bmm(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
+        o_lat = _weighted_latent(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
         return self._out(o.reshape(bsz, a.num_heads * a.v_head_dim))
 

@@ -165,9 +165,15 @@ def _run(source: ReportSource, sink: SummaryOutput | None, store: Any, pool: Any
     try:
         for chunk in _chunks(iter(records), cfg.chunk_reports):
             candidates = [candidate(r, domain, cfg.max_document_bytes) for r in chunk]
+            shown = [0]  # advanced as each actor batch returns, the rest when the chunk is done
+
+            def advance(n: int) -> None:
+                shown[0] += n
+                progress.advance(n)
+
             results = summarise_candidates(candidates, pool, mode=mode, max_sentences=cfg.max_summary_sentences,
                                            max_chars=cfg.max_summary_chars, batch_size=cfg.actor_batch_size,
-                                           validation_engine=cfg.validation_engine)
+                                           validation_engine=cfg.validation_engine, on_batch=advance)
             good = [r for r in results if r.ok]
             bad = [r for r in results if not r.ok]
             if sink is not None:
@@ -182,7 +188,7 @@ def _run(source: ReportSource, sink: SummaryOutput | None, store: Any, pool: Any
             for r in bad:
                 result.errors_by_stage[r.stage or "unknown"] = result.errors_by_stage.get(r.stage or "unknown", 0) + 1
             result.seconds = time.perf_counter() - t0
-            progress.advance(len(results))
+            progress.advance(len(results) - shown[0])
             if on_chunk is not None:
                 on_chunk(result)
     finally:
@@ -213,7 +219,10 @@ class _RichProgress:
         self.task = self.bar.add_task("summarising", total=total, rate="-", failed=0)
 
     def advance(self, n: int) -> None:
-        self.bar.update(self.task, advance=n, rate=f"{self.result.docs_per_s:.2f}", failed=self.result.failed)
+        task = self.bar.tasks[0]
+        done = task.completed + n
+        rate = done / task.elapsed if task.elapsed else 0.0
+        self.bar.update(self.task, advance=n, rate=f"{rate:.2f}", failed=self.result.failed)
 
     def close(self) -> None:
         self.bar.stop()

@@ -110,12 +110,12 @@ def validate_input(candidates: Sequence[Candidate], engine: str = "gx") -> None:
 
 def summarise_candidates(candidates: Sequence[Candidate], pool: Any, *, mode: str = "extractive",
                          max_sentences: int = 5, max_chars: int = 1200, batch_size: int = 4,
-                         validation_engine: str = "gx") -> list[Result]:
+                         validation_engine: str = "gx", on_batch: Any = None) -> list[Result]:
     """One `Result` per candidate, in order (see the module docstring for the steps)."""
     check_prose(candidates)
     validate_input(candidates, validation_engine)
     live = [c for c in candidates if c.report is not None]
-    outcomes = pool.summarize([c.report for c in live], batch_size=batch_size, mode=mode,
+    outcomes = pool.summarize([c.report for c in live], batch_size=batch_size, mode=mode, on_batch=on_batch,
                               max_sentences=max_sentences, max_chars=max_chars) if live else []
     by_candidate: dict[int, Result] = {}
     for c, outcome in zip(live, outcomes, strict=True):

@@ -84,7 +84,7 @@ class SummariserSettings(BaseModel):
     replica_num_cpus: float = Field(1.0, ge=0.0)  # Ray CPUs per actor (also its torch threads)
     window_tokens: int | None = None  # None: the checkpoint's trained window
     actor_batch_size: int = Field(4, ge=1)  # reports per actor call
-    chunk_reports: int = Field(32, ge=1)  # reports per step: validate, summarise, write output + store
+    chunk_reports: int = Field(16, ge=1)  # reports per step: validate, summarise, write output + store
     stream_max_records: int = Field(16, ge=1)  # reports per poll of the stream
     validation_engine: str = "gx"  # gx | fast (same checks; see pipelines/validation.py)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,10 +122,17 @@ class SummarizerPool:
         while pending:
             yield ray.get(pending.popleft())
 
-    def summarize(self, reports: list[Report], batch_size: int = 4, **kwargs: Any) -> list[Outcome]:
-        """All of `reports`, split over the replicas; results in input order."""
+    def summarize(self, reports: list[Report], batch_size: int = 4, on_batch: Callable[[int], None] | None = None,
+                  **kwargs: Any) -> list[Outcome]:
+        """All of `reports`, split over the replicas; results in input order. `on_batch(n)` is called
+        as each batch of n reports comes back (progress bars)."""
         batches = [reports[i:i + batch_size] for i in range(0, len(reports), batch_size)]
-        return [o for outcomes in self.map(batches, **kwargs) for o in outcomes]
+        out: list[Outcome] = []
+        for outcomes in self.map(batches, **kwargs):
+            out.extend(outcomes)
+            if on_batch is not None:
+                on_batch(len(outcomes))
+        return out
 
     def close(self) -> None:
         for actor in self.actors:

@@ -178,3 +178,17 @@ def test_unknown_input_and_missing_columns_are_clear_errors(tmp_path, pool, sett
     pl.DataFrame({"name": ["a"], "body": ["b"]}).write_parquet(pq)
     with pytest.raises(SourceError, match="needs an id column"):
         run_batch(pq, tmp_path / "o.jsonl", settings=settings, pool=pool)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "x.xlsx").write_text("nope")
+    argus = [sys.executable, "-c", "from services.cli import main; main()"]
+    bad = subprocess.run([*argus, "summarize", "--input", str(tmp_path / "x.xlsx"), "--output", str(tmp_path / "o.jsonl")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 7 and "unknown input format" in bad.stderr and "Traceback" not in bad.stderr
+    nowhere = subprocess.run([*argus, "summarize", "--input", str(tmp_path / "x.xlsx")], capture_output=True, text=True,
+                             timeout=120)
+    assert nowhere.returncode != 0 and "nowhere to write" in nowhere.stderr

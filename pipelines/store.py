@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import itemgetter
 from pathlib import Path
@@ -82,9 +82,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from pipelines.contracts import Decision, FraudScore, KeyFact, Reason, ReportSummary, SummarySentence, Transaction
+from pipelines.contracts import FraudScore, KeyFact, Reason, ReportSummary, SummarySentence, Transaction
 from pipelines.errors import StoreError
-from pipelines.settings import mask_url
 
 # --- tables ---------------------------------------------------------------------------------------
 

@@ -117,13 +117,15 @@ class SentenceScorer(nn.Module):
         return self.head(pooled.to(head_dtype), features.to(device)).float()
 
     @torch.inference_mode()
-    def score(self, tokenizer, domain: str, sentences: list[str], window_tokens: int, overlap_tokens: int) -> list[float]:
+    def score(self, tokenizer, domain: str, sentences: list[str], window_tokens: int, overlap_tokens: int) -> tuple[list[float], int]:
+        """(one score per sentence, number of windows read)."""
         sent_ids = encode_sentences(tokenizer, sentences)
         feats = sentence_features(sent_ids)
         total = torch.zeros(len(sentences))
         count = torch.zeros(len(sentences))
-        for w in plan_windows(prefix_ids(tokenizer, domain), sent_ids, window_tokens, overlap_tokens):
+        windows = plan_windows(prefix_ids(tokenizer, domain), sent_ids, window_tokens, overlap_tokens)
+        for w in windows:
             logits = self.window_logits(w.ids, w.ranges, feats[w.first : w.last]).cpu()
             total[w.first : w.last] += logits
             count[w.first : w.last] += 1
-        return (total / count.clamp(min=1)).tolist()
+        return (total / count.clamp(min=1)).tolist(), len(windows)

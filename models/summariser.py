@@ -145,12 +145,13 @@ class Summarizer:
             return [self.summarize(r, mode=mode, **kwargs) for r in reports]
 
     def score_sentences(self, domain: str, sentences: list[str]) -> list[float]:
-        return self.scorer.score(self.tokenizer, domain, sentences, self.window_tokens, self.overlap_tokens)
+        return self.scorer.score(self.tokenizer, domain, sentences, self.window_tokens, self.overlap_tokens)[0]
 
     # --- extractive -------------------------------------------------------------------------------
 
     def _extractive(self, report: Report, sentences: list[Sentence], max_sentences: int, max_chars: int):
-        scores = self.score_sentences(report.domain.value, [s.text for s in sentences])
+        scores, n_windows = self.scorer.score(self.tokenizer, report.domain.value, [s.text for s in sentences],
+                                              self.window_tokens, self.overlap_tokens)
         order = mmr_select([s.text for s in sentences], scores, max_sentences, max_chars)
         picked = [sentences[i] for i in order]
         check = check_sentences([s.text for s in picked], report.text)
@@ -158,11 +159,7 @@ class Summarizer:
         # Source text only, byte for byte (for medical reports this is a hard requirement).
         assert_source_only([(s.text, s.start, s.end) for s in kept], report.text)
         out = [SummarySentence(text=s.text, spans=[Span(start=s.start, end=s.end)]) for s in kept]
-        return out, check.report(extractive_source_only=True, sentences_scored=len(sentences), windows=self._n_windows(report, sentences))
-
-    def _n_windows(self, report: Report, sentences: list[Sentence]) -> int:
-        ids = encode_sentences(self.tokenizer, [s.text for s in sentences])
-        return len(plan_windows(prefix_ids(self.tokenizer, report.domain.value), ids, self.window_tokens, self.overlap_tokens))
+        return out, check.report(extractive_source_only=True, sentences_scored=len(sentences), windows=n_windows)
 
     # --- generative -------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent
 
 Bulk upserts on PostgreSQL go through ``COPY`` into a temporary staging table followed by one
 ``INSERT ... SELECT ... ON CONFLICT`` (the fastest of the methods measured by
-``benchmarks/store_write.py``: ~3x executemany, ~60x multi-row VALUES, ~4x unnest arrays); small
+``benchmarks/store_write.py``: 2-3x executemany, ~50x multi-row VALUES); small
 batches (< ``copy_threshold`` rows) and SQLite use an executemany of the same upsert. Keys are
 de-duplicated within a batch (last wins) and written in key order, so two writers with
 overlapping keys do not deadlock; a deadlock or serialization failure anyway is retried.

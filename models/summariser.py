@@ -255,15 +255,10 @@ def _match_spans(sentence: str, source: str, source_sentences: list[Sentence], m
 
 def _load_dir(path: Path, device: torch.device):
     """(lm, tokenizer, head or None, meta) from an Argus checkpoint or a plain local HF causal-LM directory."""
-    from transformers import AutoModelForCausalLM
+    from models.checkpoint import load_hf_moe
 
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path} is not a checkpoint directory (no config.json)")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load the causal LM in {path}: {exc}") from None
+    lm = load_hf_moe(path, causal_lm=True, dtype=dtype, device=str(device))  # ModelError on a broken/non-MoE dir
     if (path / TOKENIZER_FILE).is_file() and (path / META_FILE).is_file():
         tokenizer = load_tokenizer(path / TOKENIZER_FILE)
     else:

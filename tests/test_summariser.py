@@ -113,3 +113,24 @@ def test_shipped_checkpoint_loads_and_prefers_figures():
     out = s.summarize(_report(FINANCE), max_sentences=2)
     # The trained scorer ranks results/guidance above pleasantries.
     assert all(t not in out.summary for t in ("Good morning", "Thank you"))
+
+
+def test_broken_checkpoint_directory_is_a_model_error(tmp_path):
+    from pipelines.errors import ModelError
+
+    with pytest.raises(ModelError):
+        Summarizer.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError):
+        Summarizer.load(tmp_path)
+
+
+def test_plain_hf_causal_lm_directory_generates(tmp_path, tiny):
+    """A user's local HF MoE checkpoint (no Argus head) loads: generative + centroid extractive."""
+    tiny.lm.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    s = Summarizer.load(tmp_path)
+    assert s.scorer.head is None and s.model_version.endswith("+centroid-extractive")
+    out = s.summarize(_report(FINANCE), max_sentences=2)
+    assert all(FINANCE[x.spans[0].start:x.spans[0].end] == x.text for x in out.sentences)
+    assert s.summarize(_report(FINANCE), mode="generative", max_new_tokens=4).mode == "generative"

@@ -27,6 +27,8 @@ class AppArgs(BaseModel):
     device: str | None = None  # auto | cpu | cuda (default: settings.model.device)
     # auto: one GPU per model replica when the Ray cluster has GPUs; 0: CPU replicas; N: N GPUs each
     gpus_per_replica: Literal["auto"] | float = "auto"
+    # CPUs each model replica reserves (a fraction lets a small machine hold all three deployments)
+    model_num_cpus: float = Field(0.5, ge=0.0)
     alert_threshold: float | None = Field(None, ge=0.0, le=1.0)
     review_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # the fraud stream job's state: a file of FraudState.snapshot() bytes, or store://<group>/<topic>
@@ -61,11 +63,12 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
     s = get_settings()
     device = a.device or s.model.device
     gpus = _gpus(a.gpus_per_replica)
-    fraud_d, summ_d = FraudScorerDeployment, SummarizerDeployment
-    if gpus > 0:  # serve.yaml's ray_actor_options, when given, still win over this
-        fraud_d = fraud_d.options(ray_actor_options={"num_cpus": 1, "num_gpus": gpus})
-        summ_d = summ_d.options(ray_actor_options={"num_cpus": 1, "num_gpus": gpus})
-        device = "cuda" if device == "auto" else device
+    # serve.yaml's ray_actor_options for a deployment, when given, replace these
+    actor = {"num_cpus": a.model_num_cpus, **({"num_gpus": gpus} if gpus > 0 else {})}
+    fraud_d = FraudScorerDeployment.options(ray_actor_options=actor)
+    summ_d = SummarizerDeployment.options(ray_actor_options=actor)
+    if gpus > 0 and device == "auto":
+        device = "cuda"
 
     fraud = fraud_d.bind(
         checkpoint=a.fraud_checkpoint or _opt_path(s.model.fraud_checkpoint),

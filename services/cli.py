@@ -263,6 +263,7 @@ def serve_cmd(
 ) -> None:
     """Start the REST scoring endpoint on a local Ray Serve; prints the URL and blocks until Ctrl-C."""
     import shutil
+    import signal
     import tempfile
     import time
 
@@ -279,6 +280,11 @@ def serve_cmd(
     console.print(f"[green]Argus REST endpoint[/] at [bold]{handle.url}[/]  (docs: {handle.url}/docs, "
                   f"readiness: {handle.url}/healthz){'  [HAProxy]' if ha_proxy else ''}")
     console.print("Ctrl-C to stop")
+
+    def _stop(*_):  # SIGTERM (systemd, docker, kill) stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(1)

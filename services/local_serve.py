@@ -152,4 +152,7 @@ def wait_running(app_name: str, timeout_s: float, progress=None) -> None:
             detail = app.message or "; ".join(f"{n}: {d.message}" for n, d in app.deployments.items() if d.message)
             raise ServeStartError(f"application {app_name} {status}: {detail.strip()[:2000]}")
         time.sleep(0.25)
-    raise ServeStartError(f"application {app_name} not RUNNING after {timeout_s:.0f} s (last status {last})")
+    app = serve.status().applications.get(app_name)
+    detail = "; ".join(f"{n}: {d.status} {d.message}".strip() for n, d in app.deployments.items()) if app else ""
+    raise ServeStartError(f"application {app_name} not RUNNING after {timeout_s:.0f} s (last status {last}): "
+                          f"{detail[:1500]} (too few CPUs for the replicas? see ray_actor_options / model_num_cpus)")

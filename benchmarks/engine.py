@@ -249,7 +249,14 @@ def bench_engine(hf, cfg, args):
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    # long context: one slot of max_seq_len tokens
+    bench_long(hf, cfg, args)
+
+
+@phase("engine_long")
+def bench_long(hf, cfg, args):
+    """Prefill 8K/32K (+ chunking sweep), and one slot of max_seq_len tokens (128K): fit, prefill, decode."""
+    vocab = cfg.vocab_size
+    res = R.setdefault("engine", {})
     reset_peak()
     engine = load_engine(hf, max_batch=1, max_seq_len=args.seq_long, compile=args.compile)
     res["cache_bytes_per_token"] = engine.model.args.cache_bytes_per_token()
@@ -270,6 +277,7 @@ def bench_engine(hf, cfg, args):
     # prefill variants at the longest length: chunk size x (V padded for flash | unequal head dims)
     from models.engine import layers
 
+    default_chunk = engine.prefill_chunk
     n = max(args.prefill_lens)
     p = rand_prompts(1, n, vocab, n)
     sweep = {}
@@ -280,7 +288,7 @@ def bench_engine(hf, cfg, args):
             t0 = now()
             engine.generate(p, 1)
             sweep[f"chunk{chunk}_padv{int(pad)}"] = now() - t0
-    layers.PAD_V_FOR_FLASH, engine.prefill_chunk = True, 8192
+    layers.PAD_V_FOR_FLASH, engine.prefill_chunk = True, default_chunk
     res[f"prefill_{n}_variants_s"] = sweep
     print(f"prefill variants: {sweep}", flush=True)
     n_ctx = args.seq_long - 16
@@ -297,6 +305,21 @@ def bench_engine(hf, cfg, args):
         k += 1
     res["context_long_decode_ms"] = (now() - t0) / max(k, 1) * 1e3
     res["context_long_tokens"] = n_ctx + len(h.result())
+    if args.profile_long and torch.cuda.is_available():  # kernel times of one eager step at the 128K bucket
+        from torch.profiler import ProfilerActivity, profile
+
+        tok = torch.tensor([5], device="cuda")
+        pos = torch.tensor([args.seq_long - 1], device="cuda")
+        engine.runner.use_graphs = False
+        engine.runner.step(tok, pos, args.seq_long)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            engine.runner.step(tok, pos, args.seq_long)
+            sync()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+        print(table)
+        if args.out:
+            with open(os.path.join(args.out, "engine_decode_128k_kernels.txt"), "w") as f:
+                f.write(table)
     res["peak_GiB_long"] = peak_gib()
     res["compile_enabled"] = bool(args.compile if args.compile is not None else torch.cuda.is_available())
     del engine
@@ -414,6 +437,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes: a dry run of every phase")
     ap.add_argument("--hf-compile", action="store_true", help="also time transformers' static cache + compile (batch 1)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--only-long", action="store_true", help="only the long-context engine phase (no transformers)")
+    ap.add_argument("--profile-long", action="store_true", help="kernel profile of a decode step at the longest bucket")
     ap.add_argument("--no-compile", dest="compile", action="store_false", default=None)
     args = ap.parse_args()
     q = args.quick
@@ -435,8 +460,11 @@ def main():
     t0 = now()
     hf = random_hf_model(cfg, dev, torch.float32 if args.quick and dev.type == "cpu" else torch.bfloat16, experts_implementation="grouped_mm" if dev.type == "cuda" else "eager")
     R["build_model_s"] = now() - t0
-    bench_engine(hf, cfg, args)
-    if not args.skip_hf:
+    if args.only_long:
+        bench_long(hf, cfg, args)
+    else:
+        bench_engine(hf, cfg, args)
+    if not (args.skip_hf or args.only_long):
         bench_hf(hf, cfg, args)
         if args.hf_compile:
             bench_hf_compiled(hf, cfg, args)

@@ -87,7 +87,7 @@ class Engine:
         model: EngineModel,
         max_batch: int,
         use_cuda_graphs: bool = True,
-        prefill_chunk: int = 8192,
+        prefill_chunk: int = 32768,
         max_prefill_tokens: int = 32768,
         seed: int = 0,
     ):

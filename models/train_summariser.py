@@ -7,7 +7,8 @@ One forward pass of `DeepseekV3ForCausalLM` gives three losses:
 - summary fine-tuning: next-token loss on the summary tokens (the prompt template),
 - the extractive scorer: BCE of the sentence head on greedy ROUGE-oracle labels (pooled states of
   each sentence's tokens; with a causal backbone these equal the states of the document alone).
-The routers' load-balancing correction bias is left at its default.
+The routers are kept balanced without an auxiliary loss, as in DeepSeek-V3: the expert-choice bias of
+each router is nudged after every step (`models/router_balance.py`).
 
 Held-out data (never trained on): `--val` files, and for sources without a val file a
 deterministic slice of `--holdout-fraction` of records (by id hash). The model card reports ROUGE of
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models.router_balance import RouterBiasBalancer
 from models.sentence_scorer import SentenceScorerHead, encode_sentences, pool_ranges, prefix_ids, sentence_features
 from models.summariser import HEAD_FILE, META_FILE, Summarizer
 from models.tokenizer import SUMMARY, save_tokenizer, train_tokenizer
@@ -196,6 +198,8 @@ def train_summariser(
     eval_docs: int | None = 200,
     gen_eval_docs: int = 0,
     vocab_size: int | None = None,
+    bias_rate: float = 1e-3,
+    command: str | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -242,6 +246,7 @@ def train_summariser(
     warmup = max(1, total_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))))
+    balancer = RouterBiasBalancer(lm, config.num_experts_per_tok, rate=bias_rate)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     from tqdm import tqdm
@@ -261,6 +266,7 @@ def train_summariser(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            balancer.step()
             step += 1
             bar.update(1)
             bar.set_postfix(lm=f"{lm_loss.item():.3f}", ext=f"{ext_loss.item():.3f}", refresh=False)
@@ -272,6 +278,7 @@ def train_summariser(
         if stopped_early:
             break
     bar.close()
+    balancer.remove()
     lm.eval()
     head.eval()
     train_seconds = time.time() - t_start
@@ -282,12 +289,14 @@ def train_summariser(
     meta = {"model_version": version, "preset": preset, "window_tokens": max_len, "trained_max_len": max_len}
     summarizer = Summarizer(lm, tokenizer, head, meta, dev)
     metrics = _evaluate_heldout(summarizer, held, eval_docs, gen_eval_docs, progress)
+    routers = router_summary(summarizer, held[:8])
     meta.update({
         "seed": seed, "epochs": epochs, "steps": step, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
         "train_docs": len(examples), "train_sources": dict(Counter(_source(r) for r in train)),
         "heldout_docs": dict(Counter(_source(r) for r in held)), "lr": lr, "doc_lm_weight": doc_lm_weight,
         "batch_tokens": batch_tokens, "parameters": sum(p.numel() for p in lm.parameters()),
-        "device": str(dev), "history": history[-10:], "metrics": metrics,
+        "device": str(dev), "history": history[-10:], "metrics": metrics, "routers": routers,
+        "router_bias_rate": bias_rate, "command": command,
     })
     _save(out, lm, head, tokenizer, meta)
     return meta
@@ -313,6 +322,21 @@ def _evaluate_heldout(summarizer: Summarizer, held: list[dict], eval_docs: int |
             rows += evaluate(recs[:gen_eval_docs], {"argus-generative": summariser_system(summarizer, "generative", 5, 1200)}, progress=progress)
         results[source] = rows
     return results
+
+
+def router_summary(summarizer: Summarizer, docs: list[dict]) -> dict[str, Any]:
+    """Expert load of every MoE layer while reading a few held-out documents (models.checkpoint.router_stats)."""
+    from models.checkpoint import collect_router_stats
+
+    if not docs:
+        return {}
+    lm = summarizer.lm
+    with torch.inference_mode(), collect_router_stats(lm) as stats:
+        for rec in docs:
+            sents = [s.text for s in split_sentences(rec.get("document") or rec.get("text") or "")]
+            if sents:
+                summarizer.score_sentences(str(rec.get("domain") or "finance"), sents)
+    return {name: {k: v[k] for k in ("entropy_ratio", "max_over_mean", "unused_experts")} for name, v in stats.items()}
 
 
 def _save(out: Path, lm, head, tokenizer, meta: dict) -> None:
@@ -352,6 +376,13 @@ def model_card(meta: dict) -> str:
         lines += [f"### {source}", "", "| system | docs | R-1 | R-2 | R-L | R-Lsum | figures in source |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['system']} | {r['docs']} | {r['rouge1']} | {r['rouge2']} | {r['rougeL']} | {r['rougeLsum']} | {r['figures_in_source']} |" for r in rows]
         lines.append("")
+    if meta.get("routers"):
+        lines += ["## Router load on held-out documents (1.0 entropy ratio = perfectly balanced experts)", "",
+                  "| layer | entropy ratio | max/mean load | unused experts |", "|---|---|---|---|"]
+        lines += [f"| {name} | {v['entropy_ratio']} | {v['max_over_mean']} | {v['unused_experts']} |" for name, v in meta["routers"].items()]
+        lines.append("")
+    if meta.get("command"):
+        lines += ["## Reproduce", "", "```", meta["command"], "```", ""]
     lines += ["## Limits", "",
               "A small model trained for minutes: the generative path is weak and its figures are checked against "
               "the source (unsupported sentences dropped). Extractive summaries are source text only.", ""]

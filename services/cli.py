@@ -419,7 +419,8 @@ def train_summariser_cmd(
     out = output or (get_settings().home / "checkpoints" / f"summariser-{preset}")
     meta = train_summariser(inputs, out, preset=preset, val=val, epochs=epochs, seed=seed, max_docs=max_docs, max_len=max_len,
                             max_minutes=max_minutes, eval_docs=eval_docs or None, gen_eval_docs=gen_eval_docs,
-                            vocab_size=vocab_size, batch_tokens=batch_tokens, lr=lr, device=device)
+                            vocab_size=vocab_size, batch_tokens=batch_tokens, lr=lr, device=device,
+                            command="argus " + " ".join(sys.argv[1:]))
     console.print(f"[green]saved[/] {out} ({meta['model_version']}, {meta['steps']} steps, {meta['train_seconds']} s)")
     for source, rows in (meta.get("metrics") or {}).items():
         if isinstance(rows, list):

@@ -65,3 +65,25 @@ def test_cli_rejects_input_without_summaries(tmp_path):
     res = CliRunner().invoke(app, ["train", "summariser", "--input", str(data), "--output", str(tmp_path / "o")])
     assert res.exit_code != 0
     assert "no records with both 'document' and 'summary'" in str(res.exception)
+
+
+def test_router_bias_balancer_pushes_load_off_a_hot_expert():
+    import torch
+    from transformers import DeepseekV3ForCausalLM
+
+    from models.presets import preset_config
+    from models.router_balance import RouterBiasBalancer
+
+    torch.manual_seed(0)
+    lm = DeepseekV3ForCausalLM(preset_config("tiny")).train()
+    router = next(m for m in lm.modules() if hasattr(m, "e_score_correction_bias"))
+    with torch.no_grad():
+        router.weight[3] += 5.0  # expert 3 wins almost every token
+    bal = RouterBiasBalancer(lm, top_k=2, rate=0.01)
+    x = torch.randint(0, 512, (2, 32))
+    for _ in range(3):
+        lm(input_ids=x)
+        bal.step()
+    bias = router.e_score_correction_bias
+    assert bias[3] < 0 and bias.max() > 0
+    bal.remove()

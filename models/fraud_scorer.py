@@ -58,10 +58,11 @@ class FraudModelConfig:
     backbone: dict[str, Any] = field(default_factory=dict)  # DeepseekV3Config.to_dict()
     hist_fields: list[str] = field(default_factory=lambda: list(HIST_FIELDS))
     current_fields: list[str] = field(default_factory=lambda: list(CURRENT_FIELDS))
+    use_ids: bool = False  # hashed customer/terminal id embeddings (they can memorise keys of the training weeks)
 
     @classmethod
     def from_preset(cls, preset: str, customer_history: int = 8, terminal_history: int = 7,
-                    labels_delay_days: float = 7.0, **overrides: Any) -> "FraudModelConfig":
+                    labels_delay_days: float = 7.0, use_ids: bool = False, **overrides: Any) -> "FraudModelConfig":
         from models.presets import UnknownPresetError, preset_config
 
         from pipelines.errors import ModelError
@@ -76,7 +77,7 @@ class FraudModelConfig:
             })
         except UnknownPresetError as exc:
             raise ModelError(str(exc)) from None
-        return cls(preset, customer_history, terminal_history, labels_delay_days, backbone=cfg.to_dict())
+        return cls(preset, customer_history, terminal_history, labels_delay_days, backbone=cfg.to_dict(), use_ids=use_ids)
 
     def backbone_config(self) -> DeepseekV3Config:
         cfg = dict(self.backbone)
@@ -120,12 +121,15 @@ class FraudModel(nn.Module):
         cp = t["hist_counterpart"]
         # customer history events point at terminals, terminal history at customers
         cp_emb = torch.where(self.hist_is_customer[None, :, None], self.terminal_id(cp), self.customer_id(cp))
+        cur_id = (self.customer_id(t["cur_ids"][:, 0]) + self.terminal_id(t["cur_ids"][:, 1])).unsqueeze(1)
+        if not self.config.use_ids:
+            cp_emb, cur_id = cp_emb * 0, cur_id * 0
         return {
             "hist_num": self.hist_num(t["hist_num"]),
             "hist_label": self.label(t["hist_label"]),
             "hist_id": cp_emb,
             "cur_num": self.cur_num(t["cur_num"]).unsqueeze(1),
-            "cur_id": (self.customer_id(t["cur_ids"][:, 0]) + self.terminal_id(t["cur_ids"][:, 1])).unsqueeze(1),
+            "cur_id": cur_id,
         }
 
     def embed(self, t: dict[str, torch.Tensor]) -> torch.Tensor:

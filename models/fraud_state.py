@@ -51,8 +51,15 @@ CURRENT_FIELDS = (
     "log_amount", "amount", "hour_sin", "hour_cos", "weekday_sin", "weekday_cos",
     "customer_log_gap", "terminal_log_gap", "customer_history_len", "terminal_history_len",
     "amount_vs_customer_mean", "customer_known_frauds", "customer_days_since_fraud",
-    "terminal_known_frauds", "terminal_days_since_fraud", "terminal_known_fraud_share",
+    "terminal_known_frauds", "terminal_days_since_fraud",
+    # the fraud-detection handbook's aggregates, from per-key daily buckets (terminal ones behind the label delay)
+    "customer_nb_tx_1d", "customer_nb_tx_7d", "customer_nb_tx_30d",
+    "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d",
+    "terminal_nb_tx_1d", "terminal_nb_tx_7d", "terminal_nb_tx_30d",
+    "terminal_risk_1d", "terminal_risk_7d", "terminal_risk_30d",
 )
+WINDOWS = (1, 7, 30)
+DAY_BUCKETS = 48  # per-key daily counters kept: >= label delay + the longest window
 # Label state of a history event: 0 = empty slot, 1 = no visible label, 2 = known legit, 3 = known fraud.
 LABEL_EMPTY, LABEL_UNKNOWN, LABEL_LEGIT, LABEL_FRAUD = 0, 1, 2, 3
 
@@ -141,9 +148,35 @@ class _Rings:
         self.fraud_time = np.full((cap, k), np.nan)
         self.fraud_count = np.zeros(cap, np.int64)
         self.labelled = np.zeros(cap, np.int64)  # labels received (fraud or legit)
+        # daily buckets (slot = day % DAY_BUCKETS, stamped with the day they hold)
+        self.day_stamp = np.full((cap, DAY_BUCKETS), -1, np.int64)
+        self.day_tx = np.zeros((cap, DAY_BUCKETS), np.float32)
+        self.day_amount = np.zeros((cap, DAY_BUCKETS), np.float64)
+        self.day_fraud = np.zeros((cap, DAY_BUCKETS), np.float32)
 
     ARRAYS = ("time", "amount", "gap", "counterpart", "txid", "label", "count", "last_time", "fraud_time",
-              "fraud_count", "labelled")
+              "fraud_count", "labelled", "day_stamp", "day_tx", "day_amount", "day_fraud")
+
+    def count_day(self, idx: np.ndarray, ts: np.ndarray, amount: np.ndarray) -> None:
+        """Add one transaction per key (unique keys) to its day's bucket; a stale bucket is reset first."""
+        day = np.floor(ts / DAY).astype(np.int64)
+        slot = day % DAY_BUCKETS
+        stale = self.day_stamp[idx, slot] != day
+        newer = stale & (self.day_stamp[idx, slot] < day)  # a very late event never overwrites a newer day
+        r, sl = idx[newer], slot[newer]
+        self.day_stamp[r, sl] = day[newer]
+        self.day_tx[r, sl] = 0
+        self.day_amount[r, sl] = 0
+        self.day_fraud[r, sl] = 0
+        ok = self.day_stamp[idx, slot] == day
+        self.day_tx[idx[ok], slot[ok]] += 1
+        self.day_amount[idx[ok], slot[ok]] += amount[ok]
+
+    def windows(self, rows: np.ndarray, known: np.ndarray, ts: np.ndarray, lo: float, w: float):
+        """Per row: (tx count, amount sum, fraud count) over days with lo <= age_days < lo + w."""
+        age = np.floor(ts / DAY).astype(np.int64)[:, None] - self.day_stamp[rows]
+        m = (self.day_stamp[rows] >= 0) & (age >= lo) & (age < lo + w) & known[:, None]
+        return ((self.day_tx[rows] * m).sum(1), (self.day_amount[rows] * m).sum(1), (self.day_fraud[rows] * m).sum(1))
 
     def _grow(self, need: int) -> None:
         cap = len(self.count)
@@ -284,6 +317,9 @@ class FraudState:
             np.add.at(rings.labelled, rows, 1)
             for j, e in zip(rows[fraud].tolist(), et[fraud].tolist()):
                 rings.remember_fraud(j, e)
+                d = int(np.floor(e / DAY))
+                if rings.day_stamp[j, d % DAY_BUCKETS] == d:
+                    rings.day_fraud[j, d % DAY_BUCKETS] += 1
         # a transaction is labelled once; forgetting it bounds memory and makes a duplicate label a no-op
         for h in hashes.tolist():
             del self._where[h]
@@ -350,6 +386,8 @@ class FraudState:
             sel = waves == w
             self.customers.write(c_idx[sel], cols.ts[sel], cols.amount[sel], t_h[sel], tx_h[sel], labels[sel])
             self.terminals.write(t_idx[sel], cols.ts[sel], cols.amount[sel], c_h[sel], tx_h[sel], labels[sel])
+            self.customers.count_day(c_idx[sel], cols.ts[sel], cols.amount[sel])
+            self.terminals.count_day(t_idx[sel], cols.ts[sel], cols.amount[sel])
         if self.pending:
             hs, ws, fs = [], [], []
             for h in tx_h.tolist():
@@ -411,8 +449,15 @@ class FraudState:
         def log_gap(last):
             return np.where(np.isnan(last), -1.0, np.log1p(np.maximum(ts - np.nan_to_num(last), 0.0)) / 12.0)
 
-        t_rows = np.maximum(t_idx, 0)
-        t_labelled = np.where(t_idx >= 0, self.terminals.labelled[t_rows], 0)
+        c_rows, t_rows = np.maximum(c_idx, 0), np.maximum(t_idx, 0)
+        delay_days = float(np.ceil(self.labels_delay_days))
+        agg = []
+        cust = [self.customers.windows(c_rows, c_idx >= 0, ts, 0, w) for w in WINDOWS]
+        agg += [np.log1p(n) / 3.0 for n, _, _ in cust]
+        agg += [np.log1p(a / np.maximum(n, 1)) / 5.0 for n, a, _ in cust]
+        term = [self.terminals.windows(t_rows, t_idx >= 0, ts, delay_days, w) for w in WINDOWS]
+        agg += [np.log1p(n) / 3.0 for n, _, _ in term]
+        agg += [np.where(n > 0, f / np.maximum(n, 1), 0.0) for n, _, f in term]
         cur_num = np.stack([
             np.log1p(amount) / 5.0, np.minimum(amount, 5000.0) / 100.0,
             np.sin(hour_c), np.cos(hour_c), np.sin(wd_c), np.cos(wd_c),
@@ -420,7 +465,7 @@ class FraudState:
             np.log1p(amount) - np.log1p(c_mean),
             np.minimum(pc["n_fr"], 8) / 4.0, np.log1p(pc["days_since"]) / 4.0,
             np.minimum(pt["n_fr"], 8) / 4.0, np.log1p(pt["days_since"]) / 4.0,
-            pt["n_fr"] / np.maximum(t_labelled, 1),
+            *agg,
         ], axis=-1)
         return FraudContext(
             hist_num=hist_num.astype(np.float32), hist_label=cat["label"].astype(np.int64),

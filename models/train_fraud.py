@@ -292,7 +292,7 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
         f"({len(split.train):,}), gap {split.dates['gap']}, validation {split.dates['validation']} ({len(split.val):,}); device {device}")
     from models.fraud_scorer import FraudModelConfig
 
-    probe = FraudModelConfig.from_preset(cfg.preset, **cfg.overrides)
+    probe = FraudModelConfig.from_preset(cfg.preset, **cfg.overrides)  # history lengths
     t1 = time.perf_counter()
     ctx = build_contexts(df, probe.customer_history, probe.terminal_history, cfg.labels_delay_days, progress=progress)
     prep_s = time.perf_counter() - t1
@@ -346,7 +346,10 @@ def main() -> None:  # python -m models.train_fraud INPUT OUTPUT [preset] [epoch
     import sys
 
     args = sys.argv[1:]
-    cfg = TrainConfig(preset=args[2] if len(args) > 2 else "small", epochs=int(args[3]) if len(args) > 3 else 3)
+    cfg = TrainConfig(preset=args[2] if len(args) > 2 else "small", epochs=int(args[3]) if len(args) > 3 else 3,
+                      baseline=len(args) <= 5 or args[5] != "nobaseline")
+    if len(args) > 4:
+        cfg.overrides = json.loads(args[4])
     res = run(Path(args[0]), Path(args[1]), cfg)
     print(json.dumps(res, indent=1))
 

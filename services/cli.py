@@ -379,6 +379,44 @@ def stream_reports_cmd(
     console.print(f"[green]stopped[/]: {counts.as_dict()}")
 
 
+# --- fraud scorer: training ----------------------------------------------------------------------------
+
+@train_app.command("fraud")
+def train_fraud_cmd(
+    input_path: Path = typer.Option(..., "--input", "-i", help="Handbook-shaped transactions (.csv, .csv.gz or .parquet)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny | small (the fraud model's shape)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint directory (default: var/checkpoints/fraud-<preset>)."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Use only the first N rows (in file order)."),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also fit the LightGBM handbook baseline."),
+) -> None:
+    """Train the MoE fraud scorer (streaming-safe features, time split with a label-delay gap) next to LightGBM."""
+    from rich.table import Table
+
+    from models.train_fraud import TrainConfig, TrainDataError, run
+    from pipelines.errors import ModelError
+    from pipelines.settings import get_settings
+
+    settings = get_settings()
+    out = output or settings.home / "checkpoints" / f"fraud-{preset}"
+    cfg = TrainConfig(preset=preset, epochs=epochs, seed=seed, max_rows=max_rows, batch_size=batch_size, device=device,
+                      baseline=baseline, labels_delay_days=settings.fraud.labels_delay_days)
+    try:
+        result = run(input_path, out, cfg, progress=True, log=console.print)
+    except TrainDataError as exc:
+        raise ModelError(str(exc)) from None
+    table = Table(title=f"validation {result['split']['validation']} (train {result['split']['train']})")
+    for col in ("model", "AP", "AUC-ROC", "CP@100", "fit s"):
+        table.add_column(col)
+    for name, m in result["metrics"].items():
+        table.add_row(name, f"{m['ap']:.4f}", f"{m['auc']:.4f}", f"{m['cp100']:.4f}", f"{m.get('fit_s', 0):.1f}")
+    console.print(table)
+    console.print(f"[green]saved[/] {result['model_version']} ({result['parameters']:,} parameters) to {result['output']}")
+
+
 # --- summariser: tokenizer, training, evaluation -----------------------------------------------------
 
 @train_app.command("tokenizer")

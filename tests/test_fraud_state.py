@@ -140,3 +140,20 @@ def test_duplicate_label_is_idempotent():
     ctx = st.context_batch([tx(1, terminal="t1")])
     i = CURRENT_FIELDS.index("terminal_known_frauds")
     assert ctx.cur_num[0, i] == pytest.approx(1 / 4)  # one fraud, not two
+
+
+def test_handbook_aggregates_terminal_risk_behind_the_delay():
+    st = FraudState(labels_delay_days=7)
+    day0 = [tx(i, customer=f"c{i}", terminal="T", amount=20.0, at=T0 + timedelta(hours=i)) for i in range(4)]
+    st.update_batch(day0)
+    st.apply_labels([label(0, True), label(1, False), label(2, False), label(3, False)])
+    risk7 = CURRENT_FIELDS.index("terminal_risk_7d")
+    nb7 = CURRENT_FIELDS.index("terminal_nb_tx_7d")
+    cnt1 = CURRENT_FIELDS.index("customer_nb_tx_1d")
+    same_week = st.context_batch([tx(10, customer="c0", terminal="T", at=T0 + timedelta(days=3))])
+    assert same_week.cur_num[0, risk7] == 0 and same_week.cur_num[0, nb7] == 0  # inside the delay: unknown
+    later = st.context_batch([tx(11, customer="c0", terminal="T", at=T0 + timedelta(days=8))])
+    assert later.cur_num[0, risk7] == pytest.approx(0.25)  # 1 fraud of 4 labelled transactions
+    assert later.cur_num[0, nb7] == pytest.approx(np.log1p(4) / 3)
+    today = st.context_batch([tx(12, customer="c0", terminal="X", at=T0 + timedelta(hours=20))])
+    assert today.cur_num[0, cnt1] == pytest.approx(np.log1p(1) / 3)  # c0's one transaction today

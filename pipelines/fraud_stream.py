@@ -335,6 +335,7 @@ class FraudStreamJob:
     def process(self, batch: Batch) -> None:
         """apply_labels -> decode -> validate_input -> deduplicate -> score -> validate_output."""
         c = self.config
+        self._check_continuity(batch)
         tx_records, label_records = [], []
         for r in batch.records:
             tp = TopicPartition(r.topic, r.partition)
@@ -351,6 +352,26 @@ class FraudStreamJob:
                 self.state_offset[tp.partition] = nxt
             elif tp.partition in self.states:
                 self.labels_offset[tp.partition] = nxt
+
+    def _check_continuity(self, batch: Batch) -> None:
+        """A partition read from BEFORE the offset its state reflects (an offset reset without a
+        rebalance, e.g. a broker that lost its log) would apply records to the state twice: restore
+        that partition from its snapshot instead, and read it again from there."""
+        c = self.config
+        first: dict[int, int] = {}
+        for r in batch.records:
+            if r.topic == c.transactions_topic:
+                first[r.partition] = min(first.get(r.partition, r.offset), r.offset)
+        rewound = {p for p, o in first.items() if p in self.state_offset and o < self.state_offset[p]}
+        if not rewound:
+            return
+        log.warning("partition read position went back; restoring its state", extra={
+            "consumer": self.name, "partitions": sorted(rewound)})
+        batch.records = [r for r in batch.records if r.partition not in rewound]
+        tps = {TopicPartition(c.transactions_topic, p) for p in rewound}
+        if c.labels_topic:
+            tps |= {TopicPartition(c.labels_topic, p) for p in rewound}
+        self._on_assigned(tps)
 
     def _dead(self, batch: Batch, record: Any, reason: str, stage: str) -> None:
         batch.dead_letters.append((DeadLetter(source=record.topic, reason=reason, stage=stage, payload=record.value,
@@ -473,7 +494,7 @@ class FraudStreamJob:
 
     # -- side effects, in order ------------------------------------------------------------------
 
-    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _retry(self, what: str, fn: Callable[[], Any], on_error: Callable[[], None] | None = None) -> Any:
         """Call fn until it succeeds; while it fails, consumption is paused (backpressure: nothing new
         is fetched, memory stays at one batch) and the consumer keeps its group membership."""
         delay = self.config.retry_initial_s
@@ -482,16 +503,20 @@ class FraudStreamJob:
             while True:
                 try:
                     return fn()
+                except CommitFailedError:
+                    raise  # the group moved on (rebalance): retrying cannot succeed, the caller decides
                 except (ArgusError, KafkaError, OSError) as exc:
                     if self.stop_event.is_set():
                         raise
+                    if on_error is not None:
+                        on_error()
                     self.counts.store_retries += 1
                     self.metrics.store_retries.labels(self.metrics.job).inc()
                     if not paused:
                         self.consumer.pause(*self.consumer.assignment())
                         self.metrics.paused.labels(self.metrics.job).set(1)
                         paused = True
-                    log.warning(f"{what} failed; retrying", extra={"consumer": self.name, "retry_in_s": round(delay, 2),
+                    log.warning(f"{what} failed ({type(exc).__name__}); retrying", extra={"consumer": self.name, "retry_in_s": round(delay, 2),
                                                                    "error": str(exc)[:200]})
                     deadline = time.monotonic() + delay
                     while time.monotonic() < deadline:  # poll (paused: returns nothing) to stay in the group
@@ -525,19 +550,32 @@ class FraudStreamJob:
         c = self.config
 
         def send_and_flush() -> None:
+            sent = []
             for row in batch.alerts:
                 alert = {"transaction_id": row["transaction_id"], "score": row["score"], "decision": row["decision"],
                          "reasons": row["reasons"], "model_version": row["model_version"],
                          "scored_at": row["scored_at"].isoformat(), "timestamp": row["timestamp"].isoformat(),
                          "amount": row["amount"]}
-                self.producer.send(c.alerts_topic, alert, key=batch.keys.get(row["transaction_id"]))
+                sent.append(self.producer.send(c.alerts_topic, alert, key=batch.keys.get(row["transaction_id"])))
             for d, r in batch.dead_letters:
-                self.dead_letter_out.publish_record(r, d.reason)
+                sent.append(self.dead_letter_out.publish_record(r, d.reason))
             self.producer.flush(timeout=10)
+            for future in sent:  # flush() returns even when batches were aborted: check each send
+                future.get(timeout=0)
+
+        def new_producer() -> None:
+            # a producer can be left in a fatal state (e.g. its producer id unknown to a restarted
+            # broker): start over with a fresh one; the batch is re-sent whole (at-least-once)
+            try:
+                self.producer.close(0)
+            except Exception:  # noqa: BLE001
+                pass
+            self.producer = make_producer(self.settings, linger_ms=2)
+            self.dead_letter_out = DeadLetterPublisher(self.settings, producer=self.producer, topic=c.dead_letter_topic)
 
         self._in_write = True
         try:
-            self._retry("publish", send_and_flush)
+            self._retry("publish", send_and_flush, on_error=new_producer)
         finally:
             self._in_write = False
         self.counts.alerts += len(batch.alerts)

@@ -165,14 +165,14 @@ def measure(base: str, key: str, args, tool: str) -> dict:
     return results
 
 
-def profile_scorer(explain_top_k: int) -> dict:
+def profile_scorer(explain_top_k: int, checkpoint: str | None) -> dict:
     """Where the time goes: the same FraudScorer, in this process, on batches of 1 and 50 (median of 5)."""
     import statistics
 
     from models.fraud_scorer import FraudScorer
     from pipelines.contracts import Transaction
 
-    scorer = FraudScorer.load(None, device="cpu")
+    scorer = FraudScorer.load(checkpoint, device="cpu")
     out = {"model_version": scorer.model_version}
     for n in (1, 50):
         txs = [Transaction(**{**TX, "transaction_id": f"p{i}", "customer_id": f"c{i}"}) for i in range(n)]
@@ -195,7 +195,7 @@ def start_app(args, ha_proxy: bool):
     port = free_port()
     config = local_serve.load_config(args.serve_config, port=port, args={
         "api_key_hashes": {hash_key(BENCH_KEY): ["fraud:score", "reports:summarize", "results:read"]},
-        "rate_limit_per_minute": 10_000_000, "device": "cpu"})
+        "rate_limit_per_minute": 10_000_000, "device": "cpu", "fraud_checkpoint": args.fraud_checkpoint})
     fixed = {"autoscaling_config": None}
     config = local_serve.override(config, deployments={
         "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0}},
@@ -234,6 +234,8 @@ def main() -> None:
     p.add_argument("--fraud-replicas", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--fraud-checkpoint", default=None,
+                   help="fraud checkpoint dir; 'tiny' = tiny random weights; default: the shipped one (tiny if absent)")
     p.add_argument("--explain-top-k", type=int, default=5, help="reasons per flagged score (0: none)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
@@ -242,7 +244,11 @@ def main() -> None:
     print(f"load generator: {tool} pinned to core {args.client_core}; {os.cpu_count()} cores on this machine")
     all_results: dict = {"tool": tool, "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "args": vars(args)}
     print(f"load average (1 min) before: {os.getloadavg()[0]:.1f}")
-    all_results["scorer_profile"] = profile_scorer(args.explain_top_k)
+    if args.fraud_checkpoint == "tiny":  # tiny random weights, written with the current code
+        from tests.fixtures.ray_local import save_tiny_fraud_checkpoint
+
+        args.fraud_checkpoint = str(save_tiny_fraud_checkpoint(Path(tempfile.mkdtemp(prefix="rbck")) / "fraud-tiny"))
+    all_results["scorer_profile"] = profile_scorer(args.explain_top_k, args.fraud_checkpoint)
     if args.url:
         all_results["external"] = measure(args.url.rstrip("/"), args.key, args, tool)
     else:

@@ -97,7 +97,7 @@ def test_known_customer_is_scored_with_the_stream_state(client, serve_app):
     tx = {**TX, "transaction_id": "known-now", "customer_id": KNOWN_CUSTOMER, "terminal_id": "known-term",
           "timestamp": "2024-04-20T09:00:00Z", "amount": 2500.0}
     served = client.post("/v1/fraud/score", json=tx, headers=key(serve_app, "all")).json()["scores"][0]["score"]
-    scorer = FraudScorer.load(None, device="cpu")
+    scorer = FraudScorer.load(serve_app.fraud_checkpoint, device="cpu")
     with_state = scorer.new_state()
     with_state.update_batch(known_history())
     expected = scorer.score([Transaction(**tx)], with_state)[0].score

@@ -494,3 +494,81 @@ def eval_summaries_cmd(
     _print_rouge_table(rows, f"summaries: {', '.join(p.name for p in inputs)}" + (f" (first {limit})" if limit else ""))
     if report:
         console.print(f"report: {report}")
+
+
+# --- fraud stream and replay --------------------------------------------------------------------
+
+@stream_app.command("fraud")
+def stream_fraud_cmd(
+    consumers: int = typer.Option(1, "--consumers", min=1, help="Consumer actors in the group (capped at the partition count)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Micro-batch size bound (default: fraud.batch_max_size)."),
+    max_wait_ms: Optional[int] = typer.Option(None, "--max-wait-ms", min=0, help="Micro-batch time bound (default: fraud.batch_max_wait_ms)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", min=0.0, help="Stop after this long (default: run until Ctrl-C)."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.0, help="Stop once idle with no lag for this long."),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap (default: running embedded broker, else config)."),
+    store_url: Optional[str] = typer.Option(None, "--store-url", help="Store URL (default: store.url setting)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Fraud checkpoint dir (default: shipped)."),
+    group: Optional[str] = typer.Option(None, "--group", help="Consumer group (default: <kafka.consumer_group>-fraud)."),
+    metrics_port: int = typer.Option(9464, "--metrics-port", help="Prometheus port of consumer 0 (consumer i: +i; 0 = off)."),
+    validation: str = typer.Option("fast", "--validation", help="fast | gx (great-expectations suite per batch)."),
+) -> None:
+    """Score the transactions topic on Ray: decode, validate, state + MoE scorer, store, alerts."""
+    from services.fraud_stream_actor import run_stream
+
+    settings = _kafka_settings(bootstrap)
+    url = _store_url(store_url)
+    console.print(f"fraud stream: {consumers} consumer(s) on {settings.topics.transactions} at "
+                  f"{settings.kafka.bootstrap_servers}" + (f", metrics on :{metrics_port}+i" if metrics_port else ""))
+    results = run_stream(settings, url, consumers=consumers, seconds=seconds, idle_exit_s=idle_exit,
+                         checkpoint=str(checkpoint) if checkpoint else None, metrics_port=metrics_port or None,
+                         max_batch=max_batch, max_wait_ms=max_wait_ms, group=group, validation_engine=validation)
+    from rich.table import Table
+
+    table = Table(title="fraud stream")
+    keys = ["consumed", "scored", "dead_letters", "duplicates", "alerts", "labels", "batches", "store_retries"]
+    table.add_column("consumer")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for i, r in enumerate(results):
+        table.add_row(f"fraud-{i}", *(str(r.get(k, 0)) for k in keys))
+    console.print(table)
+
+
+@fraud_app.command("replay")
+def fraud_replay_cmd(
+    input_path: Path = typer.Option(..., "--input", "-i", help="Handbook .csv/.csv.gz or a .parquet of transactions."),
+    output: Path = typer.Option(..., "--output", "-o", help="Scores Parquet to write."),
+    labels_delay_days: Optional[float] = typer.Option(None, "--labels-delay-days", help="Label visibility delay (default: the model's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N transactions (in time order)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Fraud checkpoint dir (default: shipped)."),
+    eval_start: Optional[str] = typer.Option(None, "--eval-start", help="AP/AUC window start date (default: last 28 days)."),
+    eval_end: Optional[str] = typer.Option(None, "--eval-end", help="AP/AUC window end date, exclusive."),
+) -> None:
+    """Score a whole file in time order through the stream's state + scorer (no broker)."""
+    from pipelines.fraud_replay import replay
+
+    r = replay(input_path, output, checkpoint=checkpoint, labels_delay_days=labels_delay_days, limit=limit,
+               eval_start=eval_start, eval_end=eval_end)
+    console.print(f"[green]scored[/] {r.rows:,} transactions in {r.seconds:.1f}s ({r.tx_per_s:,.0f} tx/s) "
+                  f"with {r.model_version} -> {r.output}")
+    if r.metrics:
+        m = r.metrics
+        ap = "n/a" if m["ap"] is None else f"{m['ap']:.4f}"
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+        console.print(f"window {m['window'][0]} .. {m['window'][1]}: {m['rows']:,} rows, {m['frauds']:,} frauds, "
+                      f"AP {ap}, AUC {auc}")
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+@app.command("demo")
+def demo_cmd(
+    transactions: int = typer.Option(20_000, "--transactions", min=1, help="Simulated transactions to stream."),
+    rate: float = typer.Option(5_000.0, "--rate", min=1.0, help="Produce rate (tx/s)."),
+    reports: int = typer.Option(4, "--reports", min=0, help="Simulated reports to summarise."),
+    seed: int = typer.Option(7, "--seed"),
+) -> None:
+    """Broker + local Ray + the MoE models + a SQLite store on this machine, end to end."""
+    from services.demo import print_demo, run_demo
+
+    print_demo(run_demo(transactions=transactions, rate=rate, reports=reports, seed=seed, console=console), console)

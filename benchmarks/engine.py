@@ -262,6 +262,7 @@ def bench_long(hf, cfg, args):
     res["cache_bytes_per_token"] = engine.model.args.cache_bytes_per_token()
     res["hf_layout_cache_bytes_per_token"] = engine.model.args.hf_cache_bytes_per_token()
     res["long_cache_GiB"] = engine.cache.numel() * 2 / 2**30
+    engine.generate(rand_prompts(1, 100, vocab, 11), 4)  # serve a short request first, as a replica would
     for n in args.prefill_lens:
         if n + 1 > args.seq_long:
             continue
@@ -277,18 +278,18 @@ def bench_long(hf, cfg, args):
     # prefill variants at the longest length: chunk size x (V padded for flash | unequal head dims)
     from models.engine import layers
 
-    default_chunk = engine.prefill_chunk
+    default_chunk, default_cont = engine.prefill_chunk, engine.prefill_chunk_continued
     n = max(args.prefill_lens)
     p = rand_prompts(1, n, vocab, n)
     sweep = {}
     for chunk in (8192, 32768):
         for pad in (True, False):
-            layers.PAD_V_FOR_FLASH, engine.prefill_chunk = pad, chunk
+            layers.PAD_V_FOR_FLASH, engine.prefill_chunk, engine.prefill_chunk_continued = pad, chunk, chunk
             engine.generate(p, 1) if (chunk, pad) == (8192, False) else None  # first use of new kernels
             t0 = now()
             engine.generate(p, 1)
             sweep[f"chunk{chunk}_padv{int(pad)}"] = now() - t0
-    layers.PAD_V_FOR_FLASH, engine.prefill_chunk = True, default_chunk
+    layers.PAD_V_FOR_FLASH, engine.prefill_chunk, engine.prefill_chunk_continued = True, default_chunk, default_cont
     res[f"prefill_{n}_variants_s"] = sweep
     print(f"prefill variants: {sweep}", flush=True)
     n_ctx = args.seq_long - 16

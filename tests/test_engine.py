@@ -37,7 +37,8 @@ def test_greedy_tokens_match_transformers_with_requests_joining_mid_batch(hf_mod
 
 def test_chunked_prefill_and_expert_loop_give_the_same_tokens(hf_model):
     expected = [hf_greedy(hf_model, p, 8) for p in PROMPTS]
-    chunked = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_chunk=4)
+    chunked = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_chunk=4, prefill_chunk_continued=3)
+    assert chunked._chunks(11) == [(0, 4), (4, 7), (7, 10), (10, 11)]
     assert chunked.generate(PROMPTS, 8) == expected
     looped = load_engine(hf_model, max_batch=8, max_seq_len=64)
     for block in looped.model.blocks:

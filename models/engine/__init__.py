@@ -23,7 +23,8 @@ API
     logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
-prefill_chunk=32768)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
+prefill_chunk=32768,
+prefill_chunk_continued=8192)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
 `Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
 transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
 torch.compile; `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
@@ -59,6 +60,7 @@ def load_engine(
     use_cuda_graphs: bool | None = None,
     prefill_chunk: int = 32768,
     max_prefill_tokens: int = 32768,
+    prefill_chunk_continued: int = 8192,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -84,4 +86,5 @@ def load_engine(
         use_cuda_graphs=on_gpu if use_cuda_graphs is None else use_cuda_graphs,
         prefill_chunk=prefill_chunk,
         max_prefill_tokens=max_prefill_tokens,
+        prefill_chunk_continued=prefill_chunk_continued,
     )

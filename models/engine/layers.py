@@ -24,7 +24,8 @@ def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
 # Prefill attention: pad V's head dim up to Q/K's so SDPA can take the flash kernel (else it picks
 # cuDNN / memory-efficient attention, which accept unequal head dims). benchmarks/engine.py times both.
 PAD_V_FOR_FLASH = True
-LONG_CONTEXT_SPLIT = 2048  # decode attention over >= 4 of these splits the sum over keys (see below)
+LONG_CONTEXT_SPLIT = 2048
+LONG_SOFTMAX_EAGER = 16384  # decode attention over more keys than this uses the eager softmax  # decode attention over >= 4 of these splits the sum over keys (see below)
 
 
 def _weighted_latent(probs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -143,7 +144,10 @@ class MLAAttention(nn.Module):
         q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
         kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
         scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
-        probs = K.decode.masked_softmax(scores, self.scale, pos + 1)
+        # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
+        # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
+        softmax = K.decode.masked_softmax if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax
+        probs = softmax(scores, self.scale, pos + 1)
         o_lat = _weighted_latent(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
         return self._out(o.reshape(bsz, a.num_heads * a.v_head_dim))

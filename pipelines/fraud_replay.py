@@ -93,8 +93,8 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
     """Score `input_path` into `output` (Parquet); AP/AUC over [eval_start, eval_end) when labelled."""
     from models.fraud_scorer import FraudScorer
 
-    scorer = FraudScorer.load(checkpoint, threads=threads)
     frame = load_input(input_path, limit)
+    scorer = FraudScorer.load(checkpoint, threads=threads)
     if frame.height == 0:
         raise ReplayError(f"{input_path} has no transactions")
     cols = columns(frame)

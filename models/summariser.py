@@ -92,8 +92,13 @@ class Summarizer:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "Summarizer":
-        """`path=None`: the shipped checkpoint, or `tiny` random weights (model_version says so) if absent."""
+        """`path=None`: model.summariser_checkpoint, else the shipped checkpoint, else `tiny` random weights
+        (model_version 'tiny-random-untrained')."""
         dev = _resolve_device(device)
+        if path is None:
+            from pipelines.settings import get_settings
+
+            path = get_settings().model.summariser_checkpoint  # ARGUS_MODEL__SUMMARISER_CHECKPOINT
         if path is None:
             if not (SHIPPED_CHECKPOINT / "config.json").is_file():
                 return cls.tiny_random(device, **kwargs)

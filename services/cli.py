@@ -511,6 +511,7 @@ def stream_fraud_cmd(
     group: Optional[str] = typer.Option(None, "--group", help="Consumer group (default: <kafka.consumer_group>-fraud)."),
     metrics_port: int = typer.Option(9464, "--metrics-port", help="Prometheus port of consumer 0 (consumer i: +i; 0 = off)."),
     validation: str = typer.Option("fast", "--validation", help="fast | gx (great-expectations suite per batch)."),
+    actor_cpus: float = typer.Option(1.0, "--actor-cpus", min=0.0, help="Ray CPUs reserved per consumer actor."),
 ) -> None:
     """Score the transactions topic on Ray: decode, validate, state + MoE scorer, store, alerts."""
     from services.fraud_stream_actor import run_stream
@@ -521,7 +522,7 @@ def stream_fraud_cmd(
                   f"{settings.kafka.bootstrap_servers}" + (f", metrics on :{metrics_port}+i" if metrics_port else ""))
     results = run_stream(settings, url, consumers=consumers, seconds=seconds, idle_exit_s=idle_exit,
                          checkpoint=str(checkpoint) if checkpoint else None, metrics_port=metrics_port or None,
-                         max_batch=max_batch, max_wait_ms=max_wait_ms, group=group, validation_engine=validation)
+                         num_cpus=actor_cpus, max_batch=max_batch, max_wait_ms=max_wait_ms, group=group, validation_engine=validation)
     from rich.table import Table
 
     table = Table(title="fraud stream")

@@ -228,6 +228,10 @@ def fit_model(ctx: FraudContext, y: np.ndarray, train: np.ndarray, cfg: TrainCon
     if use_ckpt:
         model.backbone.gradient_checkpointing_enable()
     model.train()
+    from models.router_balance import RouterBiasBalancer
+
+    # DeepSeek-V3 aux-loss-free balancing: nudge each router's bias so no expert is idle or overloaded
+    balancer = RouterBiasBalancer(model, top_k=model.config.backbone_config().num_experts_per_tok, rate=1e-3)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1)
@@ -255,11 +259,13 @@ def fit_model(ctx: FraudContext, y: np.ndarray, train: np.ndarray, cfg: TrainCon
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
+                balancer.step()
                 running += float(loss.detach()) if (n % 50 == 0) else 0.0
                 n += 1
                 if n % 50 == 0 or s + cfg.batch_size >= len(train):
                     bar.update(task, completed=epoch * steps_per_epoch + n, epoch=epoch + 1, loss=float(loss.detach()))
             history.append(float(loss.detach()))
+    balancer.remove()
     if use_ckpt:
         model.backbone.gradient_checkpointing_disable()
     return model.eval(), history
@@ -314,6 +320,13 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
         results["lightgbm-handbook"]["fit_s"] = round(time.perf_counter() - t3, 1)
     results["argus-moe"]["fit_s"] = round(train_s, 1)
 
+    from models.checkpoint import router_stats
+    from models.fraud_scorer import context_tensors
+
+    sample = split.val[:: max(1, len(split.val) // 4096)]
+    router = {name.replace("backbone.layers.", "layer ").replace(".mlp.gate", ""):
+              {k: v[k] for k in ("entropy_ratio", "max_over_mean", "unused_experts")}
+              for name, v in router_stats(model, context_tensors(ctx.take(sample), device)).items()}
     n_params = sum(p.numel() for p in model.parameters())
     version = f"fraud-{cfg.preset}-{time.strftime('%Y%m%d')}-s{cfg.seed}"
     metric_table = {m: {name: round(r[m], 5) for name, r in results.items() if m in r} for m in ("ap", "auc", "cp100")}
@@ -322,6 +335,7 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
         "fraud": model.config.to_dict(),
         "metrics": metric_table,
         "split": split.dates,
+        "router_load_validation": router,
         "train": {k: v for k, v in cfg.__dict__.items() if k != "overrides"} | {"overrides": cfg.overrides, "device": device},
     }
     card = {
@@ -334,7 +348,9 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
         "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "pos_weight": cfg.pos_weight,
                      "device": device, "mixed_precision": "bf16" if device.startswith("cuda") else "fp32",
                      "final_losses": [round(x, 4) for x in history], "prep_s": round(prep_s, 1),
-                     "train_s": round(train_s, 1), "parameters": n_params},
+                     "train_s": round(train_s, 1), "parameters": n_params,
+                     "router_balancing": "aux-loss-free bias update (rate 1e-3)",
+                     "router_load_on_validation": router},
         "metrics": metric_table,
     }
     save_task_model(output, model, config, card)

@@ -181,10 +181,16 @@ def run_eval(inputs: list[str | Path], limit: int | None = None, mode: str = "ex
         from models.summariser import Summarizer
 
         summarizer = Summarizer.load(checkpoint)
-        systems[f"argus-{mode} ({summarizer.model_version})"] = summariser_system(summarizer, mode, max_sentences, max_chars)
+        version = summarizer.model_version
+        systems[f"argus-{mode}"] = summariser_system(summarizer, mode, max_sentences, max_chars)
     systems.update(baseline_systems())
     rows = evaluate(records, systems, progress=progress)
+    if include_model:
+        rows[0]["model_version"] = version
     if report:
         names = ", ".join(str(p) for p in inputs)
-        write_html(rows, report, "Argus summary evaluation", f"inputs: {names}; {len(records)} documents; mode {mode}")
+        model = f"model {version}; " if include_model else ""
+        write_html(rows, report, "Argus summary evaluation",
+                   f"inputs: {names}; {len(records)} documents; {model}mode {mode}; argus: {max_sentences} sentences / "
+                   f"{max_chars} chars, baselines: 3 sentences; ROUGE F1 x 100 (rouge-score, stemmed)")
     return rows

@@ -492,6 +492,7 @@ def eval_summaries_cmd(
     rows = run_eval(inputs, limit=limit, mode=mode, checkpoint=checkpoint, max_sentences=max_sentences,
                     max_chars=max_chars, report=report)
     _print_rouge_table(rows, f"summaries: {', '.join(p.name for p in inputs)}" + (f" (first {limit})" if limit else ""))
+    console.print(f"model: {rows[0].get('model_version', '-')}")
     if report:
         console.print(f"report: {report}")
 

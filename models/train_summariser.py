@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from models.router_balance import RouterBiasBalancer
 from models.sentence_scorer import SentenceScorerHead, encode_sentences, pool_ranges, prefix_ids, sentence_features
 from models.summariser import HEAD_FILE, META_FILE, Summarizer
-from models.tokenizer import SUMMARY, save_tokenizer, train_tokenizer
+from models.tokenizer import SUMMARY, load_tokenizer, save_tokenizer, train_tokenizer
 from pipelines.errors import ArgusError
 from pipelines.eval_summaries import read_records
 from pipelines.sentence_selection import words
@@ -199,6 +199,7 @@ def train_summariser(
     gen_eval_docs: int = 0,
     vocab_size: int | None = None,
     bias_rate: float = 1e-3,
+    tokenizer_path: str | Path | None = None,
     command: str | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -228,10 +229,13 @@ def train_summariser(
     if not train:
         raise TrainingInputError("every record was held out; add data or lower --holdout-fraction")
 
-    # Tokenizer: trained on the training documents and summaries only (held-out text stays unseen).
+    # Tokenizer: given, or trained on the training documents and summaries only (held-out text stays unseen).
     cfg_vocab = vocab_size or PRESETS[preset]["vocab_size"]
     texts = [t for r in train for t in ((r.get("document") or r.get("text")), r["summary"])]
-    tokenizer = train_tokenizer(texts, vocab_size=cfg_vocab, min_frequency=2, show_progress=False)
+    if tokenizer_path:
+        tokenizer = load_tokenizer(tokenizer_path)  # e.g. from `argus train tokenizer` (data + simulator output)
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=cfg_vocab, min_frequency=2, show_progress=False)
     config = preset_config(preset, vocab_size=max(cfg_vocab, len(tokenizer)))
     max_len = int(max_len or min(config.max_position_embeddings, 16384 if dev.type == "cuda" else 1024))
     batch_tokens = int(batch_tokens or (131072 if dev.type == "cuda" else 4096))

@@ -446,6 +446,7 @@ def train_summariser_cmd(
     eval_docs: int = typer.Option(200, "--eval-docs", min=0, help="Held-out documents per source for the model card."),
     gen_eval_docs: int = typer.Option(0, "--gen-eval-docs", min=0, help="Held-out documents per source for generative ROUGE."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", min=300, help="Tokenizer vocabulary (default: the preset's)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="tokenizer.json to use (default: train one on the inputs)."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=64, help="Padded tokens per batch (default: 131072 GPU, 4096 CPU)."),
     lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate (warm-up, then cosine to 10%)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -457,7 +458,7 @@ def train_summariser_cmd(
     out = output or (get_settings().home / "checkpoints" / f"summariser-{preset}")
     meta = train_summariser(inputs, out, preset=preset, val=val, epochs=epochs, seed=seed, max_docs=max_docs, max_len=max_len,
                             max_minutes=max_minutes, eval_docs=eval_docs or None, gen_eval_docs=gen_eval_docs,
-                            vocab_size=vocab_size, batch_tokens=batch_tokens, lr=lr, device=device,
+                            vocab_size=vocab_size, batch_tokens=batch_tokens, lr=lr, device=device, tokenizer_path=tokenizer,
                             command="argus " + " ".join(sys.argv[1:]))
     console.print(f"[green]saved[/] {out} ({meta['model_version']}, {meta['steps']} steps, {meta['train_seconds']} s)")
     for source, rows in (meta.get("metrics") or {}).items():

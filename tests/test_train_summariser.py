@@ -87,3 +87,17 @@ def test_router_bias_balancer_pushes_load_off_a_hot_expert():
     bias = router.e_score_correction_bias
     assert bias[3] < 0 and bias.max() > 0
     bal.remove()
+
+
+def test_cli_uses_a_given_tokenizer(tmp_path):
+    from models.tokenizer import load_tokenizer
+    from services.cli import app
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _records(12)))
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "tokenizer", "-i", str(data), "-o", str(tmp_path / "tok"), "--vocab-size", "330"]).exit_code == 0
+    res = runner.invoke(app, ["train", "summariser", "--input", str(data), "--output", str(tmp_path / "ck"), "--tokenizer",
+                              str(tmp_path / "tok" / "tokenizer.json"), "--eval-docs", "2", "--max-len", "128", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert len(load_tokenizer(tmp_path / "ck")) == len(load_tokenizer(tmp_path / "tok"))

@@ -1,0 +1,151 @@
+"""End-to-end throughput and latency of the fraud stream job: produce -> broker -> job -> row committed.
+
+Starts its own tansu broker (free port), a store (a scratch PostgreSQL schema with --pg-url, else a
+temporary SQLite file), and the stream job in a separate process (the same `FraudStreamJob` a Ray
+consumer actor runs; one consumer). A paced producer sends N transactions at --rate tx/s, recording
+each one's send time; the job records the time it COMMITTED each batch (after the store write and
+the alerts flush). Latency = commit time - send time, per transaction; throughput = transactions /
+(last commit - first send).
+
+    python benchmarks/stream_fraud.py --rate 8000 --n 60000             # sustained throughput
+    python benchmarks/stream_fraud.py --rate 2000 --n 20000             # latency at 2,000 tx/s
+    python benchmarks/stream_fraud.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+The machine is shared: the figures depend on what else runs (see `uptime` in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.stream_fixtures
+
+
+def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, out_path: str, seconds: float,
+                 idle_exit_s: float) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.fraud_stream import build_job
+    from pipelines.settings import Settings
+
+    job = build_job(Settings(**settings_data), store_url, **overrides)
+    commits: list[tuple[float, list[str]]] = []
+
+    def on_batch(j) -> None:
+        commits.append((time.time(), [r["transaction_id"] for r in j.last_batch.score_rows]))
+        if not ready.is_set():
+            ready.set()
+
+    counts = job.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
+    with open(out_path, "w") as f:
+        json.dump({"counts": counts.as_dict(), "commits": commits}, f)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=2000.0, help="target produce rate, tx/s")
+    ap.add_argument("--n", type=int, default=20000, help="transactions to produce")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--max-batch", type=int, default=512)
+    ap.add_argument("--max-wait-ms", type=int, default=20)
+    ap.add_argument("--pg-url", default=None, help="PostgreSQL admin URL (a scratch schema is used); default SQLite")
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args()
+
+    from infra.local_broker import embedded_broker
+    from pipelines.kafka_io import create_topics, make_producer, with_bootstrap
+    from pipelines.settings import Settings
+    from services.fraud_stream_actor import settings_data
+    from tests.stream_fixtures import transactions
+
+    tmp = Path(tempfile.mkdtemp(prefix="argus-bench-"))
+    schema = None
+    if args.pg_url:
+        from sqlalchemy import create_engine, text
+
+        schema = f"argus_bench_{uuid.uuid4().hex[:8]}"
+        with create_engine(args.pg_url).begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        store_url = f"{args.pg_url}{'&' if '?' in args.pg_url else '?'}options=-csearch_path%3D{schema}"
+    else:
+        store_url = f"sqlite:///{tmp / 'bench.db'}"
+    base = Settings()
+    try:
+        with embedded_broker(base, port=0, partitions=args.partitions) as bootstrap:
+            settings = with_bootstrap(base, bootstrap)
+            topics = {"transactions_topic": "bench.tx", "labels_topic": "bench.labels", "alerts_topic": "bench.alerts",
+                      "dead_letter_topic": "bench.dlq"}
+            create_topics(bootstrap, list(topics.values()), args.partitions)
+            txs = transactions(args.n + 200, customers=4990, terminals=10000, seed=11, prefix="bench")
+            payloads = [(t.customer_id.encode(), t.to_json(), t.transaction_id) for t in txs]
+            warm, payloads = payloads[:200], payloads[200:]
+
+            ctx = mp.get_context("spawn")
+            ready = ctx.Event()
+            out_path = str(tmp / "commits.json")
+            overrides = dict(topics, group="bench", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             snapshot_interval_s=30.0, checkpoint=args.checkpoint)
+            proc = ctx.Process(target=_job_process, args=(settings_data(settings), store_url, overrides, ready, out_path,
+                                                          600.0, 4.0))
+            proc.start()
+            producer = make_producer(settings, linger_ms=5)
+            for key, value, _ in warm:  # warm-up: the group join, model load and first batches are not measured
+                producer.send(topics["transactions_topic"], value, key=key)
+            producer.flush()
+            if not ready.wait(180):
+                raise SystemExit("the stream job did not start within 180 s")
+            time.sleep(2.0)
+
+            sent_at: dict[str, float] = {}
+            t0 = time.time()
+            for i, (key, value, tid) in enumerate(payloads):
+                due = t0 + i / args.rate
+                now = time.time()
+                if due > now:
+                    time.sleep(due - now)
+                sent_at[tid] = time.time()
+                producer.send(topics["transactions_topic"], value, key=key)
+            producer.flush()
+            produce_s = time.time() - t0
+            proc.join(600)
+            result = json.loads(Path(out_path).read_text())
+    finally:
+        if schema:
+            from sqlalchemy import create_engine, text
+
+            with create_engine(args.pg_url).begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    lat, last_commit = [], 0.0
+    for t, ids in result["commits"]:
+        for tid in ids:
+            if tid in sent_at:
+                lat.append(t - sent_at[tid])
+                last_commit = max(last_commit, t)
+    lat_ms = np.array(lat) * 1000
+    report = {
+        "n": len(payloads), "target_rate": args.rate, "produced_rate": round(len(payloads) / produce_s),
+        "committed": len(lat), "throughput_tx_s": round(len(lat) / (last_commit - t0)) if lat else 0,
+        "latency_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 1), "p95": round(float(np.percentile(lat_ms, 95)), 1),
+                       "p99": round(float(np.percentile(lat_ms, 99)), 1), "max": round(float(lat_ms.max()), 1)} if lat else None,
+        "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms, "job_counts": result["counts"],
+        "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

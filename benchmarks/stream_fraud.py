@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="target produce rate, tx/s")
     ap.add_argument("--n", type=int, default=20000, help="transactions to produce")
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--consumers", type=int, default=1, help="job processes in the consumer group")
     ap.add_argument("--max-batch", type=int, default=512)
     ap.add_argument("--max-wait-ms", type=int, default=20)
     ap.add_argument("--pg-url", default=None, help="PostgreSQL admin URL (a scratch schema is used); default SQLite")
@@ -92,20 +93,24 @@ def main() -> None:
             warm, payloads = payloads[:200], payloads[200:]
 
             ctx = mp.get_context("spawn")
-            ready = ctx.Event()
-            out_path = str(tmp / "commits.json")
             overrides = dict(topics, group="bench", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              snapshot_interval_s=30.0, checkpoint=args.checkpoint)
-            proc = ctx.Process(target=_job_process, args=(settings_data(settings), store_url, overrides, ready, out_path,
-                                                          600.0, 4.0))
-            proc.start()
+            procs, readies, outs = [], [], []
+            for i in range(args.consumers):
+                readies.append(ctx.Event())
+                outs.append(str(tmp / f"commits-{i}.json"))
+                procs.append(ctx.Process(target=_job_process, args=(settings_data(settings), store_url,
+                                                                    {**overrides, "name": f"fraud-{i}"}, readies[i],
+                                                                    outs[i], 600.0, 4.0)))
+                procs[-1].start()
             producer = make_producer(settings, linger_ms=5)
             for key, value, _ in warm:  # warm-up: the group join, model load and first batches are not measured
                 producer.send(topics["transactions_topic"], value, key=key)
             producer.flush()
-            if not ready.wait(180):
-                raise SystemExit("the stream job did not start within 180 s")
-            time.sleep(2.0)
+            for ready in readies:
+                if not ready.wait(180):
+                    raise SystemExit("a stream job did not start within 180 s")
+            time.sleep(3.0)
 
             sent_at: dict[str, float] = {}
             t0 = time.time()
@@ -118,8 +123,9 @@ def main() -> None:
                 producer.send(topics["transactions_topic"], value, key=key)
             producer.flush()
             produce_s = time.time() - t0
-            proc.join(600)
-            result = json.loads(Path(out_path).read_text())
+            for proc in procs:
+                proc.join(600)
+            results = [json.loads(Path(o).read_text()) for o in outs]
     finally:
         if schema:
             from sqlalchemy import create_engine, text
@@ -129,7 +135,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     lat, last_commit = [], 0.0
-    for t, ids in result["commits"]:
+    for t, ids in [c for r in results for c in r["commits"]]:
         for tid in ids:
             if tid in sent_at:
                 lat.append(t - sent_at[tid])
@@ -141,7 +147,8 @@ def main() -> None:
         "latency_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 1), "p95": round(float(np.percentile(lat_ms, 95)), 1),
                        "p99": round(float(np.percentile(lat_ms, 99)), 1), "max": round(float(lat_ms.max()), 1)} if lat else None,
         "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
-        "max_wait_ms": args.max_wait_ms, "job_counts": result["counts"],
+        "max_wait_ms": args.max_wait_ms, "consumers": args.consumers,
+        "job_counts": [r["counts"] for r in results],
         "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
     }
     print(json.dumps(report, indent=1))

@@ -79,6 +79,9 @@ class StreamConfig:
     explain_top_k: int = 5
     max_amount: float = 1_000_000.0
     labels_delay_days: float | None = None  # None: the model's own delay
+    # transactions per partition a late label can still find; bounds memory and the snapshot size
+    # (a label for an older one is ignored)
+    max_tracked_ids: int = 200_000
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "StreamConfig":
@@ -189,8 +192,9 @@ class FraudStreamJob:
         self._check_copartitioning()
         self.producer = make_producer(settings, linger_ms=2)
         self.dead_letter_out = DeadLetterPublisher(settings, producer=self.producer, topic=c.dead_letter_topic)
+        # fetch_max_wait_ms: a broker may hold a fetch that long for more data; keep it near the batch wait
         self.consumer = make_consumer(settings, None, c.group, max_poll_records=max(c.max_batch, 1),
-                                      client_id=name)
+                                      client_id=name, fetch_max_wait_ms=max(10, c.max_wait_ms))
         self.states: dict[int, FraudState] = {}
         self.state_offset: dict[int, int] = {}  # next tx offset reflected by states[p]
         self.labels_offset: dict[int, int | None] = {}  # next labels offset reflected by states[p]
@@ -222,7 +226,8 @@ class FraudStreamJob:
 
     def new_state(self) -> FraudState:
         delay = self.config.labels_delay_days
-        return self.scorer.new_state(**({} if delay is None else {"labels_delay_days": delay}))
+        return self.scorer.new_state(max_tracked_ids=self.config.max_tracked_ids,
+                                     **({} if delay is None else {"labels_delay_days": delay}))
 
     def run(self, seconds: float | None = None, idle_exit_s: float | None = None,
             on_batch: Callable[["FraudStreamJob"], None] | None = None) -> StreamCounts:

@@ -202,12 +202,18 @@ def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5) -> li
 class FraudScorer:
     """Loads a fraud checkpoint and scores batches of transactions against a `FraudState`."""
 
-    def __init__(self, model: FraudModel, model_version: str, device: str = "cpu", metrics: dict | None = None):
+    def __init__(self, model: FraudModel, model_version: str, device: str = "cpu", metrics: dict | None = None,
+                 backend: str | None = None):
         self.model = model.eval().to(device)
         self._explain_model: FraudModel | None = None
         self.model_version = model_version
         self.device = device
         self.metrics = metrics or {}
+        # "engine" (CUDA default): the fixed-length forward replayed from CUDA graphs per batch bucket
+        from models.engine_backend import ENGINE, FraudGraphs, select_backend
+
+        self.backend = select_backend(backend, device, None, "fraud scorer")
+        self._graphs = FraudGraphs(self.model) if self.backend == ENGINE else None
 
     @property
     def config(self) -> FraudModelConfig:
@@ -221,7 +227,7 @@ class FraudScorer:
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", quantize: bool = False,
-             threads: int | None = None) -> "FraudScorer":
+             threads: int | None = None, backend: str | None = None) -> "FraudScorer":
         """A checkpoint dir; None -> the shipped `models/checkpoints/fraud-small`, or tiny random weights if absent."""
         from models.checkpoint import load_task_model
 
@@ -230,12 +236,13 @@ class FraudScorer:
         if path is None and not (SHIPPED_CHECKPOINT / "config.json").exists():
             torch.manual_seed(0)
             model = FraudModel(FraudModelConfig.from_preset("tiny"))
-            scorer = cls(model, "fraud-tiny-random-untrained", device)
+            scorer = cls(model, "fraud-tiny-random-untrained", device, backend=backend)
         else:
             ckpt = load_task_model(Path(path) if path is not None else SHIPPED_CHECKPOINT, task="fraud")
             model = FraudModel(FraudModelConfig(**ckpt.config["fraud"]))
             model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()}, strict=True)
-            scorer = cls(model, ckpt.config.get("model_version", "fraud-unknown"), device, ckpt.config.get("metrics"))
+            scorer = cls(model, ckpt.config.get("model_version", "fraud-unknown"), device, ckpt.config.get("metrics"),
+                         backend=backend)
         if quantize:
             scorer.quantize()
         return scorer
@@ -252,12 +259,14 @@ class FraudScorer:
         self.model.backbone = quantize_dynamic(self.model.backbone, {nn.Linear}, dtype=torch.qint8)
         self.device = "cpu"
         self.model_version += "+int8"
+        self.backend, self._graphs = "transformers", None  # quantised Linear layers: the plain path only
         return self
 
     # -- scoring -----------------------------------------------------------------------------------
     def probabilities(self, ctx: FraudContext) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.model.fast_logits(context_tensors(ctx, self.device))
+            t = context_tensors(ctx, self.device)
+            logits = self._graphs.logits(t) if self._graphs is not None else self.model.fast_logits(t)
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def score_frame(self, frame: Any, state: FraudState, batch_size: int = 4096) -> np.ndarray:

@@ -100,15 +100,18 @@ def pool_ranges(hidden: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Te
 class SentenceScorer(nn.Module):
     """backbone (DeepseekV3Model) + head; `head=None` scores by similarity to the document centroid."""
 
-    def __init__(self, backbone: nn.Module, head: SentenceScorerHead | None):
+    def __init__(self, backbone: nn.Module, head: SentenceScorerHead | None, hidden_fn=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.hidden_fn = hidden_fn  # ids -> [L, H] last hidden states (the engine's prefill); None: backbone
 
     def window_logits(self, ids: list[int], ranges: list[tuple[int, int]], features: torch.Tensor) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
-        x = torch.tensor([ids], device=device)
-        hidden = self.backbone(input_ids=x).last_hidden_state[0]
+        if self.hidden_fn is not None:
+            hidden = self.hidden_fn(ids)
+        else:
+            hidden = self.backbone(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0]
         pooled = pool_ranges(hidden, ranges)
         if self.head is None:
             centroid = pooled.mean(0, keepdim=True)

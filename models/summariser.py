@@ -71,7 +71,7 @@ def _tiny_random(device: torch.device):
 
 class Summarizer:
     def __init__(self, lm, tokenizer, head: SentenceScorerHead | None, meta: dict[str, Any], device: torch.device,
-                 window_tokens: int | None = None, overlap_tokens: int | None = None):
+                 window_tokens: int | None = None, overlap_tokens: int | None = None, backend: str | None = None):
         self.lm = lm.eval()
         try:
             use_padded_sdpa(self.lm)  # MLA's narrow value heads would push CPU attention onto the slow math path
@@ -87,6 +87,13 @@ class Summarizer:
         self.argus_prompt = tokenizer.convert_tokens_to_ids(SUMMARY) not in (None, tokenizer.unk_token_id)
         backbone = getattr(lm, "model", lm)
         self.scorer = SentenceScorer(backbone, head).eval()
+        # "engine" (CUDA default for DeepseekV3): generation and window forwards through models.engine
+        from models.engine_backend import ENGINE, SummariserEngine, select_backend
+
+        self.backend = select_backend(backend, device, lm, "summariser")
+        self.engine = SummariserEngine(lm, self.window_tokens + 16) if self.backend == ENGINE else None
+        if self.engine is not None:
+            self.scorer.hidden_fn = self.engine.hidden
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -177,7 +184,17 @@ class Summarizer:
         return head + body + tail
 
     @torch.inference_mode()
+    def _generate_many(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        if self.engine is None or not all(self.engine.fits(p, max_new_tokens) for p in prompts):
+            return [self._generate(p, max_new_tokens) for p in prompts]
+        outs = self.engine.generate(prompts, max_new_tokens, self.tokenizer.eos_token_id,
+                                    repetition_penalty=1.15, no_repeat_ngram_size=4)  # as in _generate
+        return [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+    @torch.inference_mode()
     def _generate(self, prompt: list[int], max_new_tokens: int) -> str:
+        if self.engine is not None and self.engine.fits(prompt, max_new_tokens):
+            return self._generate_many([prompt], max_new_tokens)[0]
         x = torch.tensor([prompt], device=self.device)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
@@ -215,8 +232,8 @@ class Summarizer:
         if len(chunks) == 1:
             text = self._generate(self._prompt(domain, encode_sentences(self.tokenizer, [s.text for s in sentences])), new_tokens)
         else:
-            partials = [self._generate(self._prompt(domain, encode_sentences(self.tokenizer, [s.text for s in c])), new_tokens)
-                        for c in chunks]
+            partials = self._generate_many([self._prompt(domain, encode_sentences(self.tokenizer, [s.text for s in c]))
+                                            for c in chunks], new_tokens)
             joined = [s.text for p in partials for s in split_sentences(p)]
             ids = encode_sentences(self.tokenizer, joined)
             if joined and sum(map(len, ids)) <= budget:

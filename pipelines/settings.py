@@ -61,6 +61,7 @@ class ModelSettings(BaseModel):
     summariser_checkpoint: Path | None = None
     preset: str = "small"
     device: str = "auto"  # auto | cpu | cuda
+    engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
 
 
 class FraudSettings(BaseModel):

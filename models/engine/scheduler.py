@@ -24,6 +24,8 @@ from .cuda_graphs import DecodeRunner
 from .model import EngineModel
 
 TokenCallback = Callable[[int, int], None]  # (request id, token id)
+# (prompt + generated ids, fp32 logits [vocab]) -> logits: e.g. transformers' repetition penalty
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 class RequestError(ModelError):
@@ -39,6 +41,7 @@ class Request:
     top_k: int | None = None
     stop_token_ids: frozenset[int] = frozenset()
     on_token: TokenCallback | None = None
+    logits_processor: LogitsProcessor | None = None
     output: list[int] = field(default_factory=list)
     slot: int = -1
     cache_len: int = 0  # tokens whose latent rows are in the cache
@@ -123,6 +126,7 @@ class Engine:
         top_k: int | None = None,
         stop_token_ids: Sequence[int] = (),
         on_token: TokenCallback | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> RequestHandle:
         prompt = [int(t) for t in prompt_token_ids]
         if not prompt:
@@ -137,7 +141,7 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise RequestError(f"token ids must be in [0, {vocab})")
         req = Request(next(self._ids), prompt, max_new_tokens, float(temperature), top_k,
-                      frozenset(int(t) for t in stop_token_ids), on_token)
+                      frozenset(int(t) for t in stop_token_ids), on_token, logits_processor)
         self._waiting.put(req)
         self._wake.set()
         return RequestHandle(self, req)
@@ -264,6 +268,11 @@ class Engine:
                 self._emit(req, tok)
 
     def _sample(self, logits: torch.Tensor, reqs: Sequence[Request | None]) -> list[int]:
+        processed = [i for i, r in enumerate(reqs) if r is not None and r.logits_processor is not None]
+        if processed:  # on a copy in fp32 (as transformers' generate): the runner's logits are a graph buffer
+            logits = logits.to(torch.float32, copy=True)
+            for i in processed:
+                logits[i] = reqs[i].logits_processor(reqs[i].prompt + reqs[i].output, logits[i])
         out = logits.argmax(dim=-1)
         hot = [i for i, r in enumerate(reqs) if r is not None and r.temperature > 0]
         if hot:

@@ -108,7 +108,8 @@ def _dense_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch
     arithmetic costs less than the launches it replaces."""
     gate_up = torch.matmul(hidden_states.unsqueeze(0), self.gate_up_proj.transpose(1, 2))  # [E, T, 2I]
     gate, up = gate_up.chunk(2, dim=-1)
-    out = torch.matmul(self.act_fn(gate) * up, self.down_proj.transpose(1, 2))  # [E, T, H]
+    act = getattr(self, "act_fn", torch.nn.functional.silu)
+    out = torch.matmul(act(gate) * up, self.down_proj.transpose(1, 2))  # [E, T, H]
     dense_w = torch.zeros(hidden_states.shape[0], out.shape[0], dtype=out.dtype, device=out.device)
     dense_w.scatter_(1, top_k_index, top_k_weights.to(out.dtype))
     return (out * dense_w.T.unsqueeze(-1)).sum(0)
@@ -150,7 +151,14 @@ class FraudGraphs:
         if n > top:
             return torch.cat([self.logits({k: v[s : s + top] for k, v in t.items()}) for s in range(0, n, top)])
         bucket = next(b for b in self.buckets if b >= n)
-        graph, static_in, static_out = self._graphs.get(bucket) or self._capture(bucket, t)
+        if bucket not in self._graphs:
+            try:
+                self._capture(bucket, t)
+            except RuntimeError as exc:  # e.g. an op that syncs with the host: keep serving, eagerly
+                log.warning("fraud forward could not be captured in a CUDA graph (%s); running it eagerly", exc)
+                self.use_graphs = False
+                return self.logits(t)
+        graph, static_in, static_out = self._graphs[bucket]
         for k, v in t.items():
             static_in[k][:n].copy_(v)
             static_in[k][n:].zero_()

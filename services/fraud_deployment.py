@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ class FraudScorerDeployment:
         self._state_token: Any = None
         self._state_checked = 0.0
         self.device = device
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fraud-score")
         self.model = BackgroundLoad("fraud scorer", lambda: self._load(checkpoint, warmup))
 
     def _load(self, checkpoint: str | None, warmup: bool) -> Any:
@@ -178,11 +180,21 @@ class FraudScorerDeployment:
         if self.model.ready:
             status["model_version"] = self.model.value.model_version
             status["device"] = self.device
+            status["backend"] = getattr(self.model.value, "backend", "transformers")  # engine | transformers
         return status
 
     def check_health(self) -> None:
         # A failed load keeps the replica up (it answers ready() with the reason); nothing to check.
         return None
+
+    async def score_many(self, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> tuple[list[FraudScore], int]:
+        """Score a batch the caller already gathered (the ingress batches its requests, so one
+        handle call carries many transactions): returns the scores in order and the batch size.
+        Runs on one scoring thread, so concurrent calls queue instead of fighting for the cores."""
+        scorer = await self.model.get(wait_s=0.0)
+        self._refresh_state()
+        scores = await asyncio.get_running_loop().run_in_executor(self._executor, self._score_items, scorer, items)
+        return scores, len(items)
 
     async def score(self, transaction: Transaction, history: list[Transaction] | None = None) -> tuple[FraudScore, int]:
         """Score one transaction; returns the score and the size of the batch it was scored in."""
@@ -195,7 +207,7 @@ class FraudScorerDeployment:
         self._refresh_state()
         loop = asyncio.get_running_loop()
         # Off the event loop, so the replica keeps accepting (and batching) requests meanwhile.
-        scores = await loop.run_in_executor(None, self._score_items, scorer, items)
+        scores = await loop.run_in_executor(self._executor, self._score_items, scorer, items)
         return [(s, len(items)) for s in scores]
 
     def _score_items(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[FraudScore]:

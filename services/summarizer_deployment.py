@@ -33,7 +33,8 @@ class SummarizerDeployment:
         Summarizer = import_attr(self.summarizer_class)
         self.device = resolve_device(self.device)
         summarizer = Summarizer.load(checkpoint, device=self.device)
-        log.info("summarizer %s loaded on %s", summarizer.model_version, self.device)
+        log.info("summarizer %s loaded on %s (backend %s)", summarizer.model_version, self.device,
+                 getattr(summarizer, "backend", "transformers"))
         return summarizer
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -48,6 +49,7 @@ class SummarizerDeployment:
         if self.model.ready:
             status["model_version"] = self.model.value.model_version
             status["device"] = self.device
+            status["backend"] = getattr(self.model.value, "backend", "transformers")  # engine | transformers
         return status
 
     async def summarize(self, report: Report, mode: str | None = None) -> tuple[ReportSummary, int]:

@@ -228,7 +228,8 @@ def start_app(args, ha_proxy: bool):
         "rate_limit_per_minute": 10_000_000, "device": "cpu", "fraud_checkpoint": args.fraud_checkpoint})
     fixed = {"autoscaling_config": None}
     config = local_serve.override(config, deployments={
-        "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0}},
+        "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0},
+                    "user_config": {"score_batch_size": args.batch_size, "score_batch_wait_s": args.ingress_batch_wait_s}},
         "FraudScorer": {**fixed, "num_replicas": args.fraud_replicas, "ray_actor_options": {"num_cpus": 0},
                         "user_config": {"max_batch_size": args.batch_size, "batch_wait_timeout_s": args.batch_wait_s,
                                         "explain_top_k": args.explain_top_k}},
@@ -265,7 +266,9 @@ def main() -> None:
     p.add_argument("--ingress-replicas", type=int, default=1)
     p.add_argument("--fraud-replicas", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--batch-wait-s", type=float, default=0.005, help="FraudScorer @serve.batch wait (single calls)")
+    p.add_argument("--ingress-batch-wait-s", type=float, default=0.002,
+                   help="how long the ingress gathers single-transaction requests into one model call")
     p.add_argument("--fraud-checkpoint", default=None,
                    help="fraud checkpoint dir; 'tiny' = tiny random weights; default: the shipped one (tiny if absent)")
     p.add_argument("--explain-top-k", type=int, default=5, help="reasons per flagged score (0: none)")

@@ -46,6 +46,16 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _single_threaded_torch() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("ARGUS_TORCH_THREADS", "1")))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+
+
 STORE_PREFIX = "store://"
 
 
@@ -112,6 +122,7 @@ class FraudScorerDeployment:
     def _load(self, checkpoint: str | None, warmup: bool) -> Any:
         FraudScorer = import_attr(self.scorer_class)
         self.device = resolve_device(self.device)
+        _single_threaded_torch()  # one replica = one scoring thread; more only fight over shared cores
         scorer = FraudScorer.load(checkpoint, device=self.device)
         self._scorer = scorer
         self.state = scorer.new_state()  # history lengths that match the model

@@ -41,7 +41,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -720,7 +719,3 @@ def build_job(settings: Settings, store_url: str, checkpoint: str | None = None,
     if metrics_port:
         metrics.serve(metrics_port)
     return FraudStreamJob(settings, store, load_scorer(checkpoint), config, metrics, name=name)
-
-
-def is_sorted(values: list[float]) -> bool:
-    return bool(np.all(np.diff(values) >= 0)) if len(values) > 1 else True

@@ -53,13 +53,11 @@ class BrokerSettings(BaseModel):
 
 class StoreSettings(BaseModel):
     url: SecretStr = SecretStr(f"sqlite:///{HOME / 'argus.db'}")
-    batch_size: int = 5000
 
 
 class ModelSettings(BaseModel):
     fraud_checkpoint: Path | None = None  # None: the shipped `small` checkpoint (or tiny random if absent)
     summariser_checkpoint: Path | None = None
-    preset: str = "small"
     device: str = "auto"  # auto | cpu | cuda
     engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
 
@@ -68,8 +66,6 @@ class FraudSettings(BaseModel):
     alert_threshold: float = Field(0.5, ge=0.0, le=1.0)
     review_threshold: float = Field(0.2, ge=0.0, le=1.0)
     labels_delay_days: float = 7.0
-    customer_history: int = 7
-    terminal_history: int = 7
     batch_max_size: int = 512
     batch_max_wait_ms: int = 20
     max_amount: float = 1_000_000.0

@@ -108,7 +108,8 @@ def run_batch(input_path: str | Path, output: str | Path | None = None, *, store
             store = Store.from_url(store_url)
             store.create_schema()
         if own_pool:
-            from services.summarize_actor import SummarizerPool, ensure_ray
+            from services.local_ray import ensure_ray
+            from services.summarize_actor import SummarizerPool
 
             stop_ray = ensure_ray(ray_num_cpus)
             pool = SummarizerPool(checkpoint if checkpoint is not None else settings.model.summariser_checkpoint,

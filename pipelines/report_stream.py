@@ -118,7 +118,8 @@ def run_report_stream(settings: Settings, store_url: str, *, seconds: float | No
                       idle_exit_s: float | None = None, checkpoint: str | None = None, mode: str | None = None,
                       group: str | None = None, ray_num_cpus: int | None = None, on_batch=None) -> ReportStreamCounts:
     """Start Ray + the summariser pool + the job; run until stopped (Ctrl-C), `seconds`, or idle."""
-    from services.summarize_actor import SummarizerPool, ensure_ray
+    from services.local_ray import ensure_ray
+    from services.summarize_actor import SummarizerPool
 
     cfg = settings.summariser
     stop_ray = ensure_ray(ray_num_cpus)

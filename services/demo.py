@@ -59,7 +59,7 @@ def run_demo(transactions: int = 20_000, rate: float = 5_000.0, reports: int = 4
     from pipelines.simulate_transactions import SimulatorConfig, run_to_kafka
     from pipelines.store import Store
     from services.fraud_stream_actor import run_stream
-    from services.summarize_actor import ensure_ray
+    from services.local_ray import ensure_ray
 
     console = console or Console()
     settings = demo_settings((home or get_settings().home / "demo").resolve())

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from pipelines.settings import Settings
+from services.local_ray import ensure_ray
 
 log = logging.getLogger("argus.fraud_stream")
 
@@ -79,35 +77,12 @@ def start_actors(settings: Settings, store_url: str, consumers: int = 1, checkpo
         None if not metrics_port else metrics_port + first_index + i, True, config) for i in range(n)]
 
 
-class LocalRay:
-    """ray.init for the CLI on one machine (num_cpus, no dashboard, a short temp dir removed afterwards);
-    does nothing when Ray is already initialised (tests, a cluster via RAY_ADDRESS)."""
-
-    def __init__(self, num_cpus: int | None = None):
-        self.num_cpus = num_cpus or os.cpu_count() or 2
-        self.temp: Path | None = None
-
-    def __enter__(self) -> "LocalRay":
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(log_to_driver=False)
-            else:
-                self.temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, _temp_dir=str(self.temp), log_to_driver=False,
-                         configure_logging=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.temp is not None:
-            ray.shutdown()
-            shutil.rmtree(self.temp, ignore_errors=True)
-
-
 def run_stream(settings: Settings, store_url: str, consumers: int = 1, seconds: float | None = None,
                idle_exit_s: float | None = None, checkpoint: str | None = None, metrics_port: int | None = None,
                num_cpus: float = 1.0, **config: Any) -> list[dict[str, int]]:
     """Run the stream on Ray until `seconds` pass (or idle, or Ctrl-C); returns each actor's counts."""
-    with LocalRay():
+    stop_ray = ensure_ray()
+    try:
         actors = start_actors(settings, store_url, consumers, checkpoint, metrics_port, num_cpus, **config)
         refs = [a.run.remote(seconds, idle_exit_s) for a in actors]
         try:
@@ -117,3 +92,5 @@ def run_stream(settings: Settings, store_url: str, consumers: int = 1, seconds: 
                 a.stop.remote()
             deadline = time.monotonic() + 30
             return [ray.get(r, timeout=max(1.0, deadline - time.monotonic())) for r in refs]
+    finally:
+        stop_ray()

@@ -13,9 +13,6 @@ its own autoscaled Serve replicas for interactive traffic.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,26 +63,6 @@ class SummarizeWorker:
                 except Exception as exc:  # noqa: BLE001 - one report's failure is its own dead letter
                     out.append(Outcome(report.report_id, error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
         return out
-
-
-def ensure_ray(num_cpus: int | None = None) -> Any:
-    """Use the Ray already initialised (a cluster, a test fixture), else start a local one with the
-    dashboard off and a short temp dir. Returns a function that undoes what was started here."""
-    if ray.is_initialized():
-        return lambda: None
-    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must fit
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
-                 configure_logging=False)
-
-    def stop() -> None:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-
-    return stop
 
 
 class SummarizerPool:

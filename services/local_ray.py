@@ -1,0 +1,32 @@
+"""Ray for one command: join the Ray already running (a cluster via RAY_ADDRESS, a test fixture) or
+start a local one with the dashboard off and a short temp dir that is removed afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+
+def ensure_ray(num_cpus: int | None = None) -> Any:
+    """Use the Ray already initialised (a cluster, a test fixture), else start a local one with the
+    dashboard off and a short temp dir. Returns a function that undoes what was started here."""
+    if ray.is_initialized():
+        return lambda: None
+    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must fit
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
+                 configure_logging=False)
+
+    def stop() -> None:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+    return stop

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from models.router_balance import routed_experts
 from pipelines.errors import ModelError
 
 WEIGHTS = "model.safetensors"
@@ -206,16 +207,8 @@ def collect_router_stats(model: nn.Module, n_experts: int | None = None, top_k: 
     counts: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
-        def fn(_mod, _inp, out):
-            idx = None
-            if isinstance(out, tuple):
-                ints = [o for o in out if torch.is_tensor(o) and not o.is_floating_point()]
-                idx = ints[-1] if ints else None
-                logits = out[0]
-            else:
-                logits = out
-            if idx is None:
-                idx = logits.float().topk(top_k, dim=-1).indices
+        def fn(mod, _inp, out):
+            idx = routed_experts(out, top_k, getattr(mod, "e_score_correction_bias", None))
             c = torch.bincount(idx.reshape(-1).long().cpu(), minlength=n_experts)[:n_experts]
             counts[name] = counts.get(name, torch.zeros(n_experts, dtype=torch.long)) + c
         return fn

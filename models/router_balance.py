@@ -13,6 +13,21 @@ import torch
 from torch import nn
 
 
+def routed_experts(out, top_k: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The expert indices a router chose, from its forward output: the integer tensor of a
+    (logits, weights, indices) tuple, else top-k of the scores (sigmoid + correction bias for
+    DeepSeek-V3 routers, raw logits for softmax routers such as Mixtral's and Qwen3-MoE's)."""
+    if isinstance(out, tuple):
+        ints = [o for o in out if torch.is_tensor(o) and not o.is_floating_point()]
+        if ints:
+            return ints[-1]
+        out = out[0]
+    scores = out.float()
+    if bias is not None:
+        scores = scores.sigmoid() + bias
+    return scores.topk(top_k, dim=-1).indices
+
+
 class RouterBiasBalancer:
     def __init__(self, model: nn.Module, top_k: int, rate: float = 1e-3):
         self.rate = rate
@@ -25,15 +40,7 @@ class RouterBiasBalancer:
         if not module.training:
             return
         with torch.no_grad():
-            idx = None
-            if isinstance(out, tuple):
-                ints = [o for o in out if torch.is_tensor(o) and not o.is_floating_point()]
-                idx = ints[-1] if ints else None
-                logits = out[0]
-            else:
-                logits = out
-            if idx is None:
-                idx = (logits.float().sigmoid() + module.e_score_correction_bias).topk(self.top_k, dim=-1).indices
+            idx = routed_experts(out, self.top_k, module.e_score_correction_bias)
             n = module.e_score_correction_bias.numel()
             self.counts[id(module)] += torch.bincount(idx.reshape(-1), minlength=n)[:n].float()
 

@@ -43,7 +43,7 @@ def test_sigkill_of_a_consumer_actor_loses_nothing_and_scores_stay_the_same(ray_
     produce(kafka_broker.settings, names["transactions_topic"], valid)
     Store.from_url(fresh_pg_url).create_schema()
     actors = start_actors(kafka_broker.settings, fresh_pg_url, consumers=2, num_cpus=0, group="g-ray-kill",
-                          max_batch=200, snapshot_interval_s=1.0, **names)
+                          max_batch=200, snapshot_interval_s=1.0, snapshot_min_records=100, **names)
     refs = [a.run.remote(150, None) for a in actors]
     assert wait_for_rows(fresh_pg_url, 600, 90) >= 600
     victim = ray.get(actors[0].pid.remote())

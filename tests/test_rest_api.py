@@ -73,6 +73,35 @@ def test_score_one_transaction(client, serve_app):
     assert isinstance(score["reasons"], list)
 
 
+def _fraud_batch_metric(client) -> tuple[float, float]:
+    text = client.get("/metrics").text
+    value = {name: float(line.split()[-1]) for line in text.splitlines()
+             for name in ("sum", "count") if line.startswith(f'argus_model_batch_size_{name}{{model="fraud"}}')}
+    return value.get("sum", 0.0), value.get("count", 0.0)
+
+
+def test_concurrent_single_requests_share_model_calls(client, serve_app):
+    """The ingress gathers concurrent one-transaction requests into one FraudScorer call; each
+    caller still gets exactly its own transaction's score."""
+    import asyncio
+
+    sum0, count0 = _fraud_batch_metric(client)
+    txs = [{**TX, "transaction_id": f"rest-c-{i}", "customer_id": f"cust-c-{i}", "amount": 10.0 + i} for i in range(24)]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=serve_app.url, timeout=60) as c:
+            return await asyncio.gather(*[c.post("/v1/fraud/score", json=t, headers=key(serve_app, "fraud"))
+                                          for t in txs])
+
+    answers = asyncio.run(fire())
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    assert [r.json()["scores"][0]["transaction_id"] for r in answers] == [t["transaction_id"] for t in txs]
+    assert [len(r.json()["scores"]) for r in answers] == [1] * len(txs)
+    sum1, count1 = _fraud_batch_metric(client)
+    assert count1 - count0 == len(txs)
+    assert (sum1 - sum0) / (count1 - count0) > 1.0  # some requests were scored in a shared batch
+
+
 def test_score_batch_and_history(client, serve_app):
     txs = [{**TX, "transaction_id": f"rest-b-{i}", "amount": 10.0 * (i + 1)} for i in range(5)]
     history = [{**TX, "transaction_id": f"rest-h-{i}", "timestamp": f"2024-04-{20 + i}T10:00:00Z", "amount": 5.0}

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000, help="transactions to produce")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--consumers", type=int, default=1, help="job processes in the consumer group")
-    ap.add_argument("--max-batch", type=int, default=512)
+    ap.add_argument("--max-batch", type=int, default=1024, help="micro-batch bound (fraud.batch_max_size)")
     ap.add_argument("--max-wait-ms", type=int, default=20)
     ap.add_argument("--pg-url", default=None, help="PostgreSQL admin URL (a scratch schema is used); default SQLite")
     ap.add_argument("--checkpoint", default=None)

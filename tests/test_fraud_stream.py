@@ -331,3 +331,30 @@ def test_broker_restart_loses_nothing_and_writes_nothing_twice(tmp_path, fresh_p
         stop(settings, state_dir=state_dir)
     assert "counts" in done
     assert_counts(fresh_pg_url, {t.transaction_id for t in valid}, 0, config.alert_threshold)
+
+
+def test_periodic_snapshots_take_one_due_partition_per_step():
+    """Unit (no broker): the periodic snapshot saves the stalest due partition only, skips partitions
+    that advanced fewer than snapshot_min_records or whose state is ahead of the committed offset."""
+    from types import SimpleNamespace
+
+    saved: list[int] = []
+    now = time.monotonic()
+    job = SimpleNamespace(
+        config=StreamConfig(snapshot_interval_s=10.0, snapshot_min_records=100),
+        states={0: object(), 1: object(), 2: object(), 3: object()},
+        state_offset={0: 500, 1: 500, 2: 50, 3: 900},
+        committed_offset={0: 500, 1: 500, 2: 50, 3: 800},  # 3: state ahead of the commit -> not now
+        _snap_offset={0: 0, 1: 0, 2: 0, 3: 0},
+        _snap_time={0: now - 20, 1: now - 30, 2: now - 60, 3: now - 60},  # 2: only 50 records since
+    )
+
+    def fake_snapshot(p: int) -> bool:
+        saved.append(p)
+        job._snap_time[p], job._snap_offset[p] = time.monotonic(), job.state_offset[p]
+        return True
+
+    job._snapshot = fake_snapshot
+    for _ in range(4):
+        FraudStreamJob.maybe_snapshot(job)
+    assert saved == [1, 0]  # stalest first, one per step, then nothing is due

@@ -20,10 +20,12 @@ of the committed offset, and a replay rebuilds exactly the state the old owner h
 from __future__ import annotations
 
 from dataclasses import dataclass
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import BigInteger, Column, DateTime, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from pipelines.store import Store
 
@@ -58,7 +60,14 @@ class PartitionStateStore:
     def __init__(self, store: Store, stream: str):
         self.store = store
         self.stream = stream
-        metadata.create_all(store.engine, checkfirst=True)
+        for attempt in range(3):
+            try:
+                metadata.create_all(store.engine, checkfirst=True)
+                break
+            except DBAPIError:  # consumers starting together race to CREATE TABLE; the loser finds it next time
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def save(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
              model_version: str | None = None) -> None:

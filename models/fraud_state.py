@@ -20,6 +20,25 @@ what the stream will see):
 * Within one batch the semantics are sequential: `advance_columns` reads and writes in "waves"
   so that a transaction sees the batch's earlier transactions of its customer/terminal, exactly
   as if the batch had been processed one by one.
+
+Bounded memory, with semantics that depend only on the record order (never on batch boundaries,
+sweep times or restarts):
+
+* The state's clock is EVENT time: the largest transaction timestamp seen so far (a transaction's
+  own timestamp counts for it). A customer/terminal whose last event is more than
+  `idle_evict_days` older than the clock is forgotten: it reads as a stranger and its next event
+  starts a fresh history. Forgetting is logical (checked at read/write/label time); a sweep once
+  per `sweep_every_days` of event time frees the rows (reused, arrays compacted when mostly free),
+  so memory and snapshots hold live keys only. A restored state behaves identically.
+* The label index (`_where`: transaction id hash -> customer, terminal, event time) keeps at most
+  `max_tracked_ids` entries (and, with `max_tracked_days`, only that much event time); a label it
+  cannot place is parked in `pending` and reported PENDING, and the caller may place it with
+  `apply_located_labels` (customer, terminal, event time from its own records), which updates exactly
+  what the indexed path would have. A label is applied once per transaction: the first label wins
+  in a ring slot and a fraud is remembered once per transaction id (a duplicate is a no-op).
+* A pending label waits at most `pending_horizon_days` of event time for its transaction (and
+  `pending` holds at most `max_pending`); expired/overflowing ones go to an outbox that
+  `expire_pending()` drains (transaction id, is_fraud, the caller's `ref`, reason) for dead-lettering.
 """
 
 from __future__ import annotations
@@ -27,16 +46,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterable, Sequence
+from enum import IntEnum
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # the contracts need pydantic; training on a bare GPU image does not import them
     from pipelines.contracts import Label, Transaction
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: eviction clock, located index, pending with ids/refs, outbox (1 still reads)
 DAY = 86400.0
 ID_BUCKETS = 1024  # hashed-id embedding buckets
 FRAUD_WINDOW_DAYS = 35.0  # known frauds counted over this window (a handbook compromise lasts 28 days)
@@ -126,14 +148,25 @@ class FraudContext:
 
 
 class _Rings:
-    """Ring buffers of the last `n` events for each key of one kind (customers or terminals)."""
+    """Ring buffers of the last `n` events for each key of one kind (customers or terminals).
+
+    Rows are dense key numbers; an evicted key's row is reset and goes on a free list for reuse, and
+    the arrays are compacted when most rows are free (nothing outside this class holds row numbers
+    across calls: the label index and pending labels name keys, not rows)."""
 
     def __init__(self, n: int, k_frauds: int, capacity: int = 1024):
         self.n, self.k = n, k_frauds
         self.index: dict[str, int] = {}
-        self.names: list[str] = []
+        self.names: list[str | None] = []  # None: a free row
         self.buckets: list[int] = []  # hashed-id bucket of each key, computed once
+        self.free: list[int] = []
         self._alloc(capacity)
+
+    # array name -> fill value of an empty row
+    FILL = dict(time=np.nan, amount=0, gap=0, counterpart=0, txid=0, label=-1, count=0, last_time=np.nan,
+                fraud_time=np.nan, fraud_txid=0, fraud_count=0, labelled=0, day_stamp=-1, day_tx=0, day_amount=0,
+                day_fraud=0)
+    ARRAYS = tuple(FILL)
 
     def _alloc(self, cap: int) -> None:
         n, k = self.n, self.k
@@ -146,6 +179,7 @@ class _Rings:
         self.count = np.zeros(cap, np.int64)
         self.last_time = np.full(cap, np.nan)
         self.fraud_time = np.full((cap, k), np.nan)
+        self.fraud_txid = np.zeros((cap, k), np.int64)  # txid hash of each remembered fraud (a duplicate label is a no-op)
         self.fraud_count = np.zeros(cap, np.int64)
         self.labelled = np.zeros(cap, np.int64)  # labels received (fraud or legit)
         # daily buckets (slot = day % DAY_BUCKETS, stamped with the day they hold)
@@ -154,8 +188,43 @@ class _Rings:
         self.day_amount = np.zeros((cap, DAY_BUCKETS), np.float64)
         self.day_fraud = np.zeros((cap, DAY_BUCKETS), np.float32)
 
-    ARRAYS = ("time", "amount", "gap", "counterpart", "txid", "label", "count", "last_time", "fraud_time",
-              "fraud_count", "labelled", "day_stamp", "day_tx", "day_amount", "day_fraud")
+    @property
+    def capacity(self) -> int:
+        return len(self.count)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, a).nbytes for a in self.ARRAYS)
+
+    def reset(self, rows: np.ndarray) -> None:
+        """Empty these rows (an evicted key, or an idle key that comes back: it starts with no history)."""
+        for a, v in self.FILL.items():
+            getattr(self, a)[rows] = v
+
+    def idle(self, idx: np.ndarray, clock: np.ndarray, idle_s: float) -> np.ndarray:
+        """Known keys whose last event is more than idle_s before `clock` (they read as strangers)."""
+        return (idx >= 0) & (self.last_time[np.maximum(idx, 0)] < clock - idle_s)
+
+    def evict(self, rows: np.ndarray) -> None:
+        for j in rows.tolist():
+            del self.index[self.names[j]]
+            self.names[j] = None
+        self.reset(rows)
+        self.free.extend(sorted(rows.tolist(), reverse=True))  # lowest row reused first
+
+    def compact(self) -> None:
+        """Move the live rows to the front of right-sized arrays (after mass eviction)."""
+        live = np.array([j for j, nm in enumerate(self.names) if nm is not None], np.int64)
+        old = {a: getattr(self, a)[live] for a in self.ARRAYS}
+        self._alloc(max(1024, 2 * len(live)))
+        for a, arr in old.items():
+            getattr(self, a)[: len(live)] = arr
+        self.names = [self.names[j] for j in live.tolist()]
+        self.buckets = [self.buckets[j] for j in live.tolist()]
+        self.index = {nm: i for i, nm in enumerate(self.names)}
+        self.free = []
 
     def count_day(self, idx: np.ndarray, ts: np.ndarray, amount: np.ndarray) -> None:
         """Add one transaction per key (unique keys) to its day's bucket; a stale bucket is reset first."""
@@ -198,9 +267,14 @@ class _Rings:
                 if not create:
                     out[i] = -1
                     continue
-                j = index[key] = len(self.names)
-                self.names.append(key)
-                self.buckets.append(id_hash(key) % ID_BUCKETS)
+                if self.free:
+                    j = index[key] = self.free.pop()
+                    self.names[j] = key
+                    self.buckets[j] = id_hash(key) % ID_BUCKETS
+                else:
+                    j = index[key] = len(self.names)
+                    self.names.append(key)
+                    self.buckets.append(id_hash(key) % ID_BUCKETS)
             out[i] = j
         if create:
             self._grow(len(self.names))
@@ -232,38 +306,102 @@ class _Rings:
         self.count[idx] += 1
         self.last_time[idx] = np.fmax(last, ts)
 
-    def remember_fraud(self, j: int, event_time: float) -> None:
-        slot = self.fraud_count[j] % self.k
-        self.fraud_time[j, slot] = event_time
-        self.fraud_count[j] += 1
+    def label_events(self, rows: np.ndarray, hashes: np.ndarray, fraud: np.ndarray, event_time: np.ndarray) -> None:
+        """Apply labels (distinct transactions) to key rows. Idempotent per transaction: the first label of a
+        ring event wins, and a fraud already remembered for that transaction id is not counted again."""
+        if not len(rows):
+            return
+        hit = (self.txid[rows] == hashes[:, None]) & ~np.isnan(self.time[rows])
+        lab = self.label[rows]
+        seen = (hit & (lab >= 0)).any(1)
+        r, slot = np.nonzero(hit & (lab < 0))
+        self.label[rows[r], slot] = fraud[r].astype(np.int8)
+        dup_fraud = ((self.fraud_txid[rows] == hashes[:, None]) & ~np.isnan(self.fraud_time[rows])).any(1)
+        new_fraud = fraud & ~dup_fraud
+        np.add.at(self.labelled, rows[~seen | new_fraud], 1)
+        for j, h, e in zip(rows[new_fraud].tolist(), hashes[new_fraud].tolist(), event_time[new_fraud].tolist()):
+            slot_k = self.fraud_count[j] % self.k
+            self.fraud_time[j, slot_k] = e
+            self.fraud_txid[j, slot_k] = h
+            self.fraud_count[j] += 1
+            d = int(np.floor(e / DAY))
+            if self.day_stamp[j, d % DAY_BUCKETS] == d:
+                self.day_fraud[j, d % DAY_BUCKETS] += 1
 
     # -- snapshot helpers ------------------------------------------------------------------------
-    def export(self, keys: Iterable[str] | None) -> tuple[list[str], dict[str, np.ndarray]]:
-        names = self.names if keys is None else [k for k in keys if k in self.index]
+    def export(self, keys: Iterable[str] | None, keep) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Live keys (all, or those of `keys` we hold) and their rows; `keep(rows)` masks out idle ones."""
+        names = [k for k in self.names if k is not None] if keys is None else [k for k in keys if k in self.index]
         rows = np.array([self.index[k] for k in names], np.int64)
+        live = keep(rows) if len(rows) else np.zeros(0, bool)
+        names = [k for k, ok in zip(names, live.tolist()) if ok]
+        rows = rows[live]
         return names, {a: getattr(self, a)[rows] for a in self.ARRAYS}
 
     def merge(self, names: list[str], arrays: dict[str, np.ndarray]) -> None:
         rows = self.lookup(names, create=True)
         for a in self.ARRAYS:
-            getattr(self, a)[rows] = arrays[a]
+            if a in arrays:
+                getattr(self, a)[rows] = arrays[a]
+            else:  # an older snapshot without this array
+                getattr(self, a)[rows] = self.FILL[a]
+
+
+class LabelStatus(IntEnum):
+    """What became of one label. Compares like the old bool results: PENDING == False, APPLIED == True."""
+
+    PENDING = 0  # its transaction is not in the index: parked in `pending` (place it with apply_located_labels)
+    APPLIED = 1  # applied to the customer and/or terminal
+    DUPLICATE = 2  # the same transaction id earlier in the call, or already pending: nothing done
+    UNKNOWN = 3  # located, but neither its customer nor its terminal is (still) in this state: nothing to update
+
+
+@dataclass(frozen=True)
+class ExpiredLabel:
+    """A label that gave up waiting for its transaction (to dead-letter, with the caller's `ref`)."""
+
+    transaction_id: str
+    is_fraud: bool
+    ref: Any  # what the caller passed with the label (JSON-serialisable: e.g. "labels:3@1234")
+    reason: str  # "horizon" (no transaction within pending_horizon_days of event time) or "overflow"
+    parked_at: float  # the state's event-time clock when it was parked (epoch seconds)
+
+
+def default_idle_evict_days(labels_delay_days: float) -> float:
+    """The shortest idle time after which forgetting a key changes no window feature: the longest window seen
+    behind the label delay, and the known-fraud window; plus a day of margin."""
+    return float(max(max(WINDOWS) + math.ceil(labels_delay_days), FRAUD_WINDOW_DAYS) + 1)
 
 
 class FraudState:
     """Per-customer / per-terminal history and label memory of a fraud stream (see the module doc)."""
 
     def __init__(self, customer_history: int = 7, terminal_history: int = 7, labels_delay_days: float = 7.0,
-                 fraud_memory: int = 8, max_tracked_ids: int = 1_000_000):
+                 fraud_memory: int = 8, max_tracked_ids: int = 1_000_000, idle_evict_days: float | None = None,
+                 pending_horizon_days: float = 2.0, max_pending: int = 100_000,
+                 max_tracked_days: float | None = None, sweep_every_days: float = 1.0):
         self.customer_history, self.terminal_history = int(customer_history), int(terminal_history)
         self.labels_delay_days = float(labels_delay_days)
         self.fraud_memory = int(fraud_memory)
         self.max_tracked_ids = int(max_tracked_ids)
+        self.max_tracked_days = None if max_tracked_days is None else float(max_tracked_days)
+        self.idle_evict_days = (default_idle_evict_days(self.labels_delay_days) if idle_evict_days is None
+                                else float(idle_evict_days))
+        self.pending_horizon_days = float(pending_horizon_days)
+        self.max_pending = int(max_pending)
+        self.sweep_every_days = float(sweep_every_days)
+        if self.idle_evict_days <= 0 or self.pending_horizon_days < 0 or self.max_pending < 0 or self.max_tracked_ids < 0:
+            raise ValueError("idle_evict_days must be > 0; pending_horizon_days, max_pending, max_tracked_ids >= 0")
         self.customers = _Rings(self.customer_history, self.fraud_memory)
         self.terminals = _Rings(self.terminal_history, self.fraud_memory)
-        # transaction id hash -> (customer row, terminal row, event time): where a later label goes.
-        self._where: dict[int, tuple[int, int, float]] = {}
-        # labels that arrived before their transaction: id hash -> is_fraud
-        self.pending: dict[int, bool] = {}
+        self.clock = -math.inf  # event time: the largest transaction timestamp seen
+        self._next_sweep = -math.inf
+        # transaction id hash -> (customer id, terminal id, event time, clock when indexed): where a label goes.
+        self._where: dict[int, tuple[str, str, float, float]] = {}
+        # labels that arrived before their transaction: id hash -> (transaction id, is_fraud, ref, clock when parked)
+        self.pending: dict[int, tuple[str, bool, Any, float]] = {}
+        self._outbox: list[ExpiredLabel] = []  # expired pending labels until expire_pending() takes them
+        self.dead_letters_dropped = 0  # expired labels dropped because the outbox was full (nobody drained it)
 
     @classmethod
     def from_settings(cls, fraud_settings) -> "FraudState":
@@ -273,56 +411,151 @@ class FraudState:
     def delay_s(self) -> float:
         return self.labels_delay_days * DAY
 
+    @property
+    def idle_s(self) -> float:
+        return self.idle_evict_days * DAY
+
     def __len__(self) -> int:
         return len(self._where)
 
+    def memory_bytes(self) -> int:
+        """Approximate resident size: the ring arrays plus the index and pending dictionaries."""
+        return self.customers.nbytes() + self.terminals.nbytes() + 200 * (len(self._where) + len(self.pending)) + \
+            150 * (len(self.customers) + len(self.terminals))
+
     # -- labels ------------------------------------------------------------------------------------
-    def apply_label(self, label: "Label") -> bool:
+    def apply_label(self, label: "Label", ref: Any = None) -> bool:
         """Record a chargeback/confirmation. True if its transaction is known, False if it waits in `pending`."""
-        return self.apply_label_columns([label.transaction_id], np.array([label.is_fraud]))[0]
+        return self.apply_label_columns([label.transaction_id], np.array([label.is_fraud]), [ref])[0] != LabelStatus.PENDING
 
-    def apply_labels(self, labels: Iterable["Label"]) -> list[bool]:
+    def apply_labels(self, labels: Iterable["Label"], refs: Sequence[Any] | None = None) -> list[LabelStatus]:
         labels = list(labels)
-        return self.apply_label_columns([lb.transaction_id for lb in labels], np.array([lb.is_fraud for lb in labels]))
+        return self.apply_label_columns([lb.transaction_id for lb in labels], np.array([lb.is_fraud for lb in labels]),
+                                        refs)
 
-    def apply_label_columns(self, transaction_ids: Sequence[str], is_fraud: np.ndarray) -> list[bool]:
-        fraud = np.asarray(is_fraud, bool)
-        hashes = [id_hash(str(t)) for t in transaction_ids]
-        known, where, known_fraud, done = [], [], [], []
+    def apply_label_columns(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
+                            refs: Sequence[Any] | None = None) -> list[LabelStatus]:
+        """Labels by transaction id, placed through the index. One status per label: APPLIED, PENDING (not in
+        the index: parked, waiting for its transaction; the caller may place it with `apply_located_labels`),
+        DUPLICATE (the same id earlier in this call, or already pending) or UNKNOWN (indexed, but both its
+        keys have been evicted). `refs` (one per label, JSON-serialisable, e.g. a Kafka position) comes back
+        with a label that expires in `pending`."""
+        fraud = np.asarray(is_fraud, bool).reshape(-1)
+        out: list[LabelStatus] = []
+        hs, cs, ts, es, fs, pos = [], [], [], [], [], []
         seen: set[int] = set()
-        for h, f in zip(hashes, fraud.tolist()):
-            w = self._where.get(h)
-            if w is None or h in seen:
-                if w is None:
-                    self.pending[h] = f
-                done.append(w is not None)
+        where, pending = self._where, self.pending
+        for i, (tid, f) in enumerate(zip(transaction_ids, fraud.tolist())):
+            tid = str(tid)
+            h = id_hash(tid)
+            if h in seen:
+                out.append(LabelStatus.DUPLICATE)
                 continue
             seen.add(h)
-            known.append(h)
-            where.append(w)
-            known_fraud.append(f)
-            done.append(True)
-        if known:
-            self._label_known(np.array(known, np.int64), where, np.array(known_fraud, bool))
-        return done
+            w = where.pop(h, None)  # a transaction is labelled once: forgetting it bounds the index
+            if w is None:
+                if h in pending and self._pending_live(pending[h][3], self.clock):
+                    out.append(LabelStatus.DUPLICATE)
+                else:
+                    if h in pending:  # the old one has expired already: dead-letter it, park this one
+                        self._to_outbox([self._expired(h, "horizon")])
+                    self._park(h, tid, f, None if refs is None else refs[i])
+                    out.append(LabelStatus.PENDING)
+                continue
+            hs.append(h); cs.append(w[0]); ts.append(w[1]); es.append(w[2]); fs.append(f); pos.append(len(out))
+            out.append(LabelStatus.APPLIED)
+        if hs:
+            ok = self._apply_at(np.array(hs, np.int64), cs, ts, np.array(es, np.float64), np.array(fs, bool),
+                                np.full(len(hs), self.clock))
+            for p, good in zip(pos, ok.tolist()):
+                if not good:
+                    out[p] = LabelStatus.UNKNOWN
+        return out
 
-    def _label_known(self, hashes: np.ndarray, where: list[tuple[int, int, float]], fraud: np.ndarray) -> None:
-        c = np.array([w[0] for w in where], np.int64)
-        t = np.array([w[1] for w in where], np.int64)
-        et = np.array([w[2] for w in where], np.float64)
-        for rings, rows in ((self.customers, c), (self.terminals, t)):
-            hit = (rings.txid[rows] == hashes[:, None]) & ~np.isnan(rings.time[rows])
-            r, slot = np.nonzero(hit)
-            rings.label[rows[r], slot] = fraud[r].astype(np.int8)
-            np.add.at(rings.labelled, rows, 1)
-            for j, e in zip(rows[fraud].tolist(), et[fraud].tolist()):
-                rings.remember_fraud(j, e)
-                d = int(np.floor(e / DAY))
-                if rings.day_stamp[j, d % DAY_BUCKETS] == d:
-                    rings.day_fraud[j, d % DAY_BUCKETS] += 1
-        # a transaction is labelled once; forgetting it bounds memory and makes a duplicate label a no-op
-        for h in hashes.tolist():
-            del self._where[h]
+    def apply_located_labels(self, transaction_ids: Sequence[str], customer_ids: Sequence[str],
+                             terminal_ids: Sequence[str], event_times: Sequence[Any], is_fraud: np.ndarray) -> list[LabelStatus]:
+        """Labels whose transaction the caller located itself (e.g. in the store's fraud_scores: customer_id,
+        terminal_id, timestamp; event_times as epoch seconds or datetimes). Updates exactly what
+        `apply_label_columns` would have updated had the id still been indexed (the ring label slot if the
+        event is still in a ring, the known-fraud memory, the daily fraud bucket); takes the label out of
+        `pending` and the id out of the index. Status per label: APPLIED, UNKNOWN (neither key is in this
+        state: evicted, or another partition's), DUPLICATE (same id earlier in this call)."""
+        fraud = np.asarray(is_fraud, bool).reshape(-1)
+        et = np.array([to_seconds(x) if isinstance(x, datetime) else float(x) for x in event_times], np.float64)
+        out: list[LabelStatus] = []
+        keep, hs = [], []
+        seen: set[int] = set()
+        for i, tid in enumerate(transaction_ids):
+            h = id_hash(str(tid))
+            if h in seen:
+                out.append(LabelStatus.DUPLICATE)
+                continue
+            seen.add(h)
+            self.pending.pop(h, None)
+            self._where.pop(h, None)
+            keep.append(i); hs.append(h)
+            out.append(LabelStatus.APPLIED)
+        if keep:
+            k = np.array(keep, np.int64)
+            ok = self._apply_at(np.array(hs, np.int64), [str(customer_ids[i]) for i in keep],
+                                [str(terminal_ids[i]) for i in keep], et[k], fraud[k], np.full(len(k), self.clock))
+            for i, good in zip(keep, ok.tolist()):
+                if not good:
+                    out[i] = LabelStatus.UNKNOWN
+        return out
+
+    def _apply_at(self, hashes: np.ndarray, customers: Sequence[str], terminals: Sequence[str], et: np.ndarray,
+                  fraud: np.ndarray, clock: np.ndarray) -> np.ndarray:
+        """THE label update (indexed, located and pending paths all come here). Distinct hashes. Returns, per
+        label, whether a live key took it. A key idle past `idle_evict_days` at `clock` counts as absent."""
+        took = np.zeros(len(hashes), bool)
+        for rings, keys in ((self.customers, customers), (self.terminals, terminals)):
+            rows = rings.lookup(keys, create=False)
+            live = (rows >= 0) & ~rings.idle(rows, clock, self.idle_s)
+            took |= live
+            rings.label_events(rows[live], hashes[live], fraud[live], et[live])
+        return took
+
+    def _park(self, h: int, tid: str, fraud: bool, ref: Any) -> None:
+        if self.max_pending <= 0:
+            self._to_outbox([ExpiredLabel(tid, bool(fraud), ref, "overflow", self.clock)])
+            return
+        if len(self.pending) >= self.max_pending:  # the oldest go first
+            drop = list(islice(self.pending, len(self.pending) - self.max_pending + 1))
+            self._to_outbox([self._expired(d, "overflow") for d in drop])
+        self.pending[h] = (tid, bool(fraud), ref, self.clock)
+
+    def _expired(self, h: int, reason: str) -> ExpiredLabel:
+        tid, f, ref, at = self.pending.pop(h)
+        return ExpiredLabel(tid, f, ref, reason, at)
+
+    def _to_outbox(self, items: list[ExpiredLabel]) -> None:
+        self._outbox.extend(items)
+        over = len(self._outbox) - max(self.max_pending, 1000)
+        if over > 0:
+            del self._outbox[:over]
+            self.dead_letters_dropped += over
+
+    def _pending_live(self, parked_at: float, clock: float) -> bool:
+        return parked_at >= clock - self.pending_horizon_days * DAY
+
+    def _expire_horizon(self) -> None:
+        cutoff = self.clock - self.pending_horizon_days * DAY
+        drop = []
+        for h, v in self.pending.items():  # parked in clock order: stop at the first live one
+            if v[3] >= cutoff:
+                break
+            drop.append(h)
+        if drop:
+            self._to_outbox([self._expired(h, "horizon") for h in drop])
+
+    def expire_pending(self) -> list[ExpiredLabel]:
+        """Labels that waited longer than `pending_horizon_days` of event time for their transaction, or were
+        pushed out by `max_pending`, since the last call (oldest first). The caller dead-letters them."""
+        self._expire_horizon()
+        out, self._outbox = self._outbox, []
+        return out
+
 
     # -- reading and writing ----------------------------------------------------------------------
     def context_batch(self, transactions: Sequence["Transaction"]) -> FraudContext:
@@ -336,19 +569,30 @@ class FraudState:
         """Context then update, with one-by-one semantics inside the batch (what the scorer uses)."""
         return self.advance_columns(TxColumns.from_transactions(transactions))
 
+    def _clocks(self, ts: np.ndarray) -> np.ndarray:
+        """The event-time clock as each row of a batch sees it: the max timestamp so far, its own included."""
+        ts = np.asarray(ts, np.float64)
+        if not len(ts):
+            return ts
+        return np.fmax(np.fmax.accumulate(ts), self.clock)
+
     def advance_columns(self, cols: TxColumns) -> FraudContext:
+        clock = self._clocks(cols.ts)
+        self._index(cols, clock)
         waves = self._waves(cols.customer_id, cols.terminal_id)
         if waves.max(initial=0) == 0:
-            ctx = self.context_columns(cols)
-            self.update_columns(cols)
+            ctx = self.context_columns(cols, clock)
+            self._write(cols, clock, waves)
+            self._after_batch(clock)
             return ctx
         parts, order = [], []
         for w in range(int(waves.max()) + 1):
             idx = np.nonzero(waves == w)[0]
             sub = cols.take(idx)
-            parts.append(self.context_columns(sub))
-            self.update_columns(sub)
+            parts.append(self.context_columns(sub, clock[idx]))
+            self._write(sub, clock[idx], np.zeros(len(idx), np.int64))
             order.append(idx)
+        self._after_batch(clock)
         ctx = FraudContext.concat(parts)
         inverse = np.empty(len(cols), np.int64)
         inverse[np.concatenate(order)] = np.arange(len(cols))
@@ -369,40 +613,110 @@ class FraudState:
 
     def update_columns(self, cols: TxColumns) -> None:
         """Append the batch to the rings (rows in order; repeated keys are written in successive waves)."""
+        clock = self._clocks(cols.ts)
+        self._index(cols, clock)
+        self._write(cols, clock, self._waves(cols.customer_id, cols.terminal_id))
+        self._after_batch(clock)
+
+    def _index(self, cols: TxColumns, clock: np.ndarray) -> None:
+        """Remember where each transaction went, for its label; trimmed to max_tracked_ids / max_tracked_days."""
+        if self.clock == -math.inf and len(clock) and self.pending:  # parked before any event: from the first one
+            first = float(clock[0])
+            for h, v in self.pending.items():
+                if v[3] == -math.inf:
+                    self.pending[h] = (*v[:3], first)
+        where = self._where
+        for t, c, m, e, k in zip(cols.transaction_id, cols.customer_id, cols.terminal_id, np.asarray(cols.ts).tolist(),
+                                 clock.tolist()):
+            where[id_hash(str(t))] = (c, m, e, k)
+        excess = len(where) - self.max_tracked_ids
+        cutoff = -math.inf if self.max_tracked_days is None or not len(clock) else \
+            float(clock[-1]) - self.max_tracked_days * DAY
+        if excess > 0 or (cutoff > -math.inf and where):
+            drop = []
+            for h, w in where.items():  # oldest first: dicts keep insertion order
+                if excess <= 0 and not w[3] < cutoff:
+                    break
+                drop.append(h)
+                excess -= 1
+            for h in drop:
+                del where[h]
+
+    def _write(self, cols: TxColumns, clock: np.ndarray, waves: np.ndarray) -> None:
         c_idx = self.customers.lookup(cols.customer_id, create=True)
         t_idx = self.terminals.lookup(cols.terminal_id, create=True)
         tx_h = np.fromiter((id_hash(str(x)) for x in cols.transaction_id), np.int64, len(cols))
         c_h = self.customers.bucket_of(cols.customer_id, c_idx)
         t_h = self.terminals.bucket_of(cols.terminal_id, t_idx)
         labels = np.full(len(cols), -1, np.int8)
-        for i, h in enumerate(tx_h.tolist()):
-            self._where[h] = (int(c_idx[i]), int(t_idx[i]), float(cols.ts[i]))
-        if len(self._where) > self.max_tracked_ids:  # oldest first: dicts keep insertion order
-            for h in list(self._where)[: len(self._where) - self.max_tracked_ids]:
-                del self._where[h]
+        ts = np.asarray(cols.ts, np.float64)
+        amount = np.asarray(cols.amount, np.float64)
         # write in waves so each ring gets at most one event per key per scatter
-        waves = self._waves(cols.customer_id, cols.terminal_id)
         for w in range(int(waves.max(initial=-1)) + 1):
-            sel = waves == w
-            self.customers.write(c_idx[sel], cols.ts[sel], cols.amount[sel], t_h[sel], tx_h[sel], labels[sel])
-            self.terminals.write(t_idx[sel], cols.ts[sel], cols.amount[sel], c_h[sel], tx_h[sel], labels[sel])
-            self.customers.count_day(c_idx[sel], cols.ts[sel], cols.amount[sel])
-            self.terminals.count_day(t_idx[sel], cols.ts[sel], cols.amount[sel])
-        if self.pending:
-            hs, ws, fs = [], [], []
-            for h in tx_h.tolist():
-                fraud = self.pending.pop(h, None)
-                if fraud is not None and h in self._where:
-                    hs.append(h); ws.append(self._where[h]); fs.append(fraud)
-            if hs:
-                self._label_known(np.array(hs, np.int64), ws, np.array(fs, bool))
+            sel = np.nonzero(waves == w)[0]
+            c, t, at = c_idx[sel], t_idx[sel], clock[sel]
+            for rings, rows in ((self.customers, c), (self.terminals, t)):
+                idle = rings.idle(rows, at, self.idle_s)
+                if idle.any():  # an idle key that comes back starts again with no history
+                    rings.reset(rows[idle])
+            self.customers.write(c, ts[sel], amount[sel], t_h[sel], tx_h[sel], labels[sel])
+            self.terminals.write(t, ts[sel], amount[sel], c_h[sel], tx_h[sel], labels[sel])
+            self.customers.count_day(c, ts[sel], amount[sel])
+            self.terminals.count_day(t, ts[sel], amount[sel])
+            if self.pending:
+                self._apply_pending(cols, sel, tx_h, at)
 
-    def context_columns(self, cols: TxColumns) -> FraudContext:
+    def _apply_pending(self, cols: TxColumns, sel: np.ndarray, tx_h: np.ndarray, clock: np.ndarray) -> None:
+        """Labels that were waiting for these (just written) transactions; one wave, as if one by one."""
+        hs, rows, expired = [], [], []
+        for k, (i, h) in enumerate(zip(sel.tolist(), tx_h[sel].tolist())):
+            p = self.pending.get(h)
+            if p is None:
+                continue
+            if not self._pending_live(p[3], float(clock[k])):
+                expired.append(h)
+                continue
+            del self.pending[h]
+            self._where.pop(h, None)
+            hs.append(h); rows.append((i, k, p[1]))
+        if expired:
+            self._to_outbox([self._expired(h, "horizon") for h in expired])
+        if hs:
+            i = np.array([r[0] for r in rows], np.int64)
+            self._apply_at(np.array(hs, np.int64), [cols.customer_id[j] for j in i.tolist()],
+                           [cols.terminal_id[j] for j in i.tolist()], np.asarray(cols.ts, np.float64)[i],
+                           np.array([r[2] for r in rows], bool), clock[np.array([r[1] for r in rows], np.int64)])
+
+    def _after_batch(self, clock: np.ndarray) -> None:
+        if len(clock) and not np.isnan(clock[-1]):
+            self.clock = max(self.clock, float(clock[-1]))
+        if self.clock >= self._next_sweep:
+            self.sweep()
+            self._next_sweep = self.clock + self.sweep_every_days * DAY
+
+    def sweep(self) -> None:
+        """Free the rows of keys idle past idle_evict_days (already strangers to every read) and move expired
+        pending labels to the outbox. Runs by itself once per sweep_every_days of event time; never changes
+        what the state answers, only what it holds."""
+        for rings in (self.customers, self.terminals):
+            dead = np.nonzero(rings.last_time[: len(rings.names)] < self.clock - self.idle_s)[0]
+            if len(dead):
+                rings.evict(dead)
+            if rings.capacity > 4096 and 4 * len(rings) < rings.capacity:
+                rings.compact()
+        self._expire_horizon()
+
+    def context_columns(self, cols: TxColumns, clock: np.ndarray | None = None) -> FraudContext:
+        """Context of each row against the current state. `clock`: the event time each row sees (default: the
+        state's clock or the row's own timestamp, the later); a key idle past idle_evict_days reads as unknown."""
         B, N, M = len(cols), self.customer_history, self.terminal_history
         ts = np.asarray(cols.ts, np.float64)
         amount = np.asarray(cols.amount, np.float64)
+        clk = np.fmax(ts, self.clock) if clock is None else clock
         c_idx = self.customers.lookup(cols.customer_id, create=False)
         t_idx = self.terminals.lookup(cols.terminal_id, create=False)
+        c_idx[self.customers.idle(c_idx, clk, self.idle_s)] = -1
+        t_idx[self.terminals.idle(t_idx, clk, self.idle_s)] = -1
         c_h = self.customers.bucket_of(cols.customer_id, c_idx)
         t_h = self.terminals.bucket_of(cols.terminal_id, t_idx)
 
@@ -476,60 +790,106 @@ class FraudState:
 
     # -- snapshot / restore ----------------------------------------------------------------------
     def snapshot(self, customers: Iterable[str] | None = None, terminals: Iterable[str] | None = None) -> bytes:
-        """Serialise the whole state, or only some keys (a consumer's partitions). `restore` merges it back."""
-        c_names, c_arr = self.customers.export(None if customers is None else list(customers))
-        t_names, t_arr = self.terminals.export(None if terminals is None else list(terminals))
+        """Serialise the whole state, or only some keys (a consumer's partitions). `restore` merges it back.
+        Live keys only (idle ones are strangers already), so its size follows the live keys; the index,
+        pending labels and the dead-letter outbox are bounded by their caps."""
+        clock = self.clock
+
+        def keep(rings):
+            return lambda rows: ~rings.idle(rows, np.full(len(rows), clock), self.idle_s)
+
+        c_names, c_arr = self.customers.export(None if customers is None else list(customers), keep(self.customers))
+        t_names, t_arr = self.terminals.export(None if terminals is None else list(terminals), keep(self.terminals))
         c_set = None if customers is None else set(c_names)
         t_set = None if terminals is None else set(t_names)
-        where = [(h, self.customers.names[c], self.terminals.names[t], et) for h, (c, t, et) in self._where.items()
-                 if (c_set is None or self.customers.names[c] in c_set) and (t_set is None or self.terminals.names[t] in t_set)]
+        where = [(h, *w) for h, w in self._where.items()
+                 if (c_set is None or w[0] in c_set) and (t_set is None or w[1] in t_set)]
+        pend = list(self.pending.items())
         header = dict(version=SNAPSHOT_VERSION, customer_history=self.customer_history,
                       terminal_history=self.terminal_history, labels_delay_days=self.labels_delay_days,
-                      fraud_memory=self.fraud_memory, customers=c_names, terminals=t_names,
-                      where_customers=[w[1] for w in where], where_terminals=[w[2] for w in where])
+                      fraud_memory=self.fraud_memory, max_tracked_ids=self.max_tracked_ids,
+                      max_tracked_days=self.max_tracked_days, idle_evict_days=self.idle_evict_days,
+                      pending_horizon_days=self.pending_horizon_days, max_pending=self.max_pending,
+                      sweep_every_days=self.sweep_every_days, clock=None if math.isinf(clock) else clock,
+                      customers=c_names, terminals=t_names,
+                      where_customers=[w[1] for w in where], where_terminals=[w[2] for w in where],
+                      pending_ids=[v[0] for _, v in pend], pending_refs=[v[2] for _, v in pend],
+                      outbox=[[e.transaction_id, e.is_fraud, e.ref, e.reason, e.parked_at] for e in self._outbox],
+                      dead_letters_dropped=self.dead_letters_dropped)
         arrays = {f"c_{k}": v for k, v in c_arr.items()} | {f"t_{k}": v for k, v in t_arr.items()}
         arrays["where_hash"] = np.array([w[0] for w in where], np.int64)
         arrays["where_time"] = np.array([w[3] for w in where], np.float64)
-        arrays["pending_hash"] = np.array(list(self.pending), np.int64)
-        arrays["pending_fraud"] = np.array(list(self.pending.values()), bool)
+        arrays["where_at"] = np.array([w[4] for w in where], np.float64)
+        arrays["pending_hash"] = np.array([h for h, _ in pend], np.int64)
+        arrays["pending_fraud"] = np.array([v[1] for _, v in pend], bool)
+        arrays["pending_at"] = np.array([v[3] for _, v in pend], np.float64)
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
 
     def restore(self, blob: bytes) -> "FraudState":
-        """Merge a snapshot into this state (keys in the snapshot overwrite ours). Returns self."""
+        """Merge a snapshot into this state (keys in the snapshot overwrite ours). Returns self.
+        Reads version 2 and version 1 snapshots (a v1 pending label has no id string: it is named "#<hash>")."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
         header = json.loads(data.pop("header").tobytes())
-        if header.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"fraud state snapshot version {header.get('version')} != {SNAPSHOT_VERSION}")
+        version = header.get("version")
+        if version not in (1, SNAPSHOT_VERSION):
+            raise ValueError(f"fraud state snapshot version {version} is not readable (this code reads 1 and "
+                             f"{SNAPSHOT_VERSION})")
         shape = (header["customer_history"], header["terminal_history"], header["fraud_memory"])
         if shape != (self.customer_history, self.terminal_history, self.fraud_memory):
             raise ValueError(f"snapshot history lengths {shape} do not match this state's "
                              f"{(self.customer_history, self.terminal_history, self.fraud_memory)}")
         self.customers.merge(header["customers"], {k[2:]: v for k, v in data.items() if k.startswith("c_")})
         self.terminals.merge(header["terminals"], {k[2:]: v for k, v in data.items() if k.startswith("t_")})
-        c_rows = self.customers.lookup(header["where_customers"], create=True)
-        t_rows = self.terminals.lookup(header["where_terminals"], create=True)
-        for h, c, t, et in zip(data["where_hash"].tolist(), c_rows.tolist(), t_rows.tolist(), data["where_time"].tolist()):
-            self._where[h] = (c, t, et)
-        self.pending.update(zip(data["pending_hash"].tolist(), data["pending_fraud"].tolist()))
+        if version == 1:  # no clock: the latest event it holds
+            lt = np.concatenate([data["c_last_time"], data["t_last_time"]])
+            clock = float(np.nanmax(lt)) if len(lt) and not np.isnan(lt).all() else None
+        else:
+            clock = header["clock"]
+        if clock is not None:
+            self.clock = max(self.clock, float(clock))
+        n = len(data["where_hash"])
+        at = data["where_at"].tolist() if "where_at" in data else [self.clock] * n
+        for h, c, t, et, k in zip(data["where_hash"].tolist(), header["where_customers"], header["where_terminals"],
+                                  data["where_time"].tolist(), at):
+            self._where[h] = (c, t, et, k)
+        hs, fs = data["pending_hash"].tolist(), data["pending_fraud"].tolist()
+        ids = header.get("pending_ids") or [f"#{h}" for h in hs]
+        refs = header.get("pending_refs") or [None] * len(hs)
+        p_at = data["pending_at"].tolist() if "pending_at" in data else [self.clock] * len(hs)
+        for h, tid, f, ref, k in zip(hs, ids, fs, refs, p_at):
+            self.pending[h] = (tid, bool(f), ref, k)
+        self._outbox.extend(ExpiredLabel(t, bool(f), r, why, at) for t, f, r, why, at in header.get("outbox", []))
+        self.dead_letters_dropped += int(header.get("dead_letters_dropped", 0))
         return self
 
     @classmethod
-    def from_snapshot(cls, blob: bytes) -> "FraudState":
+    def from_snapshot(cls, blob: bytes, **overrides: Any) -> "FraudState":
+        """A new state with the snapshot's settings (`overrides` replace them), then `restore`."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             header = json.loads(z["header"].tobytes())
-        state = cls(header["customer_history"], header["terminal_history"], header["labels_delay_days"],
-                    header["fraud_memory"])
+        knobs = {k: header[k] for k in ("customer_history", "terminal_history", "labels_delay_days", "fraud_memory",
+                                        "max_tracked_ids", "max_tracked_days", "idle_evict_days",
+                                        "pending_horizon_days", "max_pending", "sweep_every_days") if k in header}
+        if header.get("version") == 1:  # v1 states never evicted
+            knobs["idle_evict_days"] = math.inf
+        state = cls(**(knobs | overrides))
         return state.restore(blob)
 
     def customer_keys(self) -> list[str]:
-        return list(self.customers.names)
+        return self._live_keys(self.customers)
 
     def terminal_keys(self) -> list[str]:
-        return list(self.terminals.names)
+        return self._live_keys(self.terminals)
+
+    def _live_keys(self, rings: _Rings) -> list[str]:
+        names = [k for k in rings.names if k is not None]
+        rows = np.array([rings.index[k] for k in names], np.int64)
+        live = ~rings.idle(rows, np.full(len(rows), self.clock), self.idle_s)
+        return [k for k, ok in zip(names, live.tolist()) if ok]
 
 
 def self_or_nan(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -354,6 +354,7 @@ class LabelStatus(IntEnum):
     APPLIED = 1  # applied to the customer and/or terminal
     DUPLICATE = 2  # the same transaction id earlier in the call, or already pending: nothing done
     UNKNOWN = 3  # located, but neither its customer nor its terminal is (still) in this state: nothing to update
+    UNINDEXED = 4  # (park=False) not in the index and not parked: locate it (apply_located_labels) or park_labels it
 
 
 @dataclass(frozen=True)
@@ -434,12 +435,14 @@ class FraudState:
                                         refs)
 
     def apply_label_columns(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
-                            refs: Sequence[Any] | None = None) -> list[LabelStatus]:
+                            refs: Sequence[Any] | None = None, park: bool = True) -> list[LabelStatus]:
         """Labels by transaction id, placed through the index. One status per label: APPLIED, PENDING (not in
-        the index: parked, waiting for its transaction; the caller may place it with `apply_located_labels`),
-        DUPLICATE (the same id earlier in this call, or already pending) or UNKNOWN (indexed, but both its
-        keys have been evicted). `refs` (one per label, JSON-serialisable, e.g. a Kafka position) comes back
-        with a label that expires in `pending`."""
+        the index: parked, waiting for its transaction; `apply_located_labels` takes it out again), UNINDEXED
+        (not in the index, and park=False: the caller locates it with `apply_located_labels` or parks it with
+        `park_labels`; a stream job wants this, so a burst of late labels never crowds `pending`), DUPLICATE
+        (the same id earlier in this call, or already pending) or UNKNOWN (indexed, but both its keys have
+        been evicted). `refs` (one per label, JSON-serialisable, e.g. a Kafka position) comes back with a
+        label that expires in `pending`."""
         fraud = np.asarray(is_fraud, bool).reshape(-1)
         out: list[LabelStatus] = []
         hs, cs, ts, es, fs, pos = [], [], [], [], [], []
@@ -456,11 +459,11 @@ class FraudState:
             if w is None:
                 if h in pending and self._pending_live(pending[h][3], self.clock):
                     out.append(LabelStatus.DUPLICATE)
-                else:
-                    if h in pending:  # the old one has expired already: dead-letter it, park this one
-                        self._to_outbox([self._expired(h, "horizon")])
+                elif park:
                     self._park(h, tid, f, None if refs is None else refs[i])
                     out.append(LabelStatus.PENDING)
+                else:
+                    out.append(LabelStatus.UNINDEXED)
                 continue
             hs.append(h); cs.append(w[0]); ts.append(w[1]); es.append(w[2]); fs.append(f); pos.append(len(out))
             out.append(LabelStatus.APPLIED)
@@ -470,6 +473,23 @@ class FraudState:
             for p, good in zip(pos, ok.tolist()):
                 if not good:
                     out[p] = LabelStatus.UNKNOWN
+        return out
+
+    def park_labels(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
+                    refs: Sequence[Any] | None = None) -> list[LabelStatus]:
+        """Park labels whose transaction has not been seen (e.g. UNINDEXED and not in the store) until it arrives,
+        at most `pending_horizon_days` of event time. PENDING, or DUPLICATE if that id is already pending."""
+        fraud = np.asarray(is_fraud, bool).reshape(-1)
+        out = []
+        for i, (tid, f) in enumerate(zip(transaction_ids, fraud.tolist())):
+            tid = str(tid)
+            h = id_hash(tid)
+            p = self.pending.get(h)
+            if p is not None and self._pending_live(p[3], self.clock):
+                out.append(LabelStatus.DUPLICATE)
+                continue
+            self._park(h, tid, f, None if refs is None else refs[i])
+            out.append(LabelStatus.PENDING)
         return out
 
     def apply_located_labels(self, transaction_ids: Sequence[str], customer_ids: Sequence[str],
@@ -491,7 +511,12 @@ class FraudState:
                 out.append(LabelStatus.DUPLICATE)
                 continue
             seen.add(h)
-            self.pending.pop(h, None)
+            p = self.pending.get(h)
+            if p is not None:  # placed now; one that had already expired is dead-lettered as it would have been
+                if self._pending_live(p[3], self.clock):
+                    del self.pending[h]
+                else:
+                    self._to_outbox([self._expired(h, "horizon")])
             self._where.pop(h, None)
             keep.append(i); hs.append(h)
             out.append(LabelStatus.APPLIED)
@@ -517,6 +542,8 @@ class FraudState:
         return took
 
     def _park(self, h: int, tid: str, fraud: bool, ref: Any) -> None:
+        if h in self.pending:  # an expired label for the same id: dead-letter it, park this one
+            self._to_outbox([self._expired(h, "horizon")])
         if self.max_pending <= 0:
             self._to_outbox([ExpiredLabel(tid, bool(fraud), ref, "overflow", self.clock)])
             return

@@ -289,7 +289,15 @@ class FraudScorer:
 
         if not transactions:
             return []
-        ctx = state.advance_batch(transactions)
+        return self.score_context(transactions, state.advance_batch(transactions), alert_threshold, review_threshold,
+                                  explain_top_k)
+
+    def score_context(self, transactions: Sequence["Transaction"], ctx: FraudContext, alert_threshold: float = 0.5,
+                      review_threshold: float = 0.2, explain_top_k: int = 5) -> list["FraudScore"]:
+        """Score transactions whose context is already read (no state change): a failure here can be
+        retried on any subset of rows (`ctx.take`) without touching the state."""
+        from pipelines.contracts import Decision, FraudScore, Reason
+
         probs = self.probabilities(ctx)
         flagged = np.nonzero(probs >= review_threshold)[0]
         reasons: dict[int, list[Reason]] = {}

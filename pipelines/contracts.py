@@ -1,7 +1,11 @@
 """Data contracts: what travels on Kafka (JSON with a schema version) and what lands in the store.
 
 Every inbound record is parsed with `decode(model, raw_bytes)`, which either returns the model or
-raises `ContractError` with a one-line reason fit for the dead-letter table.
+raises `ContractError` with a one-line reason fit for the dead-letter table. `decode` never raises
+anything else, whatever the bytes: JSON is parsed by pydantic-core (strict types, a nesting limit,
+no RecursionError), and the contracts reject at the door what later steps could not handle -
+timestamps outside `TIME_RANGE`, control characters in ids, ids over their length limit,
+non-finite or absurd numbers, wrong types at any depth.
 """
 
 from __future__ import annotations
@@ -11,14 +15,49 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
+#: Event times a stream accepts (UTC). Outside it a timestamp is a producer bug, and arithmetic on
+#: it (time zones, day buckets, the store) would overflow.
+TIME_RANGE = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+#: Amounts above this are not money (and lose cent precision as floats).
+AMOUNT_LIMIT = 1e12
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))) | {"\u2028", "\u2029"}
+
+
+def _no_control(v: str) -> str:
+    if not _CONTROL.isdisjoint(v):
+        raise ValueError("control characters are not allowed")
+    return v
+
+
+def _sane_time(v: datetime) -> datetime:
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=timezone.utc)
+    try:
+        utc = v.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise ValueError("timestamp out of range") from None
+    if not TIME_RANGE[0] <= utc < TIME_RANGE[1]:
+        raise ValueError(f"timestamp out of range [{TIME_RANGE[0].year}, {TIME_RANGE[1].year})")
+    return utc
+
+
+Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control)]
+EventTime = Annotated[datetime, AfterValidator(_sane_time)]
 
 
 class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {v!r}")
+        return v
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -32,35 +71,25 @@ class Channel(StrEnum):
 
 
 class Transaction(Contract):
-    transaction_id: Annotated[str, Field(min_length=1, max_length=128)]
-    timestamp: datetime
-    customer_id: Annotated[str, Field(min_length=1, max_length=128)]
-    terminal_id: Annotated[str, Field(min_length=1, max_length=128)]
-    amount: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    currency: Annotated[str, Field(min_length=3, max_length=3)] = "EUR"
-    merchant_category: str | None = None
+    transaction_id: Id
+    timestamp: EventTime
+    customer_id: Id
+    terminal_id: Id
+    amount: Annotated[float, Field(ge=0.0, le=AMOUNT_LIMIT, allow_inf_nan=False)]
+    currency: Annotated[str, Field(min_length=3, max_length=3), AfterValidator(_no_control)] = "EUR"
+    merchant_category: Annotated[str, Field(max_length=64), AfterValidator(_no_control)] | None = None
     channel: Channel | None = None
-    country: Annotated[str, Field(min_length=2, max_length=2)] | None = None
-    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
-    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
-
-    @field_validator("timestamp")
-    @classmethod
-    def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+    country: Annotated[str, Field(min_length=2, max_length=2), AfterValidator(_no_control)] | None = None
+    lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)] | None = None
 
 
 class Label(Contract):
-    transaction_id: Annotated[str, Field(min_length=1, max_length=128)]
+    transaction_id: Id
     is_fraud: bool
-    reported_at: datetime
-    customer_id: str | None = None
-    terminal_id: str | None = None
-
-    @field_validator("reported_at")
-    @classmethod
-    def _aware(cls, v: datetime) -> datetime:
-        return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+    reported_at: EventTime
+    customer_id: Id | None = None
+    terminal_id: Id | None = None
 
 
 class Domain(StrEnum):
@@ -157,32 +186,48 @@ class ContractError(ValueError):
 M = TypeVar("M", bound=Contract)
 
 
-def decode(model: type[M], raw: bytes | str | dict, max_bytes: int | None = None) -> M:
-    """Parse one record into `model`, or raise ContractError with a short, field-level reason."""
-    if isinstance(raw, (bytes, str)):
+#: The longest reason a dead letter carries (a record with thousands of bad fields gets the first ones).
+MAX_REASON_CHARS = 1000
+
+
+def decode(model: type[M], raw: bytes | str | dict | None, max_bytes: int | None = None) -> M:
+    """Parse one record into `model`, or raise ContractError with a short, field-level reason.
+
+    Bytes and text are parsed by pydantic-core in strict mode (no bool/str -> number coercion; its
+    JSON parser has a depth limit, so deep nesting is a reason, not a RecursionError). Nothing else
+    escapes: any other failure is a ContractError too."""
+    if raw is None:
+        raise ContractError("malformed json: empty record (no value)")
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
         if max_bytes is not None and len(raw) > max_bytes:
             raise ContractError(f"oversized: {len(raw)} bytes > {max_bytes}")
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ContractError(f"malformed json: {exc}") from None
-    else:
-        data = raw
-    if not isinstance(data, dict):
-        raise ContractError(f"malformed json: expected an object, got {type(data).__name__}")
-    version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise ContractError(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
+            return model.model_validate_json(bytes(raw) if not isinstance(raw, str) else raw, strict=True)
+        except ValidationError as exc:
+            raise ContractError(describe(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the contract is the one place a record can fail
+            raise ContractError(f"malformed json: {type(exc).__name__}") from None
+    if not isinstance(raw, dict):
+        raise ContractError(f"malformed json: expected an object, got {type(raw).__name__}")
     try:
-        return model.model_validate(data)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ContractError(describe(exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise ContractError(f"invalid record: {type(exc).__name__}") from None
 
 
 def describe(exc: ValidationError) -> str:
     """'amount: Input should be greater than or equal to 0; customer_id: Field required'."""
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "record"
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "json_invalid":
+            return f"malformed json: {err['ctx'].get('error', 'invalid JSON') if err.get('ctx') else 'invalid JSON'}"[:MAX_REASON_CHARS]
+        if err["type"] == "model_type" and not loc:
+            return "malformed json: expected an object"
+        if loc == ("schema_version",):
+            return f"unsupported schema_version (expected {SCHEMA_VERSION})"
+        where = ".".join(str(p) for p in loc)[:80] or "record"
         parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+    return "; ".join(parts)[:MAX_REASON_CHARS]

@@ -8,13 +8,13 @@ terminal's traffic, and a terminal's known frauds only from that partition's lab
 a partition's scores do not depend on which consumer owns it or on how many consumers there are,
 so a restart or a rebalance cannot change a score.
 
-Durability: after an offset commit the job saves, every `snapshot_interval_s`, the state of each
-partition it owns together with the transactions offset it reflects (= the offset just committed)
-and the labels offset of the co-partitioned labels topic. A snapshot is also saved when a
-partition is revoked cleanly. A consumer that is assigned a partition loads its snapshot, seeks
-to the snapshot's offsets, and replays the records between the snapshot and the committed offset
-into the state only (no scoring, no writes), then continues. Snapshots are therefore never ahead
-of the committed offset, and a replay rebuilds exactly the state the old owner had.
+Durability: a snapshot is written in the SAME store transaction as a batch's scores and the
+partition's stored position (`save_step` inside `Store.write_batch(also=...)`, see
+pipelines/stream_positions.py), so it can never be ahead of the stored position, and a fenced
+consumer (one that lost the partition) cannot write one. A consumer that is assigned a partition
+loads its snapshot, seeks to the snapshot's offsets and replays the records between the snapshot
+and the stored position into the state only (no scoring, no writes), then continues: the replay
+rebuilds exactly the state the old owner had.
 """
 
 from __future__ import annotations
@@ -69,14 +69,20 @@ class PartitionStateStore:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
-    def save(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
-             model_version: str | None = None) -> None:
+    def save_step(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
+                  model_version: str | None = None):
+        """The upsert of one snapshot, as a step for `Store.write_batch(also=[...])`."""
         row = {"stream": self.stream, "partition": partition, "tx_offset": tx_offset, "labels_offset": labels_offset,
                "state": state, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
         ins = (postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert)(fraud_state_snapshots)
         stmt = ins.values(row).on_conflict_do_update(index_elements=["stream", "partition"],
                                                      set_={k: ins.excluded[k] for k in row if k not in ("stream", "partition")})
-        self.store._transact(lambda conn: conn.execute(stmt))  # noqa: SLF001 - the store's retrying transaction
+        return lambda conn: conn.execute(stmt)
+
+    def save(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
+             model_version: str | None = None) -> None:
+        """Save one snapshot in a transaction of its own (tools and tests; the stream uses `save_step`)."""
+        self.store._transact(self.save_step(partition, tx_offset, labels_offset, state, model_version))  # noqa: SLF001
 
     def load(self, partition: int) -> PartitionSnapshot | None:
         t = fraud_state_snapshots.c

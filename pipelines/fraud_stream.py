@@ -1,34 +1,33 @@
 """The fraud stream job: Kafka transactions -> state + MoE scorer -> validated store rows + alerts.
 
-One `FraudStreamJob` is one consumer of one consumer group; scale out by running more of them
-(`services/fraud_stream_actor.py` runs them as Ray actors, up to the partition count). A
-micro-batch goes through a short chain of named steps, each a method below:
+The job is its steps and its state; the loop (poll, pause, retry, positions, commit, stop) is
+`pipelines/stream_runtime.py`. One `FraudStreamJob` is one consumer of one consumer group; scale
+out by running more (`services/fraud_stream_actor.py`, up to the partition count). A batch:
 
-    collect           poll the transactions + labels topics until max_batch records or max_wait_ms
-    apply_labels      late chargebacks/confirmations -> the partition's risk state
-    decode            JSON + contract (pipelines.contracts)            bad -> dead letter
+    apply_labels      chargebacks/confirmations -> the partition's risk state    bad -> dead letter
+    decode            bytes -> Transaction (pipelines.contracts: never raises)    bad -> dead letter
     validate_input    great-expectations checks (or the same checks, fast engine)  bad -> dead letter
     deduplicate       same transaction_id: same payload -> skipped, other payload -> dead letter
-    score             per partition: FraudState context + FraudScorer (the state advances)
-    validate_output   score/decision checks                             bad -> dead letter
-    write             scores + alerts + dead letters in ONE store transaction (retried, consumption paused)
-    publish           alerts -> alerts topic, dead letters -> dead-letter topic, then flush
-    commit            consumer offsets, only now
-    snapshot          at most one partition per step, once its last snapshot is snapshot_interval_s old
-                      and snapshot_min_records behind: its state + the offset it reflects
+    score             per partition: state context (the state advances) + one scorer call
+    validate_output   score/decision checks                                       bad -> dead letter
+    write             scores + alerts + dead letters + positions (+ a due snapshot): ONE transaction
+    publish           alerts -> alerts topic, dead letters -> dead-letter topic, flushed
 
-Effectively once: nothing is committed before it is in the store, so a crash re-reads at most the
-uncommitted batch; the store upserts are idempotent on transaction_id (dead letters on their
-topic/partition/offset), and the re-read records are scored against a state rebuilt to exactly
-where it was (see `pipelines/fraud_state_store.py`), so a replayed row is rewritten identically.
-Alerts on the alerts topic are at-least-once (a crash between publish and commit re-publishes
-them); the alerts TABLE is exactly-once.
+No record can stop the job: any exception raised for a record in decode, validation, state update
+or scoring sends that record to the dead letters with its stage and reason, and the batch goes on
+(a failing batch step is retried row by row to find the record).
+
+Exactly-once into the store: the runtime claims each partition in the store on assignment and
+hands the records below the stored position back as `replay` (state only: they go through the same
+decode/validate/deduplicate steps so the state advances exactly as it did, but nothing is written).
+The batch's rows, the positions and the snapshot move in one transaction, refused for a partition
+another consumer has claimed since. Alerts on the alerts topic are at-least-once (a crash between
+the write and the publish re-publishes them); the alerts TABLE is exactly-once.
 
 Duplicates: each score row carries the sha256 of the canonical transaction (`payload_hash`) and
 the record's `topic:partition:offset` (`source_position`). A record whose id is already stored
-from the SAME position is a replay (processed again, idempotently); from another position with the
-same payload, a duplicate message (skipped, no state change); with another payload, a conflict
-(dead letter "duplicate transaction_id with a different payload").
+from the SAME position is a replay; from another position with the same payload, a duplicate
+message (skipped, no state change); with another payload, a conflict (dead letter).
 """
 
 from __future__ import annotations
@@ -36,24 +35,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import TopicPartition
 
 from models.fraud_state import FraudState
 from pipelines.contracts import ContractError, FraudScore, Label, Transaction, decode
 from pipelines.errors import ArgusError, BrokerError
 from pipelines.fraud_state_store import PartitionStateStore
-from pipelines.kafka_io import DeadLetterPublisher, make_consumer, make_producer, topic_partitions
+from pipelines.kafka_io import DeadLetterPublisher, make_producer, topic_partitions
 from pipelines.metrics import StreamMetrics, reason_kind
 from pipelines.settings import Settings
 from pipelines.store import DeadLetter, Store
+from pipelines.stream_positions import Claim, fence
+from pipelines.stream_runtime import Batch, PartitionBatch, RetryPolicy, StreamRuntime
 from pipelines.validation import validate_scores, validate_transactions
 
 log = logging.getLogger("argus.fraud_stream")
@@ -82,8 +80,7 @@ class StreamConfig:
     explain_top_k: int = 5
     max_amount: float = 1_000_000.0
     labels_delay_days: float | None = None  # None: the model's own delay
-    # transactions per partition a late label can still find; bounds memory and the snapshot size
-    # (a label for an older one is ignored)
+    # transactions per partition a late label can still find in memory (older ones: the store lookup)
     max_tracked_ids: int = 200_000
 
     @classmethod
@@ -145,73 +142,91 @@ class StreamCounts:
     store_retries: int = 0
     snapshots: int = 0
     rebalances: int = 0
+    fenced: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
-@dataclass
-class Batch:
-    """What one micro-batch produced; written, published and committed together."""
+# --- typed items of one batch ---------------------------------------------------------------------
 
-    records: list[Any]
-    scores: list[FraudScore] = field(default_factory=list)
+@dataclass
+class Item:
+    """One transaction record on its way through the steps."""
+
+    record: Any
+    tx: Transaction
+    hash: str = ""
+    score: FraudScore | None = None
+
+
+@dataclass
+class PartitionOut:
+    """What one partition's records produced: written together, dropped together."""
+
     score_rows: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (row, source record)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
     keys: dict[str, str] = field(default_factory=dict)  # transaction_id -> customer_id (alert key)
+    snapshot: tuple[int, int | None, bytes] | None = None  # (tx offset, labels offset, state)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, job: "FraudStreamJob"):
-        self.job = job
+@dataclass
+class Output:
+    parts: dict[int, PartitionOut] = field(default_factory=dict)
 
-    def on_partitions_revoked(self, revoked):
-        self.job._on_revoked(revoked)
+    def part(self, p: int) -> PartitionOut:
+        return self.parts.get(p) or self.parts.setdefault(p, PartitionOut())
 
-    def on_partitions_assigned(self, assigned):
-        # kafka-python 3 runs this on its IO thread, where blocking consumer calls (committed) are
-        # not allowed: the job restores the partitions right after the poll that assigned them
-        self.job._pending_assign = set(assigned)
+    @property
+    def score_rows(self) -> list[dict[str, Any]]:
+        return [r for o in self.parts.values() for r in o.score_rows]
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return [r for o in self.parts.values() for r in o.alerts]
+
+    @property
+    def dead_letters(self) -> list[tuple[DeadLetter, Any]]:
+        return [d for o in self.parts.values() for d in o.dead_letters]
+
+
+@dataclass
+class OwnedPartition:
+    """Everything this consumer keeps for one partition number (transactions + co-partitioned labels)."""
+
+    state: FraudState
+    tx_next: int | None  # next transactions offset reflected by the state (None: from the start)
+    labels_next: int | None  # next labels offset reflected by the state
+    snap_time: float = field(default_factory=time.monotonic)
+    snap_tx: int = 0  # tx offset of the last snapshot
+    epochs: dict[str, int] = field(default_factory=dict)  # topic -> claimed epoch
 
 
 # --- the job --------------------------------------------------------------------------------------
 
 class FraudStreamJob:
-    """One consumer of the fraud stream. `run()` loops over `step()` until stopped."""
+    """One consumer of the fraud stream. `run()` loops until stopped (the runtime's loop)."""
 
     def __init__(self, settings: Settings, store: Store, scorer: Any, config: StreamConfig | None = None,
                  metrics: StreamMetrics | None = None, name: str = "fraud-0"):
         self.settings, self.store, self.scorer = settings, store, scorer
-        self.config = config or StreamConfig.from_settings(settings)
+        self.config = c = config or StreamConfig.from_settings(settings)
         self.metrics = metrics or StreamMetrics()
         self.name = name
         self.counts = StreamCounts()
-        self.stop_event = threading.Event()
-        c = self.config
         store.create_schema()
         self.snapshots = PartitionStateStore(store, f"{c.group}/{c.transactions_topic}")
         self._check_copartitioning()
         self.producer = make_producer(settings, linger_ms=2)
         self.dead_letter_out = DeadLetterPublisher(settings, producer=self.producer, topic=c.dead_letter_topic)
-        # fetch_max_wait_ms: a broker may hold a fetch that long for more data; keep it near the batch wait
-        self.consumer = make_consumer(settings, None, c.group, max_poll_records=max(c.max_batch, 1),
-                                      client_id=name, fetch_max_wait_ms=max(10, c.max_wait_ms))
-        self.states: dict[int, FraudState] = {}
-        self.state_offset: dict[int, int] = {}  # next tx offset reflected by states[p]
-        self.labels_offset: dict[int, int | None] = {}  # next labels offset reflected by states[p]
-        self.rebuild_until: dict[int, int] = {}  # tx offsets below this only rebuild state (already written)
-        self.committed_offset: dict[int, int] = {}  # what this consumer last committed (tx topic)
-        self.last_batch: Batch | None = None  # for run(on_batch=...) hooks (the benchmark's commit times)
-        self._buffer: list[Any] = []
-        self._pending_assign: set[TopicPartition] | None = None
-        self._in_write = False
-        self._snap_time: dict[int, float] = {}  # partition -> monotonic time of its last snapshot (or assignment)
-        self._snap_offset: dict[int, int] = {}  # partition -> tx offset of its last snapshot
+        self.owned: dict[int, OwnedPartition] = {}
+        self.last_output: Output | None = None
         topics = [c.transactions_topic] + ([c.labels_topic] if c.labels_topic else [])
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
-        self._m = {k: getattr(self.metrics, k) for k in ("consumed", "scored", "dead_letters", "alerts")}
+        self.runtime = StreamRuntime(settings, store, self, topics, c.group, name=name, max_records=c.max_batch,
+                                     max_wait_ms=c.max_wait_ms, metrics=self.metrics,
+                                     retry=RetryPolicy(c.retry_initial_s, c.retry_max_s))
+        self.consumer = self.runtime.consumer
 
     def _check_copartitioning(self) -> None:
         c = self.config
@@ -228,6 +243,10 @@ class FraudStreamJob:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    @property
+    def states(self) -> dict[int, FraudState]:
+        return {p: o.state for p, o in self.owned.items()}
+
     def new_state(self) -> FraudState:
         delay = self.config.labels_delay_days
         return self.scorer.new_state(max_tracked_ids=self.config.max_tracked_ids,
@@ -236,485 +255,371 @@ class FraudStreamJob:
     def run(self, seconds: float | None = None, idle_exit_s: float | None = None,
             on_batch: Callable[["FraudStreamJob"], None] | None = None) -> StreamCounts:
         """Loop until `stop()`, `seconds` elapsed, or (with `idle_exit_s`) no record and no lag for that long."""
-        start = last_data = time.monotonic()
-        log.info("fraud stream consumer started", extra={"consumer": self.name, "group": self.config.group})
+        hook = (lambda rt, batch: on_batch(self)) if on_batch else None
         try:
-            while not self.stop_event.is_set():
-                now = time.monotonic()
-                if seconds is not None and now - start >= seconds:
-                    break
-                n = self.step()
-                if n:
-                    last_data = time.monotonic()
-                    if on_batch:
-                        on_batch(self)
-                elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s and self.total_lag() == 0 \
-                        and self.consumer.assignment():
-                    break
+            self.runtime.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=hook)
         finally:
-            self.close()
+            self._sync_counts()
         return self.counts
 
+    def step(self) -> int:
+        batch = self.runtime.step()
+        self._sync_counts()
+        return 0 if batch is None else len(batch)
+
+    def _sync_counts(self) -> None:
+        rc = self.runtime.counts
+        self.counts.consumed, self.counts.batches = rc.consumed, rc.batches
+        self.counts.store_retries, self.counts.fenced = rc.retries, rc.fenced
+        self.counts.rebalances = self.runtime.rebalances
+
     def stop(self) -> None:
-        self.stop_event.set()
+        self.runtime.stop()
 
     def close(self) -> None:
+        """On a clean stop: snapshot every owned partition (fenced: only while this consumer holds it)."""
         try:
-            self._snapshot_all(force=True)
-        except Exception:  # noqa: BLE001 - closing must not mask the original error
-            log.exception("final state snapshot failed", extra={"consumer": self.name})
+            steps, epochs = [], {}
+            for p, o in self.owned.items():
+                if o.tx_next is None:
+                    continue
+                steps.append(self.snapshots.save_step(p, o.tx_next, o.labels_next, o.state.snapshot(),
+                                                      getattr(self.scorer, "model_version", None)))
+                epochs.update({(topic, p): e for topic, e in o.epochs.items()})
+            if steps:
+                self.store.write_batch(also=[fence(self.config.group, epochs), *steps])
+                self.counts.snapshots += len(steps)
+        except Exception:  # noqa: BLE001 - the next owner replays from an older snapshot
+            log.warning("final state snapshot not written", extra={"consumer": self.name}, exc_info=True)
         try:
             self.producer.flush(10)
             self.producer.close(5)
         except Exception:  # noqa: BLE001
             pass
-        try:
-            self.consumer.close(autocommit=False)
-        except Exception:  # noqa: BLE001
-            pass
         log.info("fraud stream consumer stopped", extra={"consumer": self.name, **self.counts.as_dict()})
 
-    # -- one micro-batch ---------------------------------------------------------------------------
+    # -- partitions (called by the runtime) ---------------------------------------------------------
 
-    def step(self) -> int:
-        """Collect one micro-batch and take it through every step to the offset commit; returns its size."""
-        t0 = time.perf_counter()
-        records = self._timed("collect", self.collect)
-        if not records:
-            self.update_lag()
-            self.maybe_snapshot()
-            return 0
-        batch = self.last_batch = Batch(records)
-        self._timed("process", self.process, batch)
-        self._timed("write", self.write, batch)
-        self._timed("publish", self.publish, batch)
-        self._timed("commit", self.commit, batch)
-        self.counts.batches += 1
-        job = self.metrics.job
-        self.metrics.batch_latency.labels(job).observe(time.perf_counter() - t0)
-        self.metrics.batch_size.labels(job).observe(len(records))
-        now_ms = time.time() * 1000
-        for r in records[:: max(1, len(records) // 16)]:  # a sample is enough for the histogram
-            if r.timestamp and r.timestamp > 0:
-                self.metrics.step_latency.labels(job, "end_to_end").observe(max(0.0, now_ms - r.timestamp) / 1000)
-        self.update_lag()
-        self.maybe_snapshot()
-        return len(records)
-
-    def _timed(self, step: str, fn: Callable, *args: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.metrics.step_latency.labels(self.metrics.job, step).observe(time.perf_counter() - t)
-
-    def collect(self) -> list[Any]:
-        """Poll until max_batch records or max_wait_ms after the first one (or ~100 ms with none)."""
+    def restore(self, claims: dict[TopicPartition, Claim]) -> dict[TopicPartition, int | None]:
+        """Each newly owned partition: its snapshot if it is not past the stored positions, else a
+        fresh state from the beginning; returns where to read each topic partition from."""
         c = self.config
-        self._buffer = []
-        first = None
-        while not self.stop_event.is_set():
-            if first is None:
-                timeout = 100
-            else:
-                timeout = int(max(0.0, c.max_wait_ms - (time.monotonic() - first) * 1000))
-            polled = self._poll(timeout_ms=timeout, max_records=c.max_batch - len(self._buffer))
-            for recs in polled.values():
-                self._buffer.extend(recs)
-            if self._buffer and first is None:
-                first = time.monotonic()
-            if len(self._buffer) >= c.max_batch or first is None or time.monotonic() - first >= c.max_wait_ms / 1000:
-                break
-        records, self._buffer = self._buffer, []
-        for r in records:
-            self.metrics.consumed.labels(self.metrics.job, r.topic).inc()
-        self.counts.consumed += len(records)
-        return records
+        starts: dict[TopicPartition, int | None] = {}
+        for p in sorted({tp.partition for tp in claims}):
+            tx_tp, lb_tp = TopicPartition(c.transactions_topic, p), TopicPartition(c.labels_topic or "", p)
+            tx_claim, lb_claim = claims.get(tx_tp), claims.get(lb_tp)
+            owned = self.owned.get(p)
+            if owned is None:
+                snap = self.snapshots.load(p)
+                usable = (snap is not None and tx_claim is not None and tx_claim.next_offset is not None
+                          and snap.tx_offset <= tx_claim.next_offset
+                          and (lb_claim is None or lb_claim.next_offset is None or snap.labels_offset is None
+                               or snap.labels_offset <= lb_claim.next_offset))
+                if usable:
+                    owned = OwnedPartition(self.new_state().restore(snap.state), snap.tx_offset, snap.labels_offset,
+                                           snap_tx=snap.tx_offset)
+                else:
+                    owned = OwnedPartition(self.new_state(), None, None)
+                self.owned[p] = owned
+            if tx_claim is not None:
+                owned.epochs[tx_tp.topic] = tx_claim.epoch
+                starts[tx_tp] = owned.tx_next
+            if lb_claim is not None:
+                owned.epochs[lb_tp.topic] = lb_claim.epoch
+                starts[lb_tp] = owned.labels_next if owned.tx_next is not None else None
+            log.info("partition restored", extra={"consumer": self.name, "partition": p,
+                                                  "snapshot_offset": owned.tx_next,
+                                                  "stored": None if tx_claim is None else tx_claim.next_offset})
+        return starts
 
-    def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict:
-        """consumer.poll, then the restore of newly assigned partitions (records fetched for them before
-        the seek are dropped: they are read again from the restored position)."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        if self._pending_assign is not None:
-            assigned, self._pending_assign = self._pending_assign, None
-            polled = {tp: recs for tp, recs in polled.items() if tp not in assigned}
-            self._buffer = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in assigned]
-            self._on_assigned(assigned)
-        return polled
-
-    def process(self, batch: Batch) -> None:
-        """apply_labels -> decode -> validate_input -> deduplicate -> score -> validate_output."""
+    def release(self, tps: set[TopicPartition]) -> set[TopicPartition]:
+        """Forget the partitions' state; the sibling topic partition of a dropped state must be
+        restored again (its state is gone with it)."""
         c = self.config
-        self._check_continuity(batch)
-        tx_records, label_records = [], []
-        for r in batch.records:
-            tp = TopicPartition(r.topic, r.partition)
-            batch.offsets[tp] = max(batch.offsets.get(tp, 0), r.offset + 1)
-            (label_records if r.topic == c.labels_topic else tx_records).append(r)
-        self.apply_labels(batch, label_records)
-        decoded = self.decode(batch, tx_records)
-        valid = self.validate_input(batch, decoded)
-        fresh = self.deduplicate(batch, valid)
-        scored = self.score(batch, fresh)
-        self.validate_output(batch, scored)
-        for tp, nxt in batch.offsets.items():
-            if tp.topic == c.transactions_topic and tp.partition in self.states:
-                self.state_offset[tp.partition] = nxt
-            elif tp.partition in self.states:
-                self.labels_offset[tp.partition] = nxt
+        siblings = set()
+        for p in {tp.partition for tp in tps}:
+            if self.owned.pop(p, None) is not None:
+                siblings |= {TopicPartition(t, p) for t in (c.transactions_topic, c.labels_topic) if t}
+        return siblings - tps
 
-    def _check_continuity(self, batch: Batch) -> None:
-        """A partition read from BEFORE the offset its state reflects (an offset reset without a
-        rebalance, e.g. a broker that lost its log) would apply records to the state twice: restore
-        that partition from its snapshot instead, and read it again from there."""
+    # -- the steps over one batch ------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> Output:
+        """apply_labels -> decode -> validate_input -> deduplicate -> score -> validate_output, per partition."""
         c = self.config
-        first: dict[int, int] = {}
-        for r in batch.records:
-            if r.topic == c.transactions_topic:
-                first[r.partition] = min(first.get(r.partition, r.offset), r.offset)
-        rewound = {p for p, o in first.items() if p in self.state_offset and o < self.state_offset[p]}
-        if not rewound:
-            return
-        log.warning("partition read position went back; restoring its state", extra={
-            "consumer": self.name, "partitions": sorted(rewound)})
-        batch.records = [r for r in batch.records if r.partition not in rewound]
-        tps = {TopicPartition(c.transactions_topic, p) for p in rewound}
-        if c.labels_topic:
-            tps |= {TopicPartition(c.labels_topic, p) for p in rewound}
-        self._on_assigned(tps)
+        out = Output()
+        by_p: dict[int, dict[str, PartitionBatch]] = {}
+        for tp, pb in batch.parts.items():
+            by_p.setdefault(tp.partition, {})[tp.topic] = pb
+        for p, parts in sorted(by_p.items()):
+            owned = self.owned.get(p)
+            if owned is None:
+                continue  # released while collecting: its next owner reads it
+            po = out.part(p)
+            labels, txs = parts.get(c.labels_topic or ""), parts.get(c.transactions_topic)
+            if labels is not None:
+                self.apply_labels(po, owned, labels)
+                owned.labels_next = (labels.live or labels.replay)[-1].offset + 1
+            if txs is not None:
+                if txs.replay:
+                    self.rebuild(owned, txs.replay)
+                if txs.live:
+                    self.score_live(po, owned, txs.live)
+                owned.tx_next = (txs.live or txs.replay)[-1].offset + 1
+        self._pick_snapshot(out, {tp.partition for tp, pb in batch.parts.items()
+                                  if tp.topic == c.transactions_topic and pb.live})
+        self.last_output = out
+        return out
 
-    def _dead(self, batch: Batch, record: Any, reason: str, stage: str) -> None:
-        batch.dead_letters.append((DeadLetter(source=record.topic, reason=reason, stage=stage, payload=record.value,
-                                              partition=record.partition, offset=record.offset), record))
-        self.metrics.dead_letters.labels(self.metrics.job, stage, reason_kind(reason)).inc()
-        log.warning("dead letter", extra={"consumer": self.name, "stage": stage, "reason": reason[:200],
-                                          "position": position(record)})
+    def apply_labels(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:
+        limit = self.settings.kafka.max_message_bytes
+        good: list[Label] = []
+        for replay, records in ((True, pb.replay), (False, pb.live)):
+            for r in records:
+                try:
+                    good.append(decode(Label, r.value, limit))
+                except ContractError as exc:
+                    if not replay:
+                        self._dead(po, r, exc.reason, "decode_label")
+        if good:
+            owned.state.apply_labels(good)
+            self.counts.labels += len(good)
+            self.metrics.labels.labels(self.metrics.job).inc(len(good))
 
-    def _rebuilding(self, record: Any) -> bool:
-        return record.offset < self.rebuild_until.get(record.partition, -1)
-
-    def apply_labels(self, batch: Batch, records: list[Any]) -> None:
-        by_part: dict[int, list[Label]] = defaultdict(list)
-        for r in records:
-            try:
-                by_part[r.partition].append(decode(Label, r.value, self.settings.kafka.max_message_bytes))
-            except ContractError as exc:
-                if not self._rebuilding(r):
-                    self._dead(batch, r, exc.reason, "decode_label")
-        for p, labels in by_part.items():
-            if p in self.states:
-                self.states[p].apply_labels(labels)
-                self.counts.labels += len(labels)
-                self.metrics.labels.labels(self.metrics.job).inc(len(labels))
-
-    def decode(self, batch: Batch, records: list[Any]) -> list[tuple[Transaction, Any]]:
-        out = []
+    def decode(self, po: PartitionOut | None, records: list[Any]) -> list[Item]:
+        items = []
         limit = self.settings.kafka.max_message_bytes
         for r in records:
             try:
-                out.append((decode(Transaction, r.value, limit), r))
+                items.append(Item(r, decode(Transaction, r.value, limit)))
             except ContractError as exc:
-                self._dead(batch, r, exc.reason, "decode")
-        return out
+                if po is not None:
+                    self._dead(po, r, exc.reason, "decode")
+        return items
 
-    def validate_input(self, batch: Batch, decoded: list[tuple[Transaction, Any]]) -> list[tuple[Transaction, Any]]:
-        if not decoded:
+    def validate_input(self, po: PartitionOut | None, items: list[Item]) -> list[Item]:
+        if not items:
             return []
-        # plain dicts of the checked fields (a full model_dump per row costs more than the checks)
-        plain = [{"transaction_id": tx.transaction_id, "customer_id": tx.customer_id, "terminal_id": tx.terminal_id,
-                  "amount": tx.amount, "timestamp": tx.timestamp, "_i": i} for i, (tx, _) in enumerate(decoded)]
-        result = validate_transactions(plain, max_amount=self.config.max_amount, engine=self.config.validation_engine)
-        if result.ok:
-            return decoded
-        bad = {row["_i"]: reason for row, reason in result.failures}
+        plain = [{"transaction_id": it.tx.transaction_id, "customer_id": it.tx.customer_id,
+                  "terminal_id": it.tx.terminal_id, "amount": it.tx.amount, "timestamp": it.tx.timestamp, "_i": i}
+                 for i, it in enumerate(items)]
+        bad = self._row_failures(plain, lambda rows: validate_transactions(
+            rows, max_amount=self.config.max_amount, engine=self.config.validation_engine))
+        if not bad:
+            return items
         good = []
-        for i, (tx, r) in enumerate(decoded):
+        for i, it in enumerate(items):
             if i in bad:
-                self._dead(batch, r, bad[i], "validate_input")
+                if po is not None:
+                    self._dead(po, it.record, bad[i], "validate_input")
             else:
-                good.append((tx, r))
+                good.append(it)
         return good
 
-    def deduplicate(self, batch: Batch, items: list[tuple[Transaction, Any]]) -> list[tuple[Transaction, Any, str]]:
+    @staticmethod
+    def _row_failures(rows: list[dict[str, Any]], check: Callable) -> dict[int, str]:
+        """{row index: reason} from a batch check; if the check itself raises, row by row (a row that
+        raises on its own fails with the exception's type)."""
+        try:
+            result = check(rows)
+            return {row["_i"]: reason for row, reason in result.failures}
+        except Exception:  # noqa: BLE001 - one hostile row must not fail the batch
+            log.warning("batch check raised; checking row by row", exc_info=True)
+        bad = {}
+        for row in rows:
+            try:
+                result = check([row])
+                bad.update({r["_i"]: reason for r, reason in result.failures})
+            except Exception as exc:  # noqa: BLE001
+                bad[row["_i"]] = f"check failed: {type(exc).__name__}"
+        return bad
+
+    def deduplicate(self, po: PartitionOut | None, items: list[Item]) -> list[Item]:
         """Drop same-payload duplicates, dead-letter other-payload ones; replays of our own writes pass."""
         if not items:
             return []
-        stored = self.store.score_provenance(tx.transaction_id for tx, _ in items)
+        stored = self.runtime.retry("dedup lookup",
+                                    lambda: self.store.score_provenance(it.tx.transaction_id for it in items))
         seen: dict[str, tuple[str, str]] = {}
         out = []
-        for tx, r in items:
-            h, pos = payload_hash(tx), position(r)
-            prior = seen.get(tx.transaction_id) or stored.get(tx.transaction_id)
+        for it in items:
+            it.hash, pos = payload_hash(it.tx), position(it.record)
+            prior = seen.get(it.tx.transaction_id) or stored.get(it.tx.transaction_id)
             if prior is not None and prior[0] is not None and prior[1] != pos:
-                if prior[0] == h:
+                if po is None:
+                    continue
+                if prior[0] == it.hash:
                     self.counts.duplicates += 1
                     self.metrics.duplicates.labels(self.metrics.job).inc()
                 else:
-                    self._dead(batch, r, "duplicate transaction_id with a different payload "
-                                         f"(first seen at {prior[1]})", "deduplicate")
+                    self._dead(po, it.record, "duplicate transaction_id with a different payload "
+                                              f"(first seen at {prior[1]})", "deduplicate")
                 continue
-            seen[tx.transaction_id] = (h, pos)
-            out.append((tx, r, h))
+            seen[it.tx.transaction_id] = (it.hash, pos)
+            out.append(it)
         return out
 
-    def score(self, batch: Batch, items: list[tuple[Transaction, Any, str]]) -> list[tuple[FraudScore, Transaction, Any, str]]:
-        """Per partition, in offset order: context from the partition's state, one scorer call; the
-        state advances. Records below the rebuild mark only advance the state (already written)."""
-        by_part: dict[int, list[tuple[Transaction, Any, str]]] = defaultdict(list)
-        for item in items:
-            by_part[item[1].partition].append(item)
+    def rebuild(self, owned: OwnedPartition, records: list[Any]) -> None:
+        """Records already in the store: the same steps, so the state advances exactly as it did; no output."""
+        items = self.deduplicate(None, self.validate_input(None, self.decode(None, records)))
+        self._advance(None, owned, items)
+        self.counts.rebuilt += len(records)
+
+    def score_live(self, po: PartitionOut, owned: OwnedPartition, records: list[Any]) -> None:
+        items = self.deduplicate(po, self.validate_input(po, self.decode(po, records)))
+        advanced = self._advance(po, owned, items)
+        if advanced:
+            self.score(po, advanced)
+            self.validate_output(po, [it for it, _ in advanced if it.score is not None])
+
+    def _advance(self, po: PartitionOut | None, owned: OwnedPartition, items: list[Item]) -> list[tuple[Item, Any]]:
+        """The state reads each item's context and takes it in; (item, context) pairs. A record the
+        state cannot take is dead-lettered (stage `state`)."""
+        if not items:
+            return []
+        try:
+            ctx = owned.state.advance_batch([it.tx for it in items])
+            return [(it, (ctx, i)) for i, it in enumerate(items)]
+        except Exception:  # noqa: BLE001 - isolate the record: one by one
+            log.warning("state update raised; advancing one by one", extra={"consumer": self.name}, exc_info=True)
         out = []
-        c = self.config
-        for p, part in by_part.items():
-            state = self.states.get(p)
-            if state is None:  # revoked while collecting: its owner re-reads it
-                continue
-            rebuild = [it for it in part if self._rebuilding(it[1])]
-            live = [it for it in part if not self._rebuilding(it[1])]
-            if rebuild:
-                state.advance_batch([tx for tx, _, _ in rebuild])
-                self.counts.rebuilt += len(rebuild)
-            if not live:
-                continue
-            scores = self.scorer.score([tx for tx, _, _ in live], state, c.alert_threshold, c.review_threshold,
-                                       explain_top_k=c.explain_top_k)
-            out.extend((s, tx, r, h) for s, (tx, r, h) in zip(scores, live))
-        # dead letters of records that were only rebuilt are already in the store
-        batch.dead_letters = [(d, r) for d, r in batch.dead_letters if not self._rebuilding(r) or r.topic != c.transactions_topic]
+        for it in items:
+            try:
+                out.append((it, (owned.state.advance_batch([it.tx]), 0)))
+            except Exception as exc:  # noqa: BLE001
+                if po is not None:
+                    self._dead(po, it.record, f"state update failed: {type(exc).__name__}", "state")
         return out
 
-    def validate_output(self, batch: Batch, scored: list[tuple[FraudScore, Transaction, Any, str]]) -> None:
-        if not scored:
+    def score(self, po: PartitionOut, advanced: list[tuple[Item, Any]]) -> None:
+        """One scorer call per partition on the contexts read; a failing call is bisected to the record."""
+        import numpy as np
+
+        c = self.config
+        groups: dict[int, tuple[Any, list[tuple[Item, int]]]] = {}
+        for it, (ctx, i) in advanced:
+            groups.setdefault(id(ctx), (ctx, []))[1].append((it, i))
+
+        def run(ctx, members) -> None:
+            try:
+                sub = ctx.take(np.array([i for _, i in members], np.int64))
+                scores = self.scorer.score_context([it.tx for it, _ in members], sub, c.alert_threshold,
+                                                   c.review_threshold, explain_top_k=c.explain_top_k)
+                for (it, _), s in zip(members, scores, strict=True):
+                    it.score = s
+            except Exception as exc:  # noqa: BLE001
+                if len(members) == 1:
+                    self._dead(po, members[0][0].record, f"scoring failed: {type(exc).__name__}", "score")
+                    return
+                half = len(members) // 2
+                run(ctx, members[:half])
+                run(ctx, members[half:])
+
+        for ctx, members in groups.values():
+            run(ctx, members)
+
+    def validate_output(self, po: PartitionOut, items: list[Item]) -> None:
+        if not items:
             return
         c = self.config
-        plain = [{"transaction_id": s.transaction_id, "model_version": s.model_version, "score": s.score,
-                  "decision": s.decision.value, "_i": i} for i, (s, *_) in enumerate(scored)]
-        result = validate_scores(plain, alert_threshold=c.alert_threshold, review_threshold=c.review_threshold,
-                                 engine=c.validation_engine)
-        bad = {row["_i"]: reason for row, reason in result.failures}
+        plain = [{"transaction_id": it.score.transaction_id, "model_version": it.score.model_version,
+                  "score": it.score.score, "decision": it.score.decision.value, "_i": i} for i, it in enumerate(items)]
+        bad = self._row_failures(plain, lambda rows: validate_scores(
+            rows, alert_threshold=c.alert_threshold, review_threshold=c.review_threshold, engine=c.validation_engine))
         job = self.metrics.job
-        for i, (s, tx, r, h) in enumerate(scored):
+        for i, it in enumerate(items):
             if i in bad:
-                self._dead(batch, r, bad[i], "validate_output")
+                self._dead(po, it.record, bad[i], "validate_output")
                 continue
+            s, tx = it.score, it.tx
             # the fraud_scores row, built directly (score_row's model_dump of each Reason costs ~40 us a row)
             row = {"transaction_id": s.transaction_id, "score": float(s.score), "decision": s.decision.value,
                    "reasons": [dict(x) for x in s.reasons], "model_version": s.model_version, "scored_at": s.scored_at,
                    "customer_id": tx.customer_id, "terminal_id": tx.terminal_id, "timestamp": tx.timestamp,
-                   "amount": tx.amount, "payload_hash": h, "source_position": position(r)}
-            batch.scores.append(s)
-            batch.score_rows.append(row)
-            batch.keys[s.transaction_id] = tx.customer_id
+                   "amount": tx.amount, "payload_hash": it.hash, "source_position": position(it.record)}
+            po.score_rows.append(row)
+            po.keys[s.transaction_id] = tx.customer_id
             self.metrics.scores.labels(job).observe(s.score)
             if s.score >= c.alert_threshold:
-                batch.alerts.append(row)
+                po.alerts.append(row)
 
-    # -- side effects, in order ------------------------------------------------------------------
+    def _dead(self, po: PartitionOut, record: Any, reason: str, stage: str) -> None:
+        po.dead_letters.append((DeadLetter(source=record.topic, reason=reason, stage=stage, payload=record.value,
+                                           partition=record.partition, offset=record.offset), record))
+        self.metrics.dead_letters.labels(self.metrics.job, stage, reason_kind(reason)).inc()
+        log.warning("dead letter", extra={"consumer": self.name, "stage": stage, "reason": reason[:200],
+                                          "position": position(record)})
 
-    def _retry(self, what: str, fn: Callable[[], Any], on_error: Callable[[], None] | None = None) -> Any:
-        """Call fn until it succeeds; while it fails, consumption is paused (backpressure: nothing new
-        is fetched, memory stays at one batch) and the consumer keeps its group membership."""
-        delay = self.config.retry_initial_s
-        paused = False
-        try:
-            while True:
-                try:
-                    return fn()
-                except CommitFailedError:
-                    raise  # the group moved on (rebalance): retrying cannot succeed, the caller decides
-                except (ArgusError, KafkaError, OSError) as exc:
-                    if self.stop_event.is_set():
-                        raise
-                    if on_error is not None:
-                        on_error()
-                    self.counts.store_retries += 1
-                    self.metrics.store_retries.labels(self.metrics.job).inc()
-                    if not paused:
-                        self.consumer.pause(*self.consumer.assignment())
-                        self.metrics.paused.labels(self.metrics.job).set(1)
-                        paused = True
-                    log.warning(f"{what} failed ({type(exc).__name__}); retrying", extra={"consumer": self.name, "retry_in_s": round(delay, 2),
-                                                                   "error": str(exc)[:200]})
-                    deadline = time.monotonic() + delay
-                    while time.monotonic() < deadline:  # poll (paused: returns nothing) to stay in the group
-                        self._poll(timeout_ms=int(min(200, max(0, (deadline - time.monotonic()) * 1000))))
-                        self.update_lag()
-                    delay = min(delay * 2, self.config.retry_max_s)
-        finally:
-            if paused:
-                self.consumer.resume(*self.consumer.paused())
-                self.metrics.paused.labels(self.metrics.job).set(0)
-
-    def write(self, batch: Batch) -> None:
-        """Scores + alerts + dead letters in one store transaction, retried until it succeeds."""
-        if not (batch.score_rows or batch.dead_letters):
+    def _pick_snapshot(self, out: Output, live: set[int]) -> None:
+        """At most one partition per batch: the stalest that is due (older than snapshot_interval_s
+        and snapshot_min_records behind) among those this batch moves. It is written with the batch
+        (its positions are checked in the same transaction), at the batch's end."""
+        c, now = self.config, time.monotonic()
+        due = [p for p in live if (o := self.owned.get(p)) is not None and o.tx_next is not None
+               and now - o.snap_time >= c.snapshot_interval_s and o.tx_next - o.snap_tx >= c.snapshot_min_records]
+        if not due:
             return
-        self._in_write = True
-        try:
-            self._retry("store write", lambda: self.store.write_batch(
-                scores=batch.score_rows, alerts=batch.alerts, dead_letters=[d for d, _ in batch.dead_letters]))
-        finally:
-            self._in_write = False
-        job = self.metrics.job
-        self.metrics.scored.labels(job).inc(len(batch.score_rows))
-        self.counts.scored += len(batch.score_rows)
-        self.counts.dead_letters += len(batch.dead_letters)
+        p = min(due, key=lambda q: self.owned[q].snap_time)
+        owned = self.owned[p]
+        out.part(p).snapshot = (owned.tx_next, owned.labels_next, owned.state.snapshot())
+        owned.snap_time, owned.snap_tx = now, owned.tx_next
 
-    def publish(self, batch: Batch) -> None:
-        """Alerts to the alerts topic and dead letters to the dead-letter topic, flushed before the commit."""
-        if not (batch.alerts or batch.dead_letters):
+    # -- side effects (called by the runtime, inside its retry) -------------------------------------
+
+    def write(self, out: Output, also: list[Callable]) -> None:
+        """Scores + alerts + dead letters + positions (+ snapshots) in ONE store transaction."""
+        snaps = [self.snapshots.save_step(p, *po.snapshot, getattr(self.scorer, "model_version", None))
+                 for p, po in out.parts.items() if po.snapshot is not None]
+        self.store.write_batch(scores=out.score_rows, alerts=out.alerts,
+                               dead_letters=[d for d, _ in out.dead_letters], also=[*also, *snaps])
+        rows = len(out.score_rows)
+        self.metrics.scored.labels(self.metrics.job).inc(rows)
+        self.counts.scored += rows
+        self.counts.dead_letters += len(out.dead_letters)
+        self.counts.snapshots += len(snaps)
+        if snaps:
+            self.metrics.snapshots.labels(self.metrics.job).inc(len(snaps))
+
+    def drop(self, out: Output, tps: set[TopicPartition]) -> Output:
+        gone = {tp.partition for tp in tps}
+        return Output({p: po for p, po in out.parts.items() if p not in gone})
+
+    def publish(self, out: Output) -> None:
+        """Alerts to the alerts topic and dead letters to the dead-letter topic, flushed; a failure
+        starts a fresh producer and the runtime re-sends the whole batch (at-least-once)."""
+        alerts, letters = out.alerts, out.dead_letters
+        if not (alerts or letters):
             return
         c = self.config
-
-        def send_and_flush() -> None:
+        try:
             sent = []
-            for row in batch.alerts:
-                alert = {"transaction_id": row["transaction_id"], "score": row["score"], "decision": row["decision"],
-                         "reasons": row["reasons"], "model_version": row["model_version"],
-                         "scored_at": row["scored_at"].isoformat(), "timestamp": row["timestamp"].isoformat(),
-                         "amount": row["amount"]}
-                sent.append(self.producer.send(c.alerts_topic, alert, key=batch.keys.get(row["transaction_id"])))
-            for d, r in batch.dead_letters:
-                sent.append(self.dead_letter_out.publish_record(r, d.reason))
+            for po in out.parts.values():
+                for row in po.alerts:
+                    alert = {"transaction_id": row["transaction_id"], "score": row["score"], "decision": row["decision"],
+                             "reasons": row["reasons"], "model_version": row["model_version"],
+                             "scored_at": row["scored_at"].isoformat(), "timestamp": row["timestamp"].isoformat(),
+                             "amount": row["amount"]}
+                    sent.append(self.producer.send(c.alerts_topic, alert, key=po.keys.get(row["transaction_id"])))
+            for d, r in letters:
+                sent.append(self.dead_letter_out.publish_record(r, f"{d.stage}: {d.reason}"))
             self.producer.flush(timeout=10)
             for future in sent:  # flush() returns even when batches were aborted: check each send
                 future.get(timeout=0)
+        except Exception:
+            self._new_producer()
+            raise
+        self.counts.alerts += len(alerts)
+        self.metrics.alerts.labels(self.metrics.job).inc(len(alerts))
 
-        def new_producer() -> None:
-            # a producer can be left in a fatal state (e.g. its producer id unknown to a restarted
-            # broker): start over with a fresh one; the batch is re-sent whole (at-least-once)
-            try:
-                self.producer.close(0)
-            except Exception:  # noqa: BLE001
-                pass
-            self.producer = make_producer(self.settings, linger_ms=2)
-            self.dead_letter_out = DeadLetterPublisher(self.settings, producer=self.producer, topic=c.dead_letter_topic)
-
-        self._in_write = True
+    def _new_producer(self) -> None:
+        # a producer can be left in a fatal state (e.g. its producer id unknown to a restarted broker)
         try:
-            self._retry("publish", send_and_flush, on_error=new_producer)
-        finally:
-            self._in_write = False
-        self.counts.alerts += len(batch.alerts)
-        self.metrics.alerts.labels(self.metrics.job).inc(len(batch.alerts))
-
-    def commit(self, batch: Batch) -> None:
-        owned = self.consumer.assignment()
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in batch.offsets.items() if tp in owned}
-        if not offsets:
-            return
-        try:
-            self._retry("commit", lambda: self.consumer.commit(offsets, timeout_ms=10_000))
-            for tp, o in offsets.items():
-                if tp.topic == self.config.transactions_topic:
-                    self.committed_offset[tp.partition] = o.offset
-        except CommitFailedError as exc:  # rebalanced meanwhile: the new owner rewrites the batch idempotently
-            log.warning("offset commit failed after a rebalance", extra={"consumer": self.name, "error": str(exc)[:200]})
-
-    # -- state: snapshots and rebalances ---------------------------------------------------------
-
-    def maybe_snapshot(self) -> None:
-        """Snapshot the stalest due partition, ONE per step: the snapshots of all partitions at once
-        would stall one batch (a latency spike); spread over steps they cost the same CPU in total."""
-        c, now = self.config, time.monotonic()
-        due = [p for p in self.states
-               if now - self._snap_time.get(p, now) >= c.snapshot_interval_s
-               and self.state_offset.get(p, 0) - self._snap_offset.get(p, 0) >= c.snapshot_min_records
-               and self.committed_offset.get(p) == self.state_offset.get(p)]
-        if due:
-            self._snapshot(min(due, key=lambda p: self._snap_time.get(p, now)))
-
-    def _snapshot_all(self, force: bool = False) -> None:
-        for p in list(self.states):
-            self._snapshot(p)
-
-    def _snapshot(self, p: int) -> bool:
-        """Save partition p's state if it reflects exactly the committed offset (else the owner rebuilds)."""
-        offset = self.state_offset.get(p)
-        if offset is None or self.committed_offset.get(p) != offset:
-            return False
-        self.snapshots.save(p, offset, self.labels_offset.get(p), self.states[p].snapshot(),
-                            getattr(self.scorer, "model_version", None))
-        self._snap_time[p], self._snap_offset[p] = time.monotonic(), offset
-        self.counts.snapshots += 1
-        self.metrics.snapshots.labels(self.metrics.job).inc()
-        return True
-
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        parts = {tp.partition for tp in revoked if tp.topic == self.config.transactions_topic}
-        self.counts.rebalances += 1
-        for p in parts:
-            if p in self.states and not self._in_write:
-                try:
-                    self._snapshot(p)
-                except Exception:  # noqa: BLE001 - the next owner rebuilds from an older snapshot
-                    log.exception("snapshot on revoke failed", extra={"consumer": self.name, "partition": p})
-            for d in (self.states, self.state_offset, self.labels_offset, self.rebuild_until, self.committed_offset,
-                      self._snap_time, self._snap_offset):
-                d.pop(p, None)
-        gone = {(tp.topic, tp.partition) for tp in revoked}
-        self._buffer = [r for r in self._buffer if (r.topic, r.partition) not in gone]
-        log.info("partitions revoked", extra={"consumer": self.name, "partitions": sorted(parts)})
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        c = self.config
-        tx_parts = sorted(tp.partition for tp in assigned if tp.topic == c.transactions_topic)
-        label_parts = {tp.partition for tp in assigned if tp.topic == c.labels_topic}
-        for p in tx_parts:
-            tp = TopicPartition(c.transactions_topic, p)
-            snap = self.snapshots.load(p)
-            committed = self.consumer.committed(tp, timeout_ms=10_000)
-            if snap is not None and committed is not None and snap.tx_offset <= committed:
-                state = self.new_state().restore(snap.state)
-                start, labels_at = snap.tx_offset, snap.labels_offset
-            else:  # no usable snapshot: rebuild from the start of the partition
-                state, start, labels_at = self.new_state(), None, None
-            self.states[p] = state
-            if start is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, start)
-            self.state_offset[p] = start if start is not None else 0
-            self._snap_time[p], self._snap_offset[p] = time.monotonic(), self.state_offset[p]
-            if committed is not None:
-                self.committed_offset[p] = committed
-            self.rebuild_until[p] = committed or 0
-            self.labels_offset[p] = labels_at
-            if p in label_parts:
-                ltp = TopicPartition(c.labels_topic, p)
-                if labels_at is None:
-                    self.consumer.seek_to_beginning(ltp)
-                else:
-                    self.consumer.seek(ltp, labels_at)
-            log.info("partition assigned", extra={"consumer": self.name, "partition": p, "snapshot_offset": start,
-                                                  "committed": committed,
-                                                  "replay": (committed or 0) - (start or 0)})
-
-    # -- lag ---------------------------------------------------------------------------------------
-
-    def update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                continue
-            try:
-                pos = self.consumer.position(tp, timeout_ms=100) if hasattr(self.consumer, "position") else None
-            except Exception:  # noqa: BLE001 - no position yet
-                continue
-            if pos is not None:
-                self.metrics.lag.labels(self.metrics.job, tp.topic, str(tp.partition)).set(max(0, hw - pos))
-
-    def total_lag(self) -> int:
-        total = 0
-        for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                return 1  # not fetched yet: unknown, not zero
-            try:
-                total += max(0, hw - self.consumer.position(tp, timeout_ms=100))
-            except Exception:  # noqa: BLE001
-                return 1
-        return total
+            self.producer.close(0)
+        except Exception:  # noqa: BLE001
+            pass
+        self.producer = make_producer(self.settings, linger_ms=2)
+        self.dead_letter_out = DeadLetterPublisher(self.settings, producer=self.producer,
+                                                   topic=self.config.dead_letter_topic)
 
 
 # --- running without Ray (tests of the core, the benchmark's in-process mode) ---------------------

@@ -113,6 +113,7 @@ fraud_scores = Table(
     # it ("topic:partition:offset"), so a replayed record and a duplicate with another payload differ
     Column("payload_hash", String(64)),
     Column("source_position", String(300)),
+    Column("owner", String(64)),  # schema v5: the REST tenant that created it (NULL: a stream job)
 )
 
 alerts = Table(
@@ -138,6 +139,7 @@ report_summaries = Table(
     Column("mode", String(32), nullable=False),
     Column("latency_ms", Float),
     Column("created_at", Timestamp, nullable=False),
+    Column("owner", String(64)),  # schema v5: the REST tenant that created it (NULL: a batch or stream job)
     PrimaryKeyConstraint("report_id", "model_version", name="report_summaries_pkey"),
 )
 
@@ -177,7 +179,23 @@ schema_version = Table(
     Column("description", Text, nullable=False),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_summaries, dead_letters, runs)}
+# schema v4: where each stream stands, written in the same transaction as the results of the batch
+# that got it there (pipelines/stream_positions.py). `epoch` fences a consumer that lost a partition.
+stream_positions = Table(
+    "stream_positions",
+    metadata,
+    Column("stream", String(300), nullable=False),  # the consumer group
+    Column("topic", String(249), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("next_offset", BigInteger),  # next offset not yet reflected in the store (NULL: none written yet)
+    Column("epoch", BigInteger, nullable=False),  # bumped by every claim; a write must carry the current one
+    Column("owner", String(300)),  # the consumer that claimed it last (for operators)
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("stream", "topic", "partition", name="stream_positions_pkey"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_summaries, dead_letters, runs,
+                                                 stream_positions)}
 
 
 # --- migrations -----------------------------------------------------------------------------------
@@ -187,9 +205,12 @@ def _v1_initial(conn: Connection) -> None:
     # v1 created fraud_scores without `amount`; create_all with v2 metadata would already include
     # it, so create fraud_scores column by column as v1 had it and let v2 add `amount`.
     v1_scores = Table("fraud_scores", MetaData(), *[c._copy() for c in fraud_scores.columns
-                                                    if c.name not in ("amount", "payload_hash", "source_position")])
+                                                    if c.name not in ("amount", "payload_hash", "source_position", "owner")])
     v1_scores.create(conn, checkfirst=True)
-    for table in (alerts, report_summaries, dead_letters, runs):
+    v1_summaries = Table("report_summaries", MetaData(), *[c._copy() for c in report_summaries.columns if c.name != "owner"],
+                         PrimaryKeyConstraint("report_id", "model_version", name="report_summaries_pkey"))
+    v1_summaries.create(conn, checkfirst=True)
+    for table in (alerts, dead_letters, runs):
         table.create(conn, checkfirst=True)
 
 
@@ -204,10 +225,21 @@ def _v3_score_provenance(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE fraud_scores ADD COLUMN source_position VARCHAR(300)"))
 
 
+def _v4_stream_positions(conn: Connection) -> None:
+    stream_positions.create(conn, checkfirst=True)
+
+
+def _v5_result_owner(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE fraud_scores ADD COLUMN owner VARCHAR(64)"))
+    conn.execute(text("ALTER TABLE report_summaries ADD COLUMN owner VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
     (3, "fraud_scores.payload_hash and source_position (stream de-duplication)", _v3_score_provenance),
+    (4, "stream_positions (offsets + fencing epochs written with the results)", _v4_stream_positions),
+    (5, "fraud_scores.owner and report_summaries.owner (REST tenant)", _v5_result_owner),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -507,9 +539,13 @@ class Store:
 
     def write_batch(self, scores: Iterable[ScoreInput] = (), alerts: Iterable[ScoreInput] = (),
                     dead_letters: Iterable[DeadLetter | Mapping[str, Any]] = (),
-                    summaries: Iterable[SummaryInput] = ()) -> BatchCounts:
+                    summaries: Iterable[SummaryInput] = (),
+                    also: Sequence[Callable[[Connection], Any]] = ()) -> BatchCounts:
         """Write scores, alerts, report summaries and dead letters in ONE transaction: all or nothing.
-        A stream job commits its consumer offsets after this returns; if it raises, nothing was written."""
+
+        `also` runs first inside the same transaction: a stream passes the check-and-advance of its
+        partition positions (pipelines/stream_positions.py) and its state snapshots, so results,
+        positions and state move together; if any of them raises, nothing was written."""
         summary_rows = _dedupe([_to_summary_row(i) for i in summaries], ("report_id", "model_version"))
         score_rows = _dedupe([_to_score_row(i) for i in scores], ("transaction_id",))
         alert_rows = _dedupe([_to_alert_row(i) for i in alerts], ("transaction_id",))  # `alerts` is the argument here
@@ -517,6 +553,8 @@ class Store:
         dl_rows = [_to_dead_letter_row(i, self.max_payload_bytes) for i in dead_letters]
 
         def work(conn: Connection) -> BatchCounts:
+            for step in also:
+                step(conn)
             return BatchCounts(
                 scores=self._upsert(conn, fraud_scores, score_rows, ("transaction_id",), update=True),
                 alerts=self._upsert(conn, alerts_table, alert_rows, ("transaction_id",), update=False),
@@ -525,6 +563,28 @@ class Store:
                                        update=True))
 
         return self._transact(work)
+
+    def write_owned(self, owner: str, scores: Iterable[tuple[FraudScore, Transaction | None]] = (),
+                    summaries: Iterable[ReportSummary] = ()) -> BatchCounts:
+        """Results a REST tenant created, recorded with `owner`, in one transaction. A new id is
+        inserted; an existing one is updated only when `owner` created it too (ids are global: a
+        tenant can neither overwrite nor take over another's, or a stream's, result)."""
+        score_rows = _dedupe([{**score_row(s, tx), "owner": owner} for s, tx in scores], ("transaction_id",))
+        summary_rows = _dedupe([{**_to_summary_row(s), "owner": owner} for s in summaries], ("report_id", "model_version"))
+
+        def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], key: tuple[str, ...]) -> int:
+            if not rows:
+                return 0
+            ins = self._insert(table)
+            stmt = ins.on_conflict_do_update(index_elements=list(key),
+                                             set_={c: ins.excluded[c] for c in rows[0] if c not in key},
+                                             where=table.c.owner == ins.excluded.owner)
+            conn.execute(stmt, rows)
+            return len(rows)
+
+        return self._transact(lambda conn: BatchCounts(
+            scores=upsert(conn, fraud_scores, score_rows, ("transaction_id",)),
+            summaries=upsert(conn, report_summaries, summary_rows, ("report_id", "model_version"))))
 
     def start_run(self, kind: str, run_id: str | None = None) -> str:
         """Record the start of a job run (e.g. ``fraud-stream``, ``summarise-batch``); returns its id."""
@@ -554,16 +614,23 @@ class Store:
                     report_summaries.c.model_version == model_version, report_summaries.c.report_id.in_(chunk))).scalars())
         return done
 
-    def get_result(self, result_id: str, model_version: str | None = None) -> FraudScore | ReportSummary | None:
+    def get_result(self, result_id: str, model_version: str | None = None,
+                   tenant: str | None = None) -> FraudScore | ReportSummary | None:
         """A fraud score by transaction_id, else a report summary by report_id (the given
-        model_version, or the most recent one), else None."""
+        model_version, or the most recent one), else None. With `tenant`, only a result that tenant
+        created (`owner`) is found: another tenant's, or a stream's (no owner), is None like a missing one."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(fraud_scores).where(fraud_scores.c.transaction_id == result_id)).mappings().first()
+            query = select(fraud_scores).where(fraud_scores.c.transaction_id == result_id)
+            if tenant is not None:
+                query = query.where(fraud_scores.c.owner == tenant)
+            row = conn.execute(query).mappings().first()
             if row is not None and model_version in (None, row["model_version"]):
                 return FraudScore(transaction_id=row["transaction_id"], score=row["score"], decision=row["decision"],
                                   reasons=[Reason(**r) for r in row["reasons"]], model_version=row["model_version"],
                                   scored_at=_utc(row["scored_at"]))
             query = select(report_summaries).where(report_summaries.c.report_id == result_id)
+            if tenant is not None:
+                query = query.where(report_summaries.c.owner == tenant)
             if model_version is not None:
                 query = query.where(report_summaries.c.model_version == model_version)
             row = conn.execute(query.order_by(report_summaries.c.created_at.desc()).limit(1)).mappings().first()

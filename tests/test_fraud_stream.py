@@ -172,20 +172,17 @@ class Crash(BaseException):
 
 
 def test_crash_after_write_before_commit_then_restart_equals_uninterrupted(kafka_broker, sqlite_url, scorer):
-    """A consumer dies after writing a batch but before committing it, with its last state snapshot
-    several batches old. The restarted consumer restores the snapshot, rebuilds the state from the
-    records up to the committed offset, rewrites the uncommitted batch idempotently, and every score
-    equals the score of an uninterrupted run (same state, same model)."""
+    """A consumer dies after writing a batch but before publishing and committing it, with its
+    partitions' state snapshots older than the stored positions. The restarted consumer claims the
+    partitions, restores the snapshots, replays the records up to the STORED positions into the state
+    only, writes nothing twice, and every score equals the score of an uninterrupted run."""
     names = topics(kafka_broker)
     valid = transactions(1500, seed=2, prefix="rs")
     produce(kafka_broker.settings, names["transactions_topic"], valid)
 
-    job = make_job(kafka_broker, sqlite_url, scorer, names, "g-crash", max_batch=100, snapshot_interval_s=3600)
-    real_commit = job.commit
-
-    def on_batch(j):
-        if j.counts.batches == 3:
-            j._snapshot_all()  # the last snapshot before the crash
+    job = make_job(kafka_broker, sqlite_url, scorer, names, "g-crash", max_batch=100, snapshot_interval_s=0.0,
+                   snapshot_min_records=60)
+    real_commit = job.runtime.commit
     calls = {"n": 0}
 
     def crashing_commit(batch):
@@ -194,18 +191,17 @@ def test_crash_after_write_before_commit_then_restart_equals_uninterrupted(kafka
             raise Crash()
         real_commit(batch)
 
-    job.commit = crashing_commit
-    # a dead process neither snapshots (not even on the revoke that a clean close triggers) nor flushes more
-    job._on_revoked = lambda revoked: None
-    job.close = lambda: job.consumer.close(autocommit=False)
+    job.runtime.commit = crashing_commit
+    # a dead process neither snapshots on its way out nor flushes more
+    job.close = lambda: None
     with pytest.raises(Crash):
-        job.run(seconds=120, on_batch=on_batch)
+        job.run(seconds=120)
     written = Store.from_url(sqlite_url).count("fraud_scores")
     assert 0 < written < len(valid)
 
     job2 = make_job(kafka_broker, sqlite_url, scorer, names, "g-crash", max_batch=100)
     counts = job2.run(seconds=120, idle_exit_s=2.0)
-    assert counts.rebuilt > 0  # the state was rebuilt from the records between snapshot and commit
+    assert counts.rebuilt > 0  # the state was rebuilt from the records between snapshot and stored position
     assert_counts(sqlite_url, {t.transaction_id for t in valid}, 0, job2.config.alert_threshold)
 
     reference = reference_scores(kafka_broker, scorer, names["transactions_topic"])
@@ -228,8 +224,11 @@ class FlakyStore:
     def write_batch(self, **kw):
         if self.failures > 0:
             self.failures -= 1
+            from pipelines.stream_positions import positions
+
             job = self.job
-            self.seen.append({"paused": bool(job.consumer.paused()), "committed": dict(job.committed_offset),
+            self.seen.append({"paused": bool(job.consumer.paused()),
+                              "committed": positions(self._store, job.config.group),
                               "lag": sum(s.value for m in job.metrics.lag.collect() for s in m.samples)})
             raise StoreError("store write failed at postgresql://...: connection refused (simulated outage)")
         return self._store.write_batch(**kw)
@@ -333,28 +332,29 @@ def test_broker_restart_loses_nothing_and_writes_nothing_twice(tmp_path, fresh_p
     assert_counts(fresh_pg_url, {t.transaction_id for t in valid}, 0, config.alert_threshold)
 
 
-def test_periodic_snapshots_take_one_due_partition_per_step():
-    """Unit (no broker): the periodic snapshot saves the stalest due partition only, skips partitions
-    that advanced fewer than snapshot_min_records or whose state is ahead of the committed offset."""
+def test_periodic_snapshots_take_one_due_partition_per_batch():
+    """Unit (no broker): a batch snapshots the stalest due partition among those it moves, skips
+    partitions that advanced fewer than snapshot_min_records, and takes the state at the batch's end."""
     from types import SimpleNamespace
 
-    saved: list[int] = []
+    from pipelines.fraud_stream import OwnedPartition, Output
+
+    class State:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def snapshot(self):
+            return self.tag.encode()
+
     now = time.monotonic()
-    job = SimpleNamespace(
-        config=StreamConfig(snapshot_interval_s=10.0, snapshot_min_records=100),
-        states={0: object(), 1: object(), 2: object(), 3: object()},
-        state_offset={0: 500, 1: 500, 2: 50, 3: 900},
-        committed_offset={0: 500, 1: 500, 2: 50, 3: 800},  # 3: state ahead of the commit -> not now
-        _snap_offset={0: 0, 1: 0, 2: 0, 3: 0},
-        _snap_time={0: now - 20, 1: now - 30, 2: now - 60, 3: now - 60},  # 2: only 50 records since
-    )
-
-    def fake_snapshot(p: int) -> bool:
-        saved.append(p)
-        job._snap_time[p], job._snap_offset[p] = time.monotonic(), job.state_offset[p]
-        return True
-
-    job._snapshot = fake_snapshot
-    for _ in range(4):
-        FraudStreamJob.maybe_snapshot(job)
-    assert saved == [1, 0]  # stalest first, one per step, then nothing is due
+    owned = {0: OwnedPartition(State("s0"), 500, None, snap_time=now - 20, snap_tx=0),
+             1: OwnedPartition(State("s1"), 500, 7, snap_time=now - 30, snap_tx=0),
+             2: OwnedPartition(State("s2"), 50, None, snap_time=now - 60, snap_tx=0),  # only 50 records since
+             3: OwnedPartition(State("s3"), 900, None, snap_time=now - 90, snap_tx=0)}  # not in this batch
+    job = SimpleNamespace(config=StreamConfig(snapshot_interval_s=10.0, snapshot_min_records=100), owned=owned)
+    taken = []
+    for _ in range(3):
+        out = Output()
+        FraudStreamJob._pick_snapshot(job, out, {0, 1, 2})
+        taken += [(p, po.snapshot) for p, po in out.parts.items() if po.snapshot]
+    assert taken == [(1, (500, 7, b"s1")), (0, (500, None, b"s0"))]  # stalest first, one per batch, then none due

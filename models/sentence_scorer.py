@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.tokenizer import DOCUMENT, FINANCE, MEDICAL
+from models.tokenizer import CLIP_CHARS, DOCUMENT, FINANCE, MEDICAL, clip_text
 
 MAX_SENTENCE_TOKENS = 128  # a sentence is represented by at most its first 128 tokens
 N_FEATURES = 2
@@ -46,7 +46,15 @@ def prefix_ids(tokenizer, domain: str) -> list[int]:
 def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
     if not sentences:
         return []
-    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    clipped = [clip_text(s) for s in sentences]  # linear time: only the first tokens are kept
+    ids = tokenizer([c for c, _ in clipped], add_special_tokens=False)["input_ids"]
+    for i, (s, (_, more)) in enumerate(zip(sentences, clipped)):
+        # A cut at a word end keeps the first tokens exactly when it yields enough of them; else read more.
+        limit = CLIP_CHARS
+        while more and len(ids[i]) < MAX_SENTENCE_TOKENS:
+            limit *= 4
+            c, more = clip_text(s, limit)
+            ids[i] = tokenizer(c, add_special_tokens=False)["input_ids"]
     return [(x[:MAX_SENTENCE_TOKENS] if x else [tokenizer.unk_token_id]) for x in ids]
 
 

@@ -5,14 +5,19 @@ finance: figures with units (currency, %, basis points, scale words) and the per
 factors (the `Item 1A` / `Risk Factors` section when there is one, else sentences with risk cues).
 medical: findings (the FINDINGS section, or every sentence of a findings-only report) and the
 impression (the IMPRESSION / CONCLUSION section). Every span indexes the original text.
+
+Linear time in the text: sentences and sections are linear (see their modules), figures are read lazily
+and reading stops at the caps (`MAX_FIGURES`, ...), the patterns below start at word boundaries and have
+no nested quantifiers.
 """
 
 from __future__ import annotations
 
 import re
+from itertools import islice
 
 from pipelines.contracts import KeyFact, Span
-from pipelines.faithfulness import extract_figures
+from pipelines.faithfulness import iter_figures
 from pipelines.sections import find_section, split_sections
 from pipelines.sentences import Sentence, split_sentences
 
@@ -38,10 +43,10 @@ def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[Ke
     for s in sentences:
         if n_fig >= MAX_FIGURES:
             break
-        period = _PERIOD.search(s.text)
-        for f in extract_figures(s.text):
-            if f.kind == "number" and f.scale == 1.0 and not f.text.lstrip("-−").startswith(("$", "€", "£", "¥")):
-                continue  # a bare number (a count, a year) is not a key figure
+        period: re.Match | None | bool = False  # searched on the sentence's first key figure
+        for f in iter_figures(s.text, key_only=True):  # a bare number (a count, a year) is not a key figure
+            if period is False:
+                period = _PERIOD.search(s.text)
             spans = [Span(start=s.start + f.start, end=s.start + f.end)]
             label = f.text
             if period:
@@ -51,10 +56,11 @@ def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[Ke
             n_fig += 1
             if n_fig >= MAX_FIGURES:
                 break
-    facts += [KeyFact(kind="guidance", text=s.text, spans=[_span(s)]) for s in sentences if _GUIDANCE.search(s.text)][:MAX_GUIDANCE]
+    guidance = islice((s for s in sentences if _GUIDANCE.search(s.text)), MAX_GUIDANCE)
+    facts += [KeyFact(kind="guidance", text=s.text, spans=[_span(s)]) for s in guidance]
     risk_section = find_section(split_sections(text), "item 1a", "risk factors", "risks")
-    risks = risk_section.sentences(text) if risk_section else [s for s in sentences if _RISK.search(s.text)]
-    facts += [KeyFact(kind="risk_factor", text=s.text, spans=[_span(s)]) for s in risks[:MAX_RISKS]]
+    risks = risk_section.sentences(text) if risk_section else (s for s in sentences if _RISK.search(s.text))
+    facts += [KeyFact(kind="risk_factor", text=s.text, spans=[_span(s)]) for s in islice(risks, MAX_RISKS)]
     return facts
 
 

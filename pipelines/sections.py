@@ -17,7 +17,11 @@ from dataclasses import dataclass
 
 from pipelines.sentences import Sentence, split_sentences
 
-_MARKDOWN = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(?P<title>[^\n]+?)[ \t#]*$", re.MULTILINE)
+# A markdown heading line: up to 3 spaces, 1-6 '#', blanks, a title, optional closing blanks/#s. The
+# pattern finds candidate lines only (no overlapping quantifiers: the line is then read by
+# `_markdown_title`); the former `(?P<title>[^\n]+?)[ \t#]*$` retried the tail at every title
+# length, quadratic in a line of blanks or '#'s.
+_MARKDOWN = re.compile(r"^[ \t]{0,3}#{1,6}[ \t][^\n]*", re.MULTILINE)
 _SEC_ITEM = re.compile(r"^[ \t]*(?P<title>item[ \t]+\d{1,2}[a-c]?\.[^\n]{0,120})$", re.MULTILINE | re.IGNORECASE)
 _RADIOLOGY = re.compile(
     r"^[ \t]*(?P<title>findings|impression|indication|comparison|technique|history|clinical history|conclusion)[ \t]*:",
@@ -57,10 +61,25 @@ def _normalise(title: str) -> str:
     return re.sub(r"\s+", " ", t)
 
 
+def _markdown_title(line: str) -> str | None:
+    """The title of a markdown heading line `_MARKDOWN` found, exactly what
+    `^[ \t]{0,3}(#{1,6})[ \t]+(?P<title>[^\n]+?)[ \t#]*$` would capture, or None (no heading)."""
+    after = line.lstrip(" \t").lstrip("#")  # the pattern guarantees <= 3 blanks and 1-6 '#'
+    rest = after.lstrip(" \t")
+    if rest:
+        return rest[: max(1, len(rest.rstrip(" \t#")))]
+    blanks = len(after)
+    return after[-1] if blanks >= 2 else None  # '#  ': the title is the last blank
+
+
 def _headings(text: str) -> list[tuple[int, str, str, int]]:
     """(position, name, title, body start) of every heading found, in document order."""
     found: list[tuple[int, str, str, int]] = []
-    for rx in (_MARKDOWN, _SEC_ITEM, _RADIOLOGY):
+    for m in _MARKDOWN.finditer(text):
+        title = _markdown_title(m.group(0))
+        if title is not None:
+            found.append((m.start(), _normalise(title), title.strip(), m.end()))
+    for rx in (_SEC_ITEM, _RADIOLOGY):
         for m in rx.finditer(text):
             found.append((m.start(), _normalise(m.group("title")), m.group("title").strip(), m.end()))
     qa = _QA.search(text)

@@ -5,12 +5,17 @@ can cite the source byte for byte. Rules, not a model: newlines end a sentence (
 lists), so do `.`/`!`/`?` followed by space and an upper-case letter, digit or quote, unless the word
 before the stop is a known abbreviation or a single initial. "apex.There" (a missing space, common in
 radiology reports) also ends a sentence.
+
+Worst-case time is linear in the length of the text: the boundary pattern has no nested or
+overlapping quantifiers (each alternative is a fixed-width look-behind plus one run), and the
+abbreviation test reads only the word before the stop, never the pending chunk (a run of "A. A. A."
+once rescanned the whole pending sentence at every stop: 21 s for 60 KB).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Abbreviations after which a full stop does not end a sentence (lower-case, without the dot).
 ABBREVIATIONS = frozenset(
@@ -27,43 +32,61 @@ _BOUNDARY = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Sentence:
+class Sentence(NamedTuple):  # a tuple: a million of them (one per line of a hostile input) cost 0.3 s, not 1.4 s
     text: str
     start: int
     end: int
 
 
-def _ends_with_abbreviation(chunk: str) -> bool:
-    m = re.search(r"(\S+)\.\s*$", chunk)
-    if not m:
+_ALNUM = re.compile(r"[^\W_]")
+_QUOTES = "(\"'"
+_LONGEST_ABBREVIATION = max(len(a) for a in ABBREVIATIONS)
+
+
+def _ends_with_abbreviation(text: str, start: int, end: int) -> bool:
+    """Whether `text[start:end]` ends with '<word>.' (the word: the non-space run before the stop, leading
+    quotes/brackets dropped) where the word is a known abbreviation or a single letter.
+
+    Reads backwards over at most the last `_LONGEST_ABBREVIATION + 1` characters of the word (plus a run
+    of leading quotes), never the whole pending chunk.
+    """
+    stop = end - 1
+    if stop <= start or text[stop] != ".":
         return False
-    word = m.group(1).lower().lstrip("(\"'")
+    j, budget = stop, _LONGEST_ABBREVIATION + 1
+    while j > start and budget and not text[j - 1].isspace():
+        j -= 1
+        budget -= 1
+    if j == stop:
+        return False  # whitespace (or the chunk start) right before the stop: a bare '.'
+    if j > start and not text[j - 1].isspace():
+        # The word is longer than any abbreviation, unless all that precedes is quotes/brackets.
+        while j > start and text[j - 1] in _QUOTES:
+            j -= 1
+        if j > start and not text[j - 1].isspace():
+            return False
+    word = text[j:stop].lower().lstrip(_QUOTES)
     return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
 def split_sentences(text: str, offset: int = 0) -> list[Sentence]:
     """Sentences of `text` with [start, end) offsets (plus `offset`) such that text[start:end] == sentence."""
     sentences: list[Sentence] = []
-    start = 0
-    pending = 0  # start of a sentence carried over an abbreviation
+    pending = 0  # start of the current sentence (carried over an abbreviation)
     for m in _BOUNDARY.finditer(text):
-        chunk = text[pending : m.start()]
-        if "\n" not in m.group(0) and _ends_with_abbreviation(chunk):
+        start, end = m.span()
+        if "\n" not in m.group(0) and _ends_with_abbreviation(text, pending, start):
             continue
-        _append(sentences, text, pending, m.start(), offset)
-        pending = m.end()
-        start = pending
-    _append(sentences, text, max(start, pending), len(text), offset)
+        _append(sentences, text, pending, start, offset)
+        pending = end
+    _append(sentences, text, pending, len(text), offset)
     return sentences
 
 
 def _append(out: list[Sentence], text: str, start: int, end: int, offset: int) -> None:
     piece = text[start:end]
     stripped = piece.strip()
-    if not stripped or not any(ch.isalnum() for ch in stripped):
-        return
-    lead = len(piece) - len(piece.lstrip())
-    s = start + lead
-    e = s + len(stripped)
-    out.append(Sentence(stripped, s + offset, e + offset))
+    if not stripped or not (stripped[0].isalnum() or stripped[-1].isalnum() or _ALNUM.search(stripped)):
+        return  # no letter or digit ([^\W_] is str.isalnum())
+    s = start + offset + len(piece) - len(piece.lstrip())
+    out.append(Sentence(stripped, s, s + len(stripped)))

@@ -1,0 +1,164 @@
+"""Hostile text at the text steps: nothing raises, and time grows linearly.
+
+Every step that reads user text (sentences, sections, key facts, faithfulness, table detection, the
+tokenizer's pre-processing) is fed random unicode (lone surrogates included) and huge repeats of the
+shapes that made the former patterns quadratic or cubic; and on those shapes doubling the input must
+at most about double the time (<= 3x, CPU time, best of three, inputs of 150 KB and 300 KB so that
+one call takes tens of milliseconds, not timer noise).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.sentence_scorer import MAX_SENTENCE_TOKENS, encode_sentences
+from models.summariser import SHIPPED_CHECKPOINT
+from models.tokenizer import clip_for_tokens, load_tokenizer
+from pipelines.faithfulness import check_sentences, extract_figures
+from pipelines.key_facts import key_facts
+from pipelines.report_steps import has_prose, is_table_line
+from pipelines.sections import split_sections
+from pipelines.sentences import split_sentences
+
+# Units that, repeated, defeated the former patterns (and a few that stress the Python loops).
+HOSTILE = {
+    "abbrev": "A. ",  # every stop an abbreviation: the pending sentence was rescanned at each one
+    "abbrev_quoted": '("A. ',
+    "stop_no_space": "ab.Cd",
+    "short_lines": "a\n",
+    "heading_blank_tail": None,  # '# a' + blanks + 'b': the lazy title retried the blank tail
+    "heading_hash_tail": "# a #" + " " * 500 + "#x\n",
+    "blanks_then_letter": " " * 799 + "x\n",  # cubic in the old table-line pattern
+    "table_blank_cells": "|" + " " * 200 + "|" + " " * 200 + "x\n",
+    "item_lines": "ITEM 1A. RISK FACTORS\n",
+    "percents": "1% ",
+    "comma_digits": "1,",
+    "minus_numbers": "-1 ",
+    "combining": "a\u0301\u0302\u0303",
+    "emoji_run": "\U0001f600\U0001f44d",  # one pre-token: BPE merges cost more than linear
+    "zero_width": "\u200b\u200d\u2060",
+    "impression_lines": "IMPRESSION: No acute disease.\n",
+}
+
+
+def hostile(shape: str, n_bytes: int) -> str:
+    unit = HOSTILE[shape]
+    if unit is None:
+        return "# a" + " " * (n_bytes - 4) + "b"
+    return unit * max(1, n_bytes // len(unit.encode("utf-8")))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(SHIPPED_CHECKPOINT)
+
+
+def _check_all(text: str, tok) -> None:
+    sents = split_sentences(text)
+    for s in sents:
+        assert text[s.start:s.end] == s.text and s.text.strip() == s.text and s.text
+    sections = split_sections(text)
+    assert sections[0].start == 0 and sections[-1].end == len(text)
+    assert all(a.end == b.start for a, b in zip(sections, sections[1:]))  # they tile the text
+    for domain in ("finance", "medical"):
+        for fact in key_facts(text, domain):
+            assert all(0 <= sp.start <= sp.end <= len(text) for sp in fact.spans)
+    summary = [s.text for s in sents[:3]]
+    res = check_sentences(summary, text)
+    assert sorted(res.kept + res.dropped) == list(range(len(summary)))
+    assert res.dropped == []  # source sentences are supported by the source
+    assert isinstance(has_prose(text), bool)
+    for line in text.splitlines()[:200]:
+        assert isinstance(is_table_line(line), bool)
+    for f in extract_figures(text[:5000]):
+        assert 0 <= f.start < f.end <= len(text)
+    ids = encode_sentences(tok, [s.text for s in sents[:50]])
+    assert all(1 <= len(x) <= MAX_SENTENCE_TOKENS for x in ids)
+
+
+any_char = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())  # surrogates too
+FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FEW
+@given(text=st.text(any_char, max_size=3000))
+def test_random_unicode_never_raises(text, tokenizer):
+    _check_all(text, tokenizer)
+
+
+@FEW
+@given(parts=st.lists(st.sampled_from(["A. ", "e.g. ", "#", "# ", "ITEM 1. ", "FINDINGS:", "IMPRESSION:", "| ", "  ",
+                                      "\n", "1.1", "$", "(", "%", "1,234", "bps", "billion", "\u0301", "\u202e",
+                                      "\u200b", "\U0001f600", "\ud800", "Revenue grew 12%. ", "x"]), max_size=400),
+       repeat=st.integers(1, 200))
+def test_huge_malformed_mixtures_never_raise(parts, repeat, tokenizer):
+    _check_all("".join(parts) * repeat, tokenizer)
+
+
+@pytest.mark.parametrize("shape", list(HOSTILE))
+def test_huge_hostile_shapes_never_raise(shape, tokenizer):
+    _check_all(hostile(shape, 300_000), tokenizer)
+
+
+def test_clip_keeps_the_first_tokens_of_normal_text(tokenizer):
+    words = ["Revenue", "grew", "12%", "to", "$3.4", "billion", "in", "Q1,", "the", "lungs", "are", "clear."]
+    text = " ".join(words[i % len(words)] for i in range(5000))  # ~30 KB: clipped to ~4 KB
+    clipped = clip_for_tokens(text)
+    assert len(clipped) < len(text) and text.startswith(clipped)
+    full = tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_SENTENCE_TOKENS]
+    assert encode_sentences(tokenizer, [text])[0] == full
+
+
+# --- doubling the input at most about doubles the time ------------------------------------------
+
+def _steps(tok):
+    return {
+        "sentences": split_sentences,
+        "sections": split_sections,
+        "key_facts_finance": lambda t: key_facts(t, "finance"),
+        "key_facts_medical": lambda t: key_facts(t, "medical"),
+        "faithfulness": lambda t: check_sentences([s.text for s in split_sentences(t[:5000])[:5]] or [t[:200]], t),
+        "tables": has_prose,
+        "tokenizer": lambda t: encode_sentences(tok, [t[i:i + 20_000] for i in range(0, len(t), 20_000)]),
+    }
+
+
+# (shape, steps it attacks): the former quadratic/cubic cases and the figure-heavy ones.
+DOUBLING = [
+    ("abbrev", ["sentences", "key_facts_finance", "tables"]),
+    ("abbrev_quoted", ["sentences"]),
+    ("stop_no_space", ["sentences"]),
+    ("heading_blank_tail", ["sections", "key_facts_medical"]),
+    ("heading_hash_tail", ["sections"]),
+    ("blanks_then_letter", ["tables"]),
+    ("table_blank_cells", ["tables"]),
+    ("item_lines", ["sections"]),
+    ("percents", ["faithfulness", "key_facts_finance"]),
+    ("comma_digits", ["faithfulness", "key_facts_finance"]),
+    ("emoji_run", ["tokenizer"]),
+    ("combining", ["tokenizer"]),
+]
+
+
+def _cpu(fn, text: str, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn(text)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+@pytest.mark.parametrize("shape,steps", DOUBLING, ids=[s for s, _ in DOUBLING])
+def test_doubling_the_input_at_most_about_doubles_the_time(shape, steps, tokenizer):
+    fns = _steps(tokenizer)
+    small, big = hostile(shape, 150_000), hostile(shape, 300_000)
+    for step in steps:
+        t1, t2 = _cpu(fns[step], small), _cpu(fns[step], big)
+        floor = 0.01  # below 10 ms the ratio is timer noise; linear code is far below that bound anyway
+        assert t2 <= 3 * max(t1, floor), f"{shape}/{step}: {t1:.3f} s at 150 KB, {t2:.3f} s at 300 KB"
+        assert t2 / 0.3 <= 4.0, f"{shape}/{step}: {t2 / 0.3:.2f} CPU s per MB (target 1, bound 4 here)"

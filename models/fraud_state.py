@@ -605,11 +605,11 @@ class FraudState:
 
     def advance_columns(self, cols: TxColumns) -> FraudContext:
         clock = self._clocks(cols.ts)
-        self._index(cols, clock)
+        tx_h = self._index(cols, clock)
         waves = self._waves(cols.customer_id, cols.terminal_id)
         if waves.max(initial=0) == 0:
             ctx = self.context_columns(cols, clock)
-            self._write(cols, clock, waves)
+            self._write(cols, clock, waves, tx_h)
             self._after_batch(clock)
             return ctx
         parts, order = [], []
@@ -617,7 +617,7 @@ class FraudState:
             idx = np.nonzero(waves == w)[0]
             sub = cols.take(idx)
             parts.append(self.context_columns(sub, clock[idx]))
-            self._write(sub, clock[idx], np.zeros(len(idx), np.int64))
+            self._write(sub, clock[idx], np.zeros(len(idx), np.int64), tx_h[idx])
             order.append(idx)
         self._after_batch(clock)
         ctx = FraudContext.concat(parts)
@@ -641,21 +641,23 @@ class FraudState:
     def update_columns(self, cols: TxColumns) -> None:
         """Append the batch to the rings (rows in order; repeated keys are written in successive waves)."""
         clock = self._clocks(cols.ts)
-        self._index(cols, clock)
-        self._write(cols, clock, self._waves(cols.customer_id, cols.terminal_id))
+        tx_h = self._index(cols, clock)
+        self._write(cols, clock, self._waves(cols.customer_id, cols.terminal_id), tx_h)
         self._after_batch(clock)
 
-    def _index(self, cols: TxColumns, clock: np.ndarray) -> None:
-        """Remember where each transaction went, for its label; trimmed to max_tracked_ids / max_tracked_days."""
+    def _index(self, cols: TxColumns, clock: np.ndarray) -> np.ndarray:
+        """Remember where each transaction went, for its label; trimmed to max_tracked_ids / max_tracked_days.
+        Returns the transaction id hashes."""
         if self.clock == -math.inf and len(clock) and self.pending:  # parked before any event: from the first one
             first = float(clock[0])
             for h, v in self.pending.items():
                 if v[3] == -math.inf:
                     self.pending[h] = (*v[:3], first)
         where = self._where
-        for t, c, m, e, k in zip(cols.transaction_id, cols.customer_id, cols.terminal_id, np.asarray(cols.ts).tolist(),
+        tx_h = np.fromiter((id_hash(str(x)) for x in cols.transaction_id), np.int64, len(cols))
+        for h, c, m, e, k in zip(tx_h.tolist(), cols.customer_id, cols.terminal_id, np.asarray(cols.ts).tolist(),
                                  clock.tolist()):
-            where[id_hash(str(t))] = (c, m, e, k)
+            where[h] = (c, m, e, k)
         excess = len(where) - self.max_tracked_ids
         cutoff = -math.inf if self.max_tracked_days is None or not len(clock) else \
             float(clock[-1]) - self.max_tracked_days * DAY
@@ -668,11 +670,11 @@ class FraudState:
                 excess -= 1
             for h in drop:
                 del where[h]
+        return tx_h
 
-    def _write(self, cols: TxColumns, clock: np.ndarray, waves: np.ndarray) -> None:
+    def _write(self, cols: TxColumns, clock: np.ndarray, waves: np.ndarray, tx_h: np.ndarray) -> None:
         c_idx = self.customers.lookup(cols.customer_id, create=True)
         t_idx = self.terminals.lookup(cols.terminal_id, create=True)
-        tx_h = np.fromiter((id_hash(str(x)) for x in cols.transaction_id), np.int64, len(cols))
         c_h = self.customers.bucket_of(cols.customer_id, c_idx)
         t_h = self.terminals.bucket_of(cols.terminal_id, t_idx)
         labels = np.full(len(cols), -1, np.int8)

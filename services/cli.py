@@ -366,7 +366,7 @@ def stream_reports_cmd(
 ) -> None:
     """Summarise the reports topic into the store (offsets committed after each store write; bad records dead-lettered)."""
     from pipelines.kafka_io import wait_for_broker
-    from pipelines.report_stream import run_report_stream
+    from services.report_stream_runner import run_report_stream
 
     settings = _kafka_settings(bootstrap)
     wait_for_broker(settings.kafka.bootstrap_servers, 10.0)
@@ -528,7 +528,8 @@ def stream_fraud_cmd(
     from rich.table import Table
 
     table = Table(title="fraud stream")
-    keys = ["consumed", "scored", "dead_letters", "duplicates", "alerts", "labels", "batches", "store_retries"]
+    keys = ["consumed", "scored", "dead_letters", "duplicates", "alerts", "labels", "batches", "store_retries",
+            "fenced", "restarts"]
     table.add_column("consumer")
     for k in keys:
         table.add_column(k, justify="right")

@@ -8,6 +8,7 @@ serialised, e.g. `Contract.to_json()`) or plain data (serialised here).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -197,6 +198,16 @@ def count_records(settings: Settings, topic: str, idle_timeout_s: float = 5.0, e
         consumer.close()
 
 
+def _utf8_or_none(raw: bytes, cut: bool) -> str | None:
+    """The text of raw UTF-8 bytes; a cut may have split the last character (up to 3 bytes)."""
+    for trim in range(4 if cut else 1):
+        try:
+            return raw[: len(raw) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
 class DeadLetterPublisher:
     """Send records that broke their contract to the dead-letter topic, with the reason attached.
 
@@ -210,26 +221,39 @@ class DeadLetterPublisher:
         self.producer = producer or make_producer(settings)
         self.published = 0
 
-    @staticmethod
-    def envelope(reason: str, source_topic: str | None, partition: int | None, offset: int | None,
+    #: A dead letter always fits the topic: the raw payload above this many bytes is cut (its full
+    #: length and sha256 are kept, so an operator can match it to the producer's copy).
+    max_payload_bytes: int = 64 * 1024
+    max_reason_chars: int = 1000
+    max_key_chars: int = 256
+
+    @classmethod
+    def envelope(cls, reason: str, source_topic: str | None, partition: int | None, offset: int | None,
                  payload: bytes | str | None, key: bytes | str | None = None) -> dict[str, Any]:
-        if isinstance(payload, bytes):
-            try:
-                text, encoding = payload.decode("utf-8"), "text"
-            except UnicodeDecodeError:
-                text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-        else:
-            text, encoding = payload, "text"
+        raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+        size = None if raw is None else len(raw)
+        digest = None if raw is None else hashlib.sha256(raw).hexdigest()
+        truncated = raw is not None and len(raw) > cls.max_payload_bytes
+        if truncated:
+            raw = raw[: cls.max_payload_bytes]
+        text, encoding = None, "text"
+        if raw is not None:
+            text = _utf8_or_none(raw, cut=truncated)
+            if text is None:
+                text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         if isinstance(key, bytes):
             key = key.decode("utf-8", errors="backslashreplace")
         return {
-            "reason": reason,
+            "reason": (reason or "")[: cls.max_reason_chars],
             "source_topic": source_topic,
             "partition": partition,
             "offset": offset,
-            "key": key,
+            "key": None if key is None else key[: cls.max_key_chars],
             "payload": text,
             "payload_encoding": encoding,
+            "payload_size": size,
+            "payload_sha256": digest,
+            "payload_truncated": truncated,
             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 

@@ -7,6 +7,11 @@ SIGKILL of its process) loses nothing that was not committed: the group rebalanc
 to the others (or to a replacement actor), which restore the partitions' state from the store.
 
 The actor is threaded (max_concurrency > 1) so `stop()` and `counts()` answer while `run()` loops.
+
+Supervision: actors are created with `max_restarts` (Ray restarts a dead one's process, with
+backoff here between attempts), and `run_stream` resubmits `run()` to a restarted actor; restarts
+are counted and returned. SIGTERM / SIGINT of the driver stop every actor gracefully: each
+finishes its batch, writes, snapshots and returns its counts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from services.local_ray import ensure_ray
 log = logging.getLogger("argus.fraud_stream")
 
 
-@ray.remote(max_concurrency=4)
+MAX_RESTARTS = 20
+
+
+@ray.remote(max_concurrency=4, max_restarts=MAX_RESTARTS)
 class FraudStreamActor:
     def __init__(self, settings_data: dict[str, Any], store_url: str, name: str, checkpoint: str | None = None,
                  metrics_port: int | None = None, json_logs: bool = True, config: dict[str, Any] | None = None):
@@ -80,17 +88,81 @@ def start_actors(settings: Settings, store_url: str, consumers: int = 1, checkpo
 def run_stream(settings: Settings, store_url: str, consumers: int = 1, seconds: float | None = None,
                idle_exit_s: float | None = None, checkpoint: str | None = None, metrics_port: int | None = None,
                num_cpus: float = 1.0, **config: Any) -> list[dict[str, int]]:
-    """Run the stream on Ray until `seconds` pass (or idle, or Ctrl-C); returns each actor's counts."""
+    """Run the stream on Ray until `seconds` pass (or idle, or SIGTERM/Ctrl-C: graceful); returns
+    each actor's counts, with `restarts` (how often its process died and was restarted)."""
+    from services.shutdown import stop_on_signals
+
+    from pipelines.store import Store
+
     stop_ray = ensure_ray()
+    store = Store.from_url(store_url)
     try:
+        store.create_schema()
+        run_id = store.start_run("fraud-stream")
+        signalled = {"stop": False}
+
+        def guard(stop_all):
+            from contextlib import contextmanager
+
+            @contextmanager
+            def watch():
+                with stop_on_signals(stop_all) as request:
+                    yield request
+                signalled["stop"] = request.requested
+            return watch()
+
         actors = start_actors(settings, store_url, consumers, checkpoint, metrics_port, num_cpus, **config)
-        refs = [a.run.remote(seconds, idle_exit_s) for a in actors]
+        status = "failed"
+        results: list[dict[str, int]] = []
         try:
-            return ray.get(refs)
-        except KeyboardInterrupt:
-            for a in actors:
-                a.stop.remote()
-            deadline = time.monotonic() + 30
-            return [ray.get(r, timeout=max(1.0, deadline - time.monotonic())) for r in refs]
+            results = supervise(actors, seconds, idle_exit_s, guard)
+            status = "interrupted" if signalled["stop"] else "ok"
+            return results
+        finally:
+            totals = {k: sum(r.get(k, 0) for r in results) for k in (results[0] if results else {})}
+            store.finish_run(run_id, counts=totals, status=status)
     finally:
+        store.close()
         stop_ray()
+
+
+def supervise(actors: list[Any], seconds: float | None, idle_exit_s: float | None, stop_on_signals=None,
+              backoff_s: float = 1.0) -> list[dict[str, int]]:
+    """Run every actor; resubmit `run()` to an actor Ray restarted (with exponential backoff)."""
+    import contextlib
+
+    start = time.monotonic()
+    restarts = [0] * len(actors)
+    results: list[dict[str, int] | None] = [None] * len(actors)
+    stopping = {"now": False}
+
+    def left() -> float | None:
+        return None if seconds is None else max(0.0, seconds - (time.monotonic() - start))
+
+    def stop_all() -> None:
+        stopping["now"] = True
+        for a in actors:
+            try:
+                a.stop.remote()
+            except Exception:  # noqa: BLE001 - a dead actor has nothing to stop
+                pass
+
+    refs = {a.run.remote(seconds, idle_exit_s): i for i, a in enumerate(actors)}
+    guard = stop_on_signals(stop_all) if stop_on_signals else contextlib.nullcontext()
+    with guard:
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+            for ref in ready:
+                i = refs.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                    remaining = left()
+                    if stopping["now"] or restarts[i] >= MAX_RESTARTS or (remaining is not None and remaining <= 0):
+                        log.warning("consumer actor %d ended: %s", i, type(exc).__name__)
+                        continue
+                    restarts[i] += 1
+                    time.sleep(min(30.0, backoff_s * 2 ** (restarts[i] - 1)))
+                    log.warning("consumer actor %d died (%s); restart %d", i, type(exc).__name__, restarts[i])
+                    refs[actors[i].run.remote(left(), idle_exit_s)] = i
+    return [{**(r or {}), "restarts": restarts[i]} for i, r in enumerate(results)]

@@ -90,11 +90,15 @@ class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     config_path: Path = Path(__file__).resolve().parent.parent / "infra" / "serve.yaml"
-    api_key_hashes: dict[str, list[str]] = Field(
-        default_factory=dict, description="sha256(api key) -> scopes; keys never stored in plain text"
+    api_key_hashes: dict[str, list[str] | dict[str, Any]] = Field(
+        default_factory=dict, description="sha256(api key) -> scopes, or {scopes, tenant}; keys never stored in plain text"
     )
     max_request_bytes: int = 2_000_000
     rate_limit_per_minute: int = 6000
+    # failed requests (401/403/404/413/422) per client address and minute, then 429
+    failure_rate_limit_per_minute: int = 600
+    # e.g. redis://127.0.0.1:6379/0: limits shared by all Ingress replicas; None: per replica
+    rate_limit_storage: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
 
 

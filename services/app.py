@@ -9,7 +9,7 @@ ray_actor_options) live in the YAML's `deployments:` section, where Serve applie
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -37,11 +37,14 @@ class AppArgs(BaseModel):
     state_refresh_s: float = 30.0
     summary_mode: str | None = None
     store_url: str | None = None
-    api_key_hashes: dict[str, list[str]] | None = None  # merged over settings.serve.api_key_hashes
+    # sha256(key) -> [scopes] or {"scopes": [...], "tenant": "..."}; merged over settings.serve.api_key_hashes
+    api_key_hashes: dict[str, list[str] | dict[str, Any]] | None = None
     max_request_bytes: int | None = None
     rate_limit_per_minute: int | None = None
     rate_limit_burst: int | None = None
     key_rate_limits: dict[str, int] = Field(default_factory=dict)
+    failure_rate_limit_per_minute: int | None = None  # failed requests per client address (default: settings)
+    rate_limit_storage: str | None = None  # redis://host:6379/0 shares the limits across Ingress replicas
     cors_origins: list[str] | None = None
     model_timeout_s: float = 60.0
     scorer_class: str = "models.fraud_scorer:FraudScorer"
@@ -87,6 +90,8 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         max_request_bytes=a.max_request_bytes or s.serve.max_request_bytes,
         rate_limit_per_minute=a.rate_limit_per_minute or s.serve.rate_limit_per_minute,
         rate_limit_burst=a.rate_limit_burst, key_rate_limits=a.key_rate_limits,
+        failure_rate_limit_per_minute=a.failure_rate_limit_per_minute or s.serve.failure_rate_limit_per_minute,
+        rate_limit_storage=a.rate_limit_storage or s.serve.rate_limit_storage,
         cors_origins=a.cors_origins if a.cors_origins is not None else s.serve.cors_origins,
         store_url=a.store_url or s.store.url.get_secret_value(), model_timeout_s=a.model_timeout_s,
     )

@@ -232,13 +232,13 @@ def store_init(url: Optional[str] = typer.Option(None, "--url", help="Store URL 
 
 @store_app.command("stats")
 def store_stats(url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
-    """Row counts per table."""
+    """Row counts per table (creates or upgrades the schema first, so a fresh store shows zeros)."""
     from rich.table import Table
 
     from pipelines.store import Store
 
     with Store.from_url(_store_url(url)) as store:
-        version = store.schema_version()
+        version = store.create_schema()
         table = Table(title=f"store schema v{version}", caption=store.url)
         table.add_column("table")
         table.add_column("rows", justify="right")
@@ -270,8 +270,15 @@ def serve_cmd(
     from pipelines.settings import get_settings
     from services import local_serve
 
+    from pipelines.store import Store
+
     settings = get_settings()
     config = local_serve.load_config(serve_config or settings.serve.config_path, host=host, port=port)
+    # The store the app reads results from gets its schema now (idempotent; the deployments do the
+    # same when they start), so a fresh store answers 404 for an unknown id, not an error.
+    store_url = config["applications"][0].get("args", {}).get("store_url") or settings.store.url.get_secret_value()
+    with Store.from_url(store_url) as store:
+        store.create_schema()
     settings.home.mkdir(parents=True, exist_ok=True)
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=settings.home))  # short: Ray's socket paths must fit
     with console.status("starting Ray Serve (models load in the background)...") as status:

@@ -8,6 +8,12 @@ state: the stream job owns it, and a synchronous lookup must not change what the
 A request may carry `history` (recent transactions of that customer); it is scored against a
 private copy of the state with that history added, so it never leaks into other requests.
 
+Callers are kept apart: a batch gathered from many requests (`score_many(..., independent=True)`,
+what the ingress and `score` send) scores every transaction against the state as it was before
+the batch, read-only, plus that request's own history: never with another request's transactions.
+Only the transactions of one request (`{"transactions": [...]}`) see each other, in order.
+With a `store_url`, the replica creates/upgrades the store schema when it loads.
+
 `user_config` (hot-reconfigurable from infra/serve.yaml without a restart): max_batch_size,
 batch_wait_timeout_s, alert_threshold, review_threshold, explain_top_k (reasons per flagged score).
 """
@@ -127,6 +133,14 @@ class FraudScorerDeployment:
         self._scorer = scorer
         self.state = scorer.new_state()  # history lengths that match the model
         self._state_from_stream = False
+        if self.store_url:  # every server that reads the store brings its schema up to date
+            from pipelines.store import Store
+
+            try:
+                with Store.from_url(self.store_url, check=False) as store:
+                    store.create_schema()
+            except Exception as exc:  # noqa: BLE001 - scoring does not need the store; say so and go on
+                log.error("store schema not created: %s", type(exc).__name__)
         self._refresh_state(force=True)
         if warmup:  # the first forward pass allocates; keep that out of the first request
             tx = Transaction(transaction_id="warmup", timestamp="2024-01-01T00:00:00Z", customer_id="warmup",
@@ -198,13 +212,17 @@ class FraudScorerDeployment:
         # A failed load keeps the replica up (it answers ready() with the reason); nothing to check.
         return None
 
-    async def score_many(self, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> tuple[list[FraudScore], int]:
+    async def score_many(self, items: list[tuple[Transaction, tuple[Transaction, ...]]],
+                         independent: bool = False) -> tuple[list[FraudScore], int]:
         """Score a batch the caller already gathered (the ingress batches its requests, so one
         handle call carries many transactions): returns the scores in order and the batch size.
-        Runs on one scoring thread, so concurrent calls queue instead of fighting for the cores."""
+        `independent`: the items come from different requests and must not see each other; else
+        they are one request's transactions, scored in order. Runs on one scoring thread, so
+        concurrent calls queue instead of fighting for the cores."""
         scorer = await self.model.get(wait_s=0.0)
         self._refresh_state()
-        scores = await asyncio.get_running_loop().run_in_executor(self._executor, self._score_items, scorer, items)
+        work = self._score_independent if independent else self._score_items
+        scores = await asyncio.get_running_loop().run_in_executor(self._executor, work, scorer, items)
         return scores, len(items)
 
     async def score(self, transaction: Transaction, history: list[Transaction] | None = None) -> tuple[FraudScore, int]:
@@ -218,23 +236,64 @@ class FraudScorerDeployment:
         self._refresh_state()
         loop = asyncio.get_running_loop()
         # Off the event loop, so the replica keeps accepting (and batching) requests meanwhile.
-        scores = await loop.run_in_executor(self._executor, self._score_items, scorer, items)
+        scores = await loop.run_in_executor(self._executor, self._score_independent, scorer, items)
         return [(s, len(items)) for s in scores]
 
     def _score_items(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[FraudScore]:
-        out: list[FraudScore | None] = [None] * len(items)
+        """One request's transactions: those without a history in order (each sees the earlier
+        ones) on a private copy of the state; each with a history against that history alone."""
+        return self._score(scorer, items, ordered=True)
+
+    def _score_independent(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[FraudScore]:
+        """Items of different requests: each read against the state before the batch (read-only)
+        plus its own history, then all in one forward. No item sees another."""
+        return self._score(scorer, items, ordered=False)
+
+    def _score(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]], ordered: bool) -> list[FraudScore]:
+        import numpy as np
+
+        from models.fraud_state import FraudContext
+
         plain = [i for i, (_, history) in enumerate(items) if not history]
+        parts, order = [], []
         if plain:
             txs = [items[i][0] for i in plain]
-            scores = scorer.score(txs, self._private_state(txs, []), self.alert_threshold, self.review_threshold,
-                                  explain_top_k=self.explain_top_k)
-            for i, s in zip(plain, scores):
-                out[i] = s
+            if ordered:  # a private copy advanced through the request's own transactions
+                parts.append(self._private_state(txs, []).advance_batch(txs))
+            else:  # the shared state, only read
+                base = self.state if self._state_from_stream else self._empty_state(scorer)
+                parts.append(base.context_batch(txs))
+            order += plain
         for i, (tx, history) in enumerate(items):
-            if history:  # each with its own history, so histories of different callers never mix
-                out[i] = scorer.score([tx], self._private_state([tx], list(history)), self.alert_threshold,
-                                      self.review_threshold, explain_top_k=self.explain_top_k)[0]
-        return out  # type: ignore[return-value]
+            if history:
+                parts.append(self._private_state([tx], list(history)).context_batch([tx]))
+                order.append(i)
+        ctx = parts[0] if len(parts) == 1 else FraudContext.concat(parts)
+        if order != sorted(order):
+            inverse = np.empty(len(order), np.int64)
+            inverse[np.asarray(order)] = np.arange(len(order))
+            ctx = ctx.take(inverse)
+        txs = [tx for tx, _ in items]
+        if not hasattr(scorer, "score_context"):  # a scorer class without it: hand it the context read above
+            return scorer.score(txs, _ReadContext(ctx), self.alert_threshold, self.review_threshold,
+                                explain_top_k=self.explain_top_k)
+        return scorer.score_context(txs, ctx, self.alert_threshold, self.review_threshold,
+                                    explain_top_k=self.explain_top_k)
+
+    def _empty_state(self, scorer: Any) -> Any:
+        if getattr(self, "_empty", None) is None:
+            self._empty = scorer.new_state()  # never written: every read of it is a read of nothing
+        return self._empty
+
+
+class _ReadContext:
+    """A 'state' whose advance_batch returns a context already read (and changes nothing)."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+
+    def advance_batch(self, transactions: Any) -> Any:
+        return self.ctx
 
 
 __all__ = ["FraudScorerDeployment", "ModelNotReady"]

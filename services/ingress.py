@@ -1,85 +1,236 @@
 """The HTTP ingress: a FastAPI app on a Serve deployment that holds handles to the FraudScorer and
-Summarizer deployments and reads stored results from the store.
+Summarizer deployments and reads and writes results in the store.
 
-Request path: metrics (outermost) -> CORS (only with configured origins) -> body size limit (413
-before the body is parsed) -> route -> API key + scope (401/403) -> per-key rate limit (429) ->
-schema (422, field-level, never echoing the input) -> model handle (503 while a model loads).
+Request path: metrics (outermost) -> CORS (only with configured origins) -> body size limit (413 by
+Content-Length, before anything is read) -> route -> client address not blocked for failures (429)
+-> API key + scope (401/403) -> per-key rate limit (429) -> only then the body is read and
+validated (422, field-level, never echoing the input) -> model handle (503 while a model loads).
 
-Nothing here logs a request body: log lines carry route, status, latency and the key's short id.
+The contract is the OpenAPI document, and the code enforces exactly it: request bodies are parsed
+by the REST models below in pydantic strict mode (a number is a JSON number, never a boolean or a
+string; a timestamp is an RFC 3339 date-time with an offset), bodies with alternatives are `oneOf`,
+and every status a route can answer is listed with its body schema. Every error body is
+`{"code", "detail"}`: a stable code and a short message, never a path, a host, a driver's text or
+the input; the cause goes to the replica log (by type, never with card data or document text).
+
+Results are owned: a score or summary made through the API is stored with the tenant of the key
+that made it, and `GET /v1/results/{id}` finds only the caller's own (an admin key, scope
+`results:admin`, finds every result, the stream's too). Another tenant's id answers 404 exactly like
+an unknown one. Nothing here logs a request body: log lines carry route, status, latency and the
+key's short id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import traceback
 import uuid
-from typing import Annotated, Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator
 from ray import serve
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.contracts import Channel, Domain, FraudScore, Report, ReportSummary, Transaction
 from pipelines.errors import StoreError
-from pipelines.contracts import Domain, FraudScore, Report, ReportSummary, Transaction
 from services.loading import BadInput, ModelNotReady
 from services.metrics import IngressMetrics
-from services.security import API_KEY_HEADER, BodySizeLimit, KeyRing, Principal, RateLimiter, retry_after_header
+from services.security import API_KEY_HEADER, BodySizeLimit, KeyRing, Principal, SharedLimiter, retry_after_header
 
 log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files
 
-MAX_TRANSACTIONS_PER_REQUEST = 1000
-MAX_HISTORY = 256
+# Bounds that keep any valid request well under a second of scoring on one CPU thread (a batch's
+# transactions are read in order, one step per transaction of the same customer or terminal).
+MAX_TRANSACTIONS_PER_REQUEST = 256
+MAX_HISTORY = 256  # history of a single-transaction request
+MAX_BATCH_ITEM_HISTORY = 32  # history of each transaction of a batch request
+# What the contracts check in code (pipelines/contracts.py), said here in the schema as well, so the
+# OpenAPI document states every rule the code applies:
+# - ids and codes hold no control characters (C0, DEL, C1, U+2028/2029);
+#   (as `not: {pattern: CONTROL}`: an unanchored search means the same in ECMA and Python regexes,
+#   where `^...$` would not: Python's `$` also matches before a final newline);
+CONTROL = "[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]"
+_CONTROL = re.compile(CONTROL)
+# - a timestamp is an RFC 3339 date-time (OpenAPI's `format: date-time`: an offset is required)
+#   written with a year in [1970, 2199] (the range the stream accepts; arithmetic beyond overflows);
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+YEAR_PATTERN = "^(19[7-9][0-9]|2[01][0-9][0-9])-"
+# - amounts are finite, >= 0 and at most AMOUNT_LIMIT;
+AMOUNT_LIMIT = 1e12
+# - a text the summariser can work on has at least one letter or digit (ASCII here, so the pattern
+#   means the same to every JSON Schema validator).
+TEXT_PATTERN = "[A-Za-z0-9]"
 
 
-# --- request / response schemas -------------------------------------------------------------------
+def _no_control(v: str) -> str:
+    if _CONTROL.search(v):
+        raise ValueError("control characters are not allowed")
+    return v
 
-class TransactionIn(Transaction):
-    """A transaction to score, optionally with recent transactions of the same customer/terminal."""
 
-    history: Annotated[list[Transaction], Field(max_length=MAX_HISTORY)] = Field(
+def _str(min_length: int | None = None, max_length: int | None = None) -> Any:
+    """A string without control characters, its length bounded."""
+    return Annotated[str, Field(min_length=min_length, max_length=max_length,
+                                json_schema_extra={"not": {"pattern": CONTROL}}), AfterValidator(_no_control)]
+
+
+# --- request schemas (strict: the REST contract; pipelines.contracts stays the Kafka contract) ------
+
+class HistoryTransaction(Transaction):
+    """A transaction as the REST API accepts it: the Kafka `Transaction` contract in strict mode
+    (a number is a JSON number, never a boolean or a string), each of its rules in the schema."""
+
+    model_config = ConfigDict(strict=True, regex_engine="python-re", title="Transaction")
+    schema_version: Literal[1] = 1
+    transaction_id: _str(1, 128)
+    timestamp: Annotated[datetime, Field(json_schema_extra={"format": "date-time", "pattern": YEAR_PATTERN})]
+    customer_id: _str(1, 128)
+    terminal_id: _str(1, 128)
+    amount: Annotated[float, Field(ge=0.0, le=AMOUNT_LIMIT, allow_inf_nan=False)]
+    currency: _str(3, 3) = "EUR"
+    merchant_category: _str(None, 64) | None = None
+    channel: Channel | None = None
+    country: _str(2, 2) | None = None
+    lat: Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)] | None = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _rfc3339(cls, v: Any) -> Any:
+        if not isinstance(v, str) or not _RFC3339.fullmatch(v) or not re.match(YEAR_PATTERN, v):
+            raise ValueError("timestamp must be an RFC 3339 date-time with an offset and a year in "
+                             "[1970, 2199], e.g. 2024-05-01T12:30:00Z")
+        try:
+            return datetime.fromisoformat(v.upper().replace("Z", "+00:00")).astimezone(timezone.utc)
+        except (ValueError, OverflowError):
+            raise ValueError("timestamp is not a valid date-time") from None
+
+
+class TransactionIn(HistoryTransaction):
+    """One transaction to score, optionally with recent transactions of the same customer/terminal."""
+
+    model_config = ConfigDict(title="TransactionIn")
+    history: Annotated[list[HistoryTransaction], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description="recent transactions (any order) used as context for this one only")
 
 
-class ScoreBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    transactions: Annotated[list[TransactionIn], Field(min_length=1, max_length=MAX_TRANSACTIONS_PER_REQUEST)]
+class BatchTransactionIn(HistoryTransaction):
+    """A transaction of a batch request, optionally with a (shorter) history of its own."""
 
+    model_config = ConfigDict(title="BatchTransactionIn")
+    history: Annotated[list[HistoryTransaction], Field(max_length=MAX_BATCH_ITEM_HISTORY)] = Field(
+        default_factory=list, description="recent transactions used as context for this one only")
+
+
+class ScoreBatchIn(BaseModel):
+    """Several transactions of one caller, scored in order (each sees the earlier ones)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    transactions: Annotated[list[BatchTransactionIn], Field(min_length=1, max_length=MAX_TRANSACTIONS_PER_REQUEST)]
+
+
+class ReportIn(Report):
+    """A report as the REST API accepts it: the `Report` contract, strict, with text to summarise."""
+
+    model_config = ConfigDict(strict=True, regex_engine="python-re", title="Report")
+    schema_version: Literal[1] = 1
+    report_id: _str(1, 256)
+    domain: Domain
+    title: str = ""
+    text: Annotated[str, Field(min_length=1, pattern=TEXT_PATTERN)]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SummarizeReportIn(BaseModel):
+    """Summarise a full Report."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    report: ReportIn
+    mode: Literal["extractive", "generative"] | None = None
+
+
+class SummarizeTextIn(BaseModel):
+    """Summarise plain text (+ optional domain, title, report_id)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+    text: Annotated[str, Field(min_length=1, pattern=TEXT_PATTERN)]
+    domain: Domain = Domain.finance
+    title: str = ""
+    report_id: _str(1, 256) | None = None
+    mode: Literal["extractive", "generative"] | None = None
+
+    def to_report(self) -> Report:
+        return Report(report_id=self.report_id or f"rest-{uuid.uuid4().hex}", domain=self.domain, title=self.title,
+                      text=self.text)
+
+
+def _one_of(*tagged: tuple[type[BaseModel], str], key: str) -> TypeAdapter:
+    """A oneOf of models told apart by whether the object has `key` (the last model has it)."""
+    first, second = tagged
+    return TypeAdapter(Annotated[Union[Annotated[first[0], Tag(first[1])], Annotated[second[0], Tag(second[1])]],
+                                 Discriminator(lambda v: second[1] if isinstance(v, dict) and key in v else first[1])])
+
+
+SCORE_BODY = _one_of((TransactionIn, "one"), (ScoreBatchIn, "batch"), key="transactions")
+SUMMARIZE_BODY = _one_of((SummarizeTextIn, "text"), (SummarizeReportIn, "report"), key="report")
+
+
+# --- response schemas -----------------------------------------------------------------------------
 
 class ScoreOut(BaseModel):
     scores: list[FraudScore]
 
 
-class SummarizeIn(BaseModel):
-    """Either `report` (a full Report) or `text` (+ optional domain/title/report_id)."""
+class ErrorOut(BaseModel):
+    """Every error: a stable machine-readable code and a short message."""
 
-    model_config = ConfigDict(extra="forbid")
-    report: Report | None = None
-    text: Annotated[str, Field(min_length=1)] | None = None
-    domain: Domain = Domain.finance
-    title: str = ""
-    report_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
-    mode: Literal["extractive", "generative"] | None = None
+    code: str
+    detail: str
 
-    @model_validator(mode="after")
-    def _one_source(self) -> "SummarizeIn":
-        if (self.report is None) == (self.text is None):
-            raise ValueError("give exactly one of `report` or `text`")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("text is empty")
-        return self
 
-    def to_report(self) -> Report:
-        if self.report is not None:
-            return self.report
-        return Report(report_id=self.report_id or f"rest-{uuid.uuid4().hex}", domain=self.domain, title=self.title,
-                      text=self.text)
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422: what is wrong, field by field (the input itself is never echoed)."""
+
+    code: Literal["invalid_request", "model_input"]
+    detail: list[FieldError]
+
+
+class ModelHealth(BaseModel):
+    state: Literal["ready", "loading", "failed", "unreachable"]
+    model_version: str | None = None
+
+
+class HealthModels(BaseModel):
+    fraud: ModelHealth
+    summarizer: ModelHealth
+
+
+class HealthOut(BaseModel):
+    status: Literal["ready", "not ready"]
+    code: Literal["ready", "model_loading", "model_failed", "model_unreachable"]
+    detail: str
+    models: HealthModels
+
+
+class PingOut(BaseModel):
+    ok: bool
 
 
 TX_EXAMPLE = {"transaction_id": "tx-1001", "timestamp": "2024-05-01T12:30:00Z", "customer_id": "c-42",
@@ -105,38 +256,88 @@ SUMMARIZE_EXAMPLES = {
 class IngressConfig(BaseModel):
     """What the ingress needs at run time (built by services.app.build_app from serve.yaml)."""
 
-    api_key_hashes: dict[str, list[str]] = Field(default_factory=dict)
+    api_key_hashes: dict[str, Any] = Field(default_factory=dict)  # digest -> [scopes] | {scopes, tenant}
     max_request_bytes: int = 2_000_000
     rate_limit_per_minute: int = 6000
     rate_limit_burst: int | None = None
     key_rate_limits: dict[str, int] = Field(default_factory=dict)
+    # failed requests (401/403/404/413/422) per client address and minute before it gets 429s
+    failure_rate_limit_per_minute: int = 600
+    # redis://host:6379/0: count limits in Redis (shared by every Ingress replica); None: per replica
+    rate_limit_storage: str | None = None
     cors_origins: list[str] = Field(default_factory=list)
     store_url: str | None = None
     model_timeout_s: float = 60.0
+
+
+# --- the ingress state (plain; the Serve deployment below adds batching) --------------------------
+
+class IngressCore:
+    def __init__(self, fraud: Any, summarizer: Any, config: dict[str, Any] | IngressConfig):
+        self.fraud = fraud
+        self.summarizer = summarizer
+        self.config = IngressConfig.model_validate(config)
+        c = self.config
+        self.keys = KeyRing(c.api_key_hashes)
+        self.limiter = SharedLimiter(c.rate_limit_storage, c.rate_limit_per_minute,
+                                     {k.lower(): v for k, v in c.key_rate_limits.items()}, "key", c.rate_limit_burst)
+        self.failures = SharedLimiter(c.rate_limit_storage, c.failure_rate_limit_per_minute, {}, "addr")
+        self.metrics = IngressMetrics()
+        self._store = None
+        if not len(self.keys):
+            log.warning("no API keys configured: every keyed endpoint answers 401 (see `argus keys new`)")
+        if c.store_url:
+            try:  # a server that reads the store brings its schema up to date when it starts
+                self.store()
+            except StoreError:
+                log.error("store not reachable at start; retried on the first request that needs it")
+
+    async def score_batched(self, item: tuple[Transaction, tuple[Transaction, ...]]) -> tuple[FraudScore, int]:
+        scores, batch_size = await self.fraud.score_many.remote([item], independent=True)
+        return scores[0], batch_size
+
+    def store(self) -> Any:
+        """The store, its schema created/upgraded on first use (idempotent, safe across processes)."""
+        if self._store is None:
+            from pipelines.store import Store
+
+            if not self.config.store_url:
+                raise StoreError("no store configured for results")
+            store = None
+            try:
+                store = Store.from_url(self.config.store_url, check=False)
+                store.create_schema()
+            except Exception as exc:  # noqa: BLE001 - bad URL, unreachable, no permission: all "unavailable"
+                if store is not None:
+                    store.close()
+                log.error("store schema not created: %s", type(exc.__cause__ or exc).__name__)
+                raise StoreError("store unavailable") from None
+            self._store = store
+        return self._store
+
+    async def save(self, tenant: str, scores: list[tuple[FraudScore, Transaction]] = (),
+                   summaries: list[ReportSummary] = ()) -> None:
+        """Record what a tenant created. A failed write is logged, not raised: the caller has its
+        answer; a later GET of that id is a 404."""
+        if not self.config.store_url:
+            return
+        try:
+            await asyncio.to_thread(lambda: self.store().write_owned(tenant, scores=scores, summaries=summaries))
+        except Exception as exc:  # noqa: BLE001
+            log.error("result not stored: %s", type(exc).__name__)
 
 
 # --- the Serve deployment -------------------------------------------------------------------------
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1024)
 @serve.ingress()
-class Ingress:
-    def __init__(self, fraud: Any, summarizer: Any, config: dict[str, Any] | IngressConfig):
-        self.fraud = fraud
-        self.summarizer = summarizer
-        self.config = IngressConfig.model_validate(config)
-        self.keys = KeyRing(self.config.api_key_hashes)
-        self.limiter = RateLimiter(self.config.rate_limit_per_minute, self.config.rate_limit_burst,
-                                   {k.lower(): v for k, v in self.config.key_rate_limits.items()})
-        self.metrics = IngressMetrics()
-        self._store = None
-        if not len(self.keys):
-            log.warning("no API keys configured: every keyed endpoint answers 401 (see `argus keys new`)")
-
+class Ingress(IngressCore):
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=2)
     async def score_batched(self, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[tuple[FraudScore, int]]:
         """Concurrent single-transaction requests -> one call to the FraudScorer (a handle call costs
-        far more than scoring one row, so it is paid once per batch, not once per request)."""
-        scores, batch_size = await self.fraud.score_many.remote(items)
+        far more than scoring one row, so it is paid once per batch, not once per request). The
+        requests are independent: none is scored with another's transactions."""
+        scores, batch_size = await self.fraud.score_many.remote(items, independent=True)
         return [(s, batch_size) for s in scores]
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -149,148 +350,253 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
 
-    def store(self) -> Any:
-        if self._store is None:
-            from pipelines.store import Store
-
-            if not self.config.store_url:
-                raise HTTPException(503, "no store configured for results")
-            self._store = Store.from_url(self.config.store_url, check=False)
-        return self._store
-
 
 # --- the FastAPI app ------------------------------------------------------------------------------
 
-def create_api(backend: Ingress) -> FastAPI:
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         413: "body_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+# counted against the client address: what a scanner or a guesser produces
+FAILURE_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 422})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def _error(description: str, headers: dict[str, Any] | None = None, model: type[BaseModel] = ErrorOut) -> dict:
+    out: dict[str, Any] = {"model": model, "description": description}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_SECONDS = {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True,
+            "description": "whole seconds to wait before retrying"}
+AUTH_ERRORS = {
+    401: _error("missing or unknown API key", {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}),
+    403: _error("the key lacks the scope"),
+    429: _error("rate limit exceeded for this key, or too many failed requests from this address",
+                {"Retry-After": _SECONDS}),
+}
+BODY_ERRORS = {
+    413: _error("body larger than max_request_bytes (checked before it is read)"),
+    422: _error("the body does not match the schema (field by field); for summaries also "
+                "`model_input` when the model rejects the text", model=ValidationErrorOut),
+}
+MODEL_ERRORS = {
+    503: _error("a model is loading or failed to load (see /healthz)", {"Retry-After": _SECONDS}),
+    504: _error("the model did not answer within model_timeout_s"),
+}
+
+
+def create_api(backend: IngressCore) -> FastAPI:
     api = FastAPI(
         title="Argus scoring API",
         version="1",
         description="Fraud scoring and report summarisation on a DeepSeek-style MoE model. "
-                    f"Send an API key in the `{API_KEY_HEADER}` header; each key has scopes.",
+                    f"Send an API key in the `{API_KEY_HEADER}` header; each key has scopes and a tenant. "
+                    f"Request bodies are limited to {backend.config.max_request_bytes} bytes (413).",
     )
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="API key (scoped)")
 
     def require(scope: str):
         async def check(request: Request, key: str | None = Security(key_header)) -> Principal:
+            # The key is checked before anything reads the body (no route here declares a body
+            # parameter; each reads and validates its own after this returns).
+            address = request.client.host if request.client else "-"
+            wait = await backend.failures.blocked(address)
+            if wait > 0:
+                raise ApiError(429, "too_many_failures", "too many failed requests from this address",
+                               {"Retry-After": retry_after_header(wait)})
             principal = backend.keys.authenticate(key)
             if principal is None:
-                raise HTTPException(401, "missing or unknown API key", headers={"WWW-Authenticate": "ApiKey"})
+                raise ApiError(401, "unauthorized", "missing or unknown API key", {"WWW-Authenticate": "ApiKey"})
             request.state.key_id = principal.key_id
             if scope not in principal.scopes:
-                raise HTTPException(403, f"this API key lacks the scope {scope!r}")
-            wait = backend.limiter.acquire(principal.key_hash)
+                raise ApiError(403, "forbidden", f"this API key lacks the scope {scope}")
+            wait = await backend.limiter.acquire(principal.key_hash)
             if wait > 0:
-                raise HTTPException(429, "rate limit exceeded for this API key",
-                                    headers={"Retry-After": retry_after_header(wait)})
+                raise ApiError(429, "rate_limited", "rate limit exceeded for this API key",
+                               {"Retry-After": retry_after_header(wait)})
             return principal
 
         return check
 
+    async def read_body(request: Request, adapter: TypeAdapter) -> Any:
+        raw = await request.body()
+        try:
+            return adapter.validate_json(raw, strict=True)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"][1:])} if e["loc"] else {**e, "loc": ("body",)} for e in exc.errors(
+                    include_url=False, include_input=False, include_context=False)]) from None
+
+    @api.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return JSONResponse({"code": CODES.get(exc.status_code, f"http_{exc.status_code}"), "detail": detail},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Field-level messages without `input`/`ctx`, so card or document data is never echoed.
-        detail = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-                  for err in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
+        detail = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in err.get("loc", ())],
+                   "msg": err.get("msg", ""), "type": err.get("type", "")} for err in exc.errors()]
+        return JSONResponse({"code": "invalid_request", "detail": detail}, status_code=422)
 
     @api.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
-        return JSONResponse({"detail": _message(exc)}, status_code=503, headers={"Retry-After": "5"})
+        cause = getattr(exc, "cause", None) or exc
+        failed = getattr(cause, "state", "loading") == "failed"
+        return JSONResponse({"code": "model_failed" if failed else "model_loading",
+                             "detail": "a model failed to load; see /healthz" if failed else "a model is still loading"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @api.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError) -> JSONResponse:
-        return JSONResponse({"detail": f"the model did not answer within {backend.config.model_timeout_s:g} s"},
+        return JSONResponse({"code": "model_timeout",
+                             "detail": f"the model did not answer within {backend.config.model_timeout_s:g} s"},
                             status_code=504)
 
     @api.exception_handler(BadInput)
     async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body"], "msg": _message(exc), "type": "model_input"}]}, status_code=422)
+        log.info("model rejected its input (%s)", type(getattr(exc, "cause", None) or exc).__name__)
+        return JSONResponse({"code": "model_input", "detail": [
+            {"loc": ["body"], "msg": "the model cannot process this input", "type": "model_input"}]}, status_code=422)
 
     @api.exception_handler(StoreError)
     async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
-
-    unavailable = {503: {"description": "a model is loading or failed to load"},
-                   504: {"description": "the model did not answer within model_timeout_s"}}
-    auth_errors = {401: {"description": "missing or unknown API key"}, 403: {"description": "key lacks the scope"},
-                   429: {"description": "rate limit exceeded (see Retry-After)"}}
+        log.error("store unavailable (%s)", type(exc.__cause__ or exc).__name__)
+        return JSONResponse({"code": "store_unavailable", "detail": "the results store is unavailable"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @api.post("/v1/fraud/score", response_model=ScoreOut, tags=["fraud"],
-              responses={**auth_errors, **unavailable, 413: {"description": "body too large"}})
-    async def score(
-        body: Annotated[TransactionIn | ScoreBatchIn, Body(openapi_examples=SCORE_EXAMPLES)],
-        principal: Principal = Depends(require("fraud:score")),
-    ) -> Response:
-        """Score one transaction (a Transaction object) or several (`{"transactions": [...]}`)."""
+              responses={**AUTH_ERRORS, **BODY_ERRORS, **MODEL_ERRORS})
+    async def score(request: Request, principal: Principal = Depends(require("fraud:score"))) -> Response:
+        """Score one transaction (a Transaction object, optional `history`) or several
+        (`{"transactions": [...]}`). Each request is scored with its own transactions and history
+        only (plus, when configured, the stream job's state, read-only). The scores are stored as
+        results of the caller's tenant (`GET /v1/results/{transaction_id}`)."""
+        body = await read_body(request, SCORE_BODY)
         if isinstance(body, ScoreBatchIn):  # already a batch: one handle call for all of it
             items = [(_plain(item), tuple(item.history)) for item in body.transactions]
             call = backend.fraud.score_many.remote(items)
             scores, batch_size = await asyncio.wait_for(call, backend.config.model_timeout_s)
             results = [(s, batch_size) for s in scores]
         else:  # one transaction: gathered with concurrent requests into one handle call
-            results = [await asyncio.wait_for(backend.score_batched((_plain(body), tuple(body.history))),
-                                              backend.config.model_timeout_s)]
+            items = [(_plain(body), tuple(body.history))]
+            results = [await asyncio.wait_for(backend.score_batched(items[0]), backend.config.model_timeout_s)]
         for fraud_score, batch_size in results:
             backend.metrics.scores.observe(fraud_score.score)
             backend.metrics.decisions.labels(fraud_score.decision.value).inc()
             backend.metrics.batch_size.labels("fraud").observe(batch_size)
+        await backend.save(principal.tenant, scores=[(s, tx) for (s, _), (tx, _) in zip(results, items)])
         # Serialised once here (pydantic-core), not re-validated against response_model by FastAPI.
         return Response(ScoreOut.model_construct(scores=[s for s, _ in results]).model_dump_json(),
                         media_type="application/json")
 
     @api.post("/v1/reports/summarize", response_model=ReportSummary, tags=["reports"],
-              responses={**auth_errors, **unavailable, 413: {"description": "body too large"}})
-    async def summarize(
-        body: Annotated[SummarizeIn, Body(openapi_examples=SUMMARIZE_EXAMPLES)],
-        principal: Principal = Depends(require("reports:summarize")),
-    ) -> ReportSummary:
-        """Summarise a report: summary sentences with source spans, key facts, faithfulness checks."""
+              responses={**AUTH_ERRORS, **BODY_ERRORS, **MODEL_ERRORS})
+    async def summarize(request: Request, principal: Principal = Depends(require("reports:summarize"))) -> ReportSummary:
+        """Summarise a report (`{"report": Report}`) or plain text (`{"text", "domain"}`): summary
+        sentences with source spans, key facts, faithfulness checks. Stored as a result of the
+        caller's tenant (`GET /v1/results/{report_id}`)."""
+        body = await read_body(request, SUMMARIZE_BODY)
+        report = body.report if isinstance(body, SummarizeReportIn) else body.to_report()
+        report = Report.model_construct(**{k: getattr(report, k) for k in Report.model_fields})
         summary, batch_size = await asyncio.wait_for(
-            backend.summarizer.summarize.remote(body.to_report(), body.mode), backend.config.model_timeout_s)
+            backend.summarizer.summarize.remote(report, body.mode), backend.config.model_timeout_s)
         backend.metrics.batch_size.labels("summarizer").observe(batch_size)
+        await backend.save(principal.tenant, summaries=[summary])
         return summary
 
     @api.get("/v1/results/{result_id}", response_model=FraudScore | ReportSummary, tags=["results"],
-             responses={**auth_errors, 404: {"description": "no stored result with this id"}})
-    def get_result(result_id: str, principal: Principal = Depends(require("results:read"))) -> Any:
-        """A stored fraud score (by transaction_id) or report summary (by report_id)."""
+             responses={**AUTH_ERRORS, 404: _error("no result with this id that this key may read"),
+                        422: _error("the id is not 1-256 characters", model=ValidationErrorOut),
+                        503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    def get_result(result_id: Annotated[str, Path(min_length=1, max_length=256)],
+                   principal: Principal = Depends(require("results:read"))) -> Any:
+        """A stored fraud score (by transaction_id) or report summary (by report_id) that the
+        caller's tenant created; with the scope `results:admin`, any (the stream's too). Another
+        tenant's id is a 404, the same as an id that does not exist."""
         try:
-            result = backend.store().get_result(result_id)
-        except SQLAlchemyError as exc:  # database down, or its schema not created yet
-            raise StoreError(f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0][:200]}") from None
+            result = backend.store().get_result(result_id, tenant=None if principal.is_admin else principal.tenant)
+        except SQLAlchemyError as exc:  # database down
+            raise StoreError("store unavailable") from exc
         if result is None:
-            raise HTTPException(404, f"no fraud score or summary with id {result_id!r}")
+            raise ApiError(404, "not_found", "no result with this id")
         return result
 
-    @api.get("/healthz", tags=["ops"], responses={503: {"description": "not ready"}})
-    async def healthz(response: Response) -> dict[str, Any]:
-        """200 when both models are loaded, 503 (with each model's state) otherwise. No key needed."""
-        models: dict[str, Any] = {}
+    @api.get("/healthz", tags=["ops"], response_model=HealthOut,
+             responses={503: {"model": HealthOut, "description": "not ready: a model is loading, failed or unreachable"}})
+    async def healthz(response: Response) -> HealthOut:
+        """200 when both models are loaded, 503 (with each model's state) otherwise. No key needed.
+        Why a model failed is in the replica log, not here."""
+        models: dict[str, ModelHealth] = {}
         for name, handle in (("fraud", backend.fraud), ("summarizer", backend.summarizer)):
             try:
-                models[name] = await asyncio.wait_for(handle.ready.remote(), 5.0)
-            except Exception as exc:  # a replica that is down or still starting
-                models[name] = {"state": "unreachable", "error": type(exc).__name__}
-        ready = all(m.get("state") == "ready" for m in models.values())
+                status = await asyncio.wait_for(handle.ready.remote(), 5.0)
+                models[name] = ModelHealth(state=status.get("state", "unreachable"),
+                                           model_version=status.get("model_version"))
+            except Exception as exc:  # noqa: BLE001 - a replica that is down or still starting
+                log.info("healthz: %s unreachable (%s)", name, type(exc).__name__)
+                models[name] = ModelHealth(state="unreachable")
+        states = {m.state for m in models.values()}
+        ready = states == {"ready"}
+        code = ("ready" if ready else "model_failed" if "failed" in states
+                else "model_unreachable" if "unreachable" in states else "model_loading")
         response.status_code = 200 if ready else 503
-        return {"status": "ready" if ready else "not ready", "models": models}
+        return HealthOut(status="ready" if ready else "not ready", code=code,
+                         detail="both models are loaded" if ready else code.replace("_", " "),
+                         models=HealthModels(**models))
 
-    @api.get("/v1/ping", tags=["ops"])
+    @api.get("/v1/ping", tags=["ops"], response_model=PingOut)
     async def ping() -> dict[str, bool]:
         """A trivial answer from the ingress (no key, no model): measures the proxy path alone."""
         return {"ok": True}
 
-    @api.get("/metrics", tags=["ops"], response_class=Response)
+    @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
     def metrics() -> Response:
         """Prometheus text: requests by route/status, latency, scores, batch sizes (this replica)."""
         payload, content_type = backend.metrics.render()
         return Response(payload, media_type=content_type)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus what it cannot derive: the request bodies (read by the routes
+        themselves, after the key check) as oneOf schemas, and links from created results to GET."""
+        if api.openapi_schema:
+            return api.openapi_schema
+        doc = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        for path, adapter, examples, link in (
+                ("/v1/fraud/score", SCORE_BODY, SCORE_EXAMPLES, "$response.body#/scores/0/transaction_id"),
+                ("/v1/reports/summarize", SUMMARIZE_BODY, SUMMARIZE_EXAMPLES, "$response.body#/report_id")):
+            schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            op = doc["paths"][path]["post"]
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema,
+                                                                                  "examples": examples}}}
+            op["responses"]["200"]["links"] = {"GetResult": {
+                "operationId": doc["paths"]["/v1/results/{result_id}"]["get"]["operationId"],
+                "parameters": {"result_id": link},
+                "description": "the stored result (by the same tenant's key)"}}
+        api.openapi_schema = doc
+        return doc
+
+    api.openapi = openapi
     api.add_middleware(BodySizeLimit, max_bytes=backend.config.max_request_bytes)
     if backend.config.cors_origins:
         api.add_middleware(CORSMiddleware, allow_origins=backend.config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=[API_KEY_HEADER, "Content-Type"])
-    api.add_middleware(_Observe, metrics=backend.metrics)
+    api.add_middleware(_Observe, metrics=backend.metrics, failures=backend.failures)
     return api
 
 
@@ -299,20 +605,15 @@ def _plain(item: TransactionIn) -> Transaction:
     return Transaction.model_construct(**{k: getattr(item, k) for k in Transaction.model_fields})
 
 
-def _message(exc: Exception) -> str:
-    """The model replica's own message: an exception re-raised through a handle is a RayTaskError
-    whose str() is a whole remote traceback, not something to send to a client."""
-    cause = getattr(exc, "cause", None) or exc
-    return str(cause.args[0]) if cause.args else type(cause).__name__
-
-
 class _Observe:
     """Outermost ASGI middleware: request count/latency by route template and status; one log line
-    for each non-2xx answer (route, status, key id; never the body)."""
+    for each non-2xx answer (route, status, key id; never the body); failed /v1 requests counted
+    against the client address (its budget is checked before the key, see `require`)."""
 
-    def __init__(self, app, metrics: IngressMetrics):
+    def __init__(self, app, metrics: IngressMetrics, failures: SharedLimiter):
         self.app = app
         self.metrics = metrics
+        self.failures = failures
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -339,10 +640,9 @@ class _Observe:
             log.error("unhandled %s at %s", type(cause).__name__, where)
             status = 500
             if not started:
-                body = f'{{"detail":"internal error ({type(cause).__name__})"}}'.encode()
                 await send({"type": "http.response.start", "status": 500,
                             "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
+                await send({"type": "http.response.body", "body": b'{"code":"internal_error","detail":"internal error"}'})
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
@@ -350,3 +650,6 @@ class _Observe:
                 state = scope.get("state")
                 key_id = state.get("key_id") if isinstance(state, dict) else None
                 log.info("%s %s -> %d key=%s", scope["method"], route, status, key_id or "-")
+                if status in FAILURE_STATUSES and scope.get("path", "").startswith("/v1/"):
+                    client = scope.get("client")
+                    await self.failures.acquire(client[0] if client else "-")

@@ -14,7 +14,15 @@ log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the re
 
 
 class ModelNotReady(RuntimeError):
-    """The model is still loading, or failed to load (the message says which)."""
+    """The model is still loading, or failed to load (the message says which, without the cause:
+    the cause, which may name files, is in the replica log and in `ready()` for operators)."""
+
+    def __init__(self, message: str, state: str = "loading"):
+        super().__init__(message)
+        self.state = state
+
+    def __reduce__(self):  # crosses a Ray handle: keep `state`
+        return (type(self), (self.args[0] if self.args else "", self.state))
 
 
 class BadInput(ValueError):
@@ -55,7 +63,7 @@ class BackgroundLoad:
         if not self._done.is_set() and wait_s > 0:
             await asyncio.get_running_loop().run_in_executor(None, self._done.wait, wait_s)
         if self.error:
-            raise ModelNotReady(f"{self.name} failed to load: {self.error}")
+            raise ModelNotReady(f"{self.name} failed to load", "failed")
         if not self._done.is_set():
-            raise ModelNotReady(f"{self.name} is still loading")
+            raise ModelNotReady(f"{self.name} is still loading", "loading")
         return self.value

@@ -5,25 +5,36 @@ never holds a usable key. A request names its key in the `X-API-Key` header; the
 and looks the digest up (constant-time compare per candidate is unnecessary: the lookup is by
 digest, and a digest reveals nothing about the key).
 
-Rate limiting is a token bucket per key *inside each ingress replica*: with N ingress replicas a
-key gets up to N x the configured rate cluster-wide. That is the documented trade-off for having
-no shared dependency on the hot path.
+A key's entry is either a list of scopes or `{"scopes": [...], "tenant": "acme"}`: the tenant owns
+what the key creates (scores, summaries) and `results:read` returns only that tenant's results
+unless the key also has `results:admin` (which sees every result, including the stream's, which
+have no tenant). Without a `tenant`, a key is its own tenant (its short digest).
+
+Rate limits: per key (`rate_limit_per_minute`, `key_rate_limits`) and, for requests that fail
+(401/403/404/413/422), per client address (`failure_rate_limit_per_minute`). With
+`rate_limit_storage: redis://host:6379/0` both are counted in Redis through the `limits` library
+(sliding window), so they hold across Ingress replicas; without it (or while Redis is unreachable)
+each replica keeps its own token buckets, and N replicas allow up to N x the rate.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from pipelines.errors import ArgusError
 
+log = logging.getLogger("ray.serve.argus")
+
 API_KEY_HEADER = "X-API-Key"
-SCOPES = ("fraud:score", "reports:summarize", "results:read")
+ADMIN_SCOPE = "results:admin"  # results:read over every tenant's results (and the stream's)
+SCOPES = ("fraud:score", "reports:summarize", "results:read", ADMIN_SCOPE)
 
 
 class KeyConfigError(ArgusError):
@@ -53,25 +64,39 @@ class Principal:
 
     key_hash: str
     scopes: frozenset[str]
+    tenant: str = ""
 
     @property
     def key_id(self) -> str:
         return self.key_hash[:12]
 
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes
+
 
 class KeyRing:
     """sha256(key) -> scopes, validated once at start so a typo fails the deploy, not a request."""
 
-    def __init__(self, api_key_hashes: dict[str, list[str]]):
-        self._by_hash: dict[str, frozenset[str]] = {}
-        for digest, scopes in api_key_hashes.items():
+    def __init__(self, api_key_hashes: dict[str, Any]):
+        self._by_hash: dict[str, tuple[frozenset[str], str]] = {}
+        for digest, entry in api_key_hashes.items():
             digest = digest.strip().lower()
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise KeyConfigError(
                     f"serve.api_key_hashes has an entry that is not a sha256 hex digest ({digest[:8]}...); "
                     "use `argus keys hash <key>`"
                 )
-            self._by_hash[digest] = frozenset(check_scopes(list(scopes)))
+            if isinstance(entry, dict):
+                unknown = set(entry) - {"scopes", "tenant"}
+                if unknown:
+                    raise KeyConfigError(f"key {digest[:8]}...: unknown field(s) {', '.join(sorted(unknown))}")
+                scopes, tenant = list(entry.get("scopes", [])), str(entry.get("tenant") or digest[:12])
+            else:
+                scopes, tenant = list(entry), digest[:12]
+            if not 0 < len(tenant) <= 64:
+                raise KeyConfigError(f"key {digest[:8]}...: tenant must be 1-64 characters")
+            self._by_hash[digest] = (frozenset(check_scopes(scopes)), tenant)
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -80,8 +105,8 @@ class KeyRing:
         if not key:
             return None
         digest = hash_key(key)
-        scopes = self._by_hash.get(digest)
-        return None if scopes is None else Principal(digest, scopes)
+        entry = self._by_hash.get(digest)
+        return None if entry is None else Principal(digest, entry[0], entry[1])
 
 
 @dataclass
@@ -126,6 +151,82 @@ class RateLimiter:
                 return 0.0
             return (1.0 - bucket.tokens) / per_second
 
+    def blocked(self, key: str) -> float:
+        """Seconds until `key` has a token again (0.0: it has one now); takes nothing."""
+        per_second, capacity = self._limits(key)
+        if per_second <= 0:
+            return 60.0
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return 0.0
+            tokens = min(capacity, bucket.tokens + (self.clock() - bucket.updated) * per_second)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / per_second
+
+
+class SharedLimiter:
+    """The same interface (async), counted in Redis with `limits` (sliding window per minute), so
+    every Ingress replica draws on one budget per key. If Redis cannot be reached the replica falls
+    back to its own token buckets (logged, at most once a minute) rather than failing requests."""
+
+    def __init__(self, storage_url: str | None, rate_per_minute: int, overrides: dict[str, int] | None = None,
+                 namespace: str = "argus", burst: int | None = None):
+        self.local = RateLimiter(rate_per_minute, burst, dict(overrides or {}))
+        self.rate_per_minute = rate_per_minute
+        self.overrides = dict(overrides or {})
+        self.namespace = namespace
+        self.shared = storage_url is not None
+        self._warned = 0.0
+        if storage_url:
+            from limits import storage
+            from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+            url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
+            options = {"implementation": "redispy"} if "redis" in url.split("://", 1)[0] else {}
+            self._storage = storage.storage_from_string(url, key_prefix="argus-limits", **options)
+            self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+
+    def _item(self, key: str):
+        from limits import RateLimitItemPerMinute
+
+        return RateLimitItemPerMinute(max(1, self.overrides.get(key, self.rate_per_minute)))
+
+    def _fallback(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > 60:
+            self._warned = now
+            log.warning("rate-limit storage unreachable (%s); limiting per replica", type(exc).__name__)
+
+    async def acquire(self, key: str) -> float:
+        """Count one request for `key`: 0.0 when allowed, else seconds until the window lets it in."""
+        if self.overrides.get(key, self.rate_per_minute) <= 0:
+            return 60.0
+        if not self.shared:
+            return self.local.acquire(key)
+        item = self._item(key)
+        try:
+            if await self._strategy.hit(item, self.namespace, key):
+                return 0.0
+            stats = await self._strategy.get_window_stats(item, self.namespace, key)
+            return max(stats.reset_time - time.time(), 0.001)
+        except Exception as exc:  # noqa: BLE001 - Redis down: keep serving, limit locally
+            self._fallback(exc)
+            return self.local.acquire(key)
+
+    async def blocked(self, key: str) -> float:
+        """Seconds until `key` may be counted again (0.0: now); counts nothing."""
+        if not self.shared:
+            return self.local.blocked(key)
+        item = self._item(key)
+        try:
+            if await self._strategy.test(item, self.namespace, key):
+                return 0.0
+            stats = await self._strategy.get_window_stats(item, self.namespace, key)
+            return max(stats.reset_time - time.time(), 0.001)
+        except Exception as exc:  # noqa: BLE001
+            self._fallback(exc)
+            return self.local.blocked(key)
+
 
 def retry_after_header(wait_s: float) -> str:
     """Retry-After takes whole seconds; round up so a client that obeys it succeeds."""
@@ -150,7 +251,7 @@ class BodySizeLimit:
                 try:
                     declared = int(value)
                 except ValueError:
-                    return await _send_json(send, 400, b'{"detail":"invalid Content-Length"}')
+                    return await _send_json(send, 400, b'{"code":"bad_request","detail":"invalid Content-Length"}')
                 if declared > self.max_bytes:
                     return await self._reject(send, declared)
         seen = 0
@@ -180,7 +281,7 @@ class BodySizeLimit:
                 raise
 
     async def _reject(self, send, size: int):
-        body = f'{{"detail":"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"}}'
+        body = f'{{"code":"body_too_large","detail":"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"}}'
         await _send_json(send, 413, body.encode())
 
 

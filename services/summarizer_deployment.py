@@ -2,7 +2,9 @@
 
 Documents are long, so batches are small (user_config max_batch_size, default 4); the batch is
 run off the event loop so the replica keeps accepting requests. `user_config` keys:
-max_batch_size, batch_wait_timeout_s, mode (default summary mode when a request names none).
+max_batch_size, batch_wait_timeout_s, mode (default summary mode when a request names none),
+max_new_tokens (the generative path's bound per summary: 48 keeps a REST answer near a second on a
+CPU; None lets the summariser choose, several seconds there).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the re
 @serve.deployment(name="Summarizer", max_ongoing_requests=32)
 class SummarizerDeployment:
     def __init__(self, checkpoint: str | None = None, device: str = "auto", mode: str = "extractive",
-                 summarizer_class: str = "models.summariser:Summarizer"):
+                 summarizer_class: str = "models.summariser:Summarizer", max_new_tokens: int | None = 48,
+                 warmup: bool = True):
         self.summarizer_class = summarizer_class
+        self.max_new_tokens = max_new_tokens
+        self.warmup = warmup
         self.device = device
         self.mode = mode
         self.model = BackgroundLoad("summarizer", lambda: self._load(checkpoint))
@@ -33,6 +38,9 @@ class SummarizerDeployment:
         Summarizer = import_attr(self.summarizer_class)
         self.device = resolve_device(self.device)
         summarizer = Summarizer.load(checkpoint, device=self.device)
+        if self.warmup:  # the first pass allocates and initialises; keep that out of the first request
+            warm = Report(report_id="warmup", domain="finance", text="Revenue rose 12% to $4.2 billion. Margin was 18%.")
+            self._summarize_items(summarizer, [(warm, "extractive"), (warm, "generative")], 4)
         log.info("summarizer %s loaded on %s (backend %s)", summarizer.model_version, self.device,
                  getattr(summarizer, "backend", "transformers"))
         return summarizer
@@ -43,6 +51,8 @@ class SummarizerDeployment:
         if "batch_wait_timeout_s" in config:
             self.summarize_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
         self.mode = str(config.get("mode", self.mode))
+        if "max_new_tokens" in config:
+            self.max_new_tokens = None if config["max_new_tokens"] is None else int(config["max_new_tokens"])
 
     async def ready(self) -> dict[str, Any]:
         status = self.model.status()
@@ -64,11 +74,12 @@ class SummarizerDeployment:
     async def summarize_batch(self, items: list[tuple[Report, str]]) -> list[tuple[ReportSummary, int]]:
         summarizer = await self.model.get()
         loop = asyncio.get_running_loop()
-        summaries = await loop.run_in_executor(None, self._summarize_items, summarizer, items)
+        summaries = await loop.run_in_executor(None, self._summarize_items, summarizer, items, self.max_new_tokens)
         return [(s, len(items)) for s in summaries]
 
     @staticmethod
-    def _summarize_items(summarizer: Any, items: list[tuple[Report, str]]) -> list[ReportSummary | str]:
+    def _summarize_items(summarizer: Any, items: list[tuple[Report, str]],
+                         max_new_tokens: int | None = None) -> list[ReportSummary | str]:
         """One bad report must not fail the other callers in its batch: its error travels as a string."""
         import torch
 
@@ -78,7 +89,8 @@ class SummarizerDeployment:
         with torch.inference_mode():
             for report, mode in items:
                 try:
-                    out.append(summarizer.summarize(report, mode=mode))
+                    out.append(summarizer.summarize(report, mode=mode, max_new_tokens=max_new_tokens)
+                               if mode == "generative" and max_new_tokens else summarizer.summarize(report, mode=mode))
                 except (ArgusError, ValueError) as exc:
                     out.append(f"report {report.report_id}: {type(exc).__name__}: {str(exc)[:200]}")
         return out

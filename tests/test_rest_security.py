@@ -50,3 +50,46 @@ def test_keys_cli_prints_config_entries():
 
     result = runner.invoke(app, ["keys", "new", "--scopes", "root"])
     assert result.exit_code != 0
+
+
+def test_key_entries_carry_a_tenant_and_the_admin_scope():
+    ring = KeyRing({hash_key("a"): {"scopes": ["results:read"], "tenant": "acme"},
+                    hash_key("b"): ["results:read", "results:admin"]})
+    a, b = ring.authenticate("a"), ring.authenticate("b")
+    assert (a.tenant, a.is_admin) == ("acme", False)
+    assert (b.tenant, b.is_admin) == (hash_key("b")[:12], True)  # no tenant given: the key is its own
+    with pytest.raises(KeyConfigError, match="unknown field"):
+        KeyRing({hash_key("c"): {"scopes": ["results:read"], "owner": "x"}})
+
+
+def test_two_limiters_sharing_redis_hold_one_limit():
+    """Two Ingress replicas = two limiters on one Redis: the key's budget is shared, not doubled."""
+    import asyncio
+    import uuid
+
+    from services.security import SharedLimiter
+
+    key = uuid.uuid4().hex  # a fresh key per run: an earlier run's window does not count
+
+    async def run():
+        a = SharedLimiter("redis://127.0.0.1:6379/0", 5, namespace="test")
+        b = SharedLimiter("redis://127.0.0.1:6379/0", 5, namespace="test")
+        waits = [await (a if i % 2 else b).acquire(key) for i in range(7)]
+        return waits, await a.blocked(key), await b.blocked("other-" + key)
+
+    waits, blocked, other = asyncio.run(run())
+    assert waits[:5] == [0.0] * 5 and all(w > 0 for w in waits[5:])
+    assert blocked > 0 and other == 0.0
+
+
+def test_limiter_falls_back_per_replica_when_redis_is_unreachable():
+    import asyncio
+
+    from services.security import SharedLimiter
+
+    async def run():
+        limiter = SharedLimiter("redis://127.0.0.1:1/0", 2)  # nothing listens on port 1
+        return [await limiter.acquire("k") for _ in range(3)]
+
+    waits = asyncio.run(run())
+    assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # still limited, by the replica's own bucket

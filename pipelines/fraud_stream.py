@@ -82,6 +82,10 @@ class StreamConfig:
     labels_delay_days: float | None = None  # None: the model's own delay
     # transactions per partition a late label can still find in memory (older ones: the store lookup)
     max_tracked_ids: int = 200_000
+    # a label whose transaction never came goes to the dead letters after this much event time
+    pending_horizon_days: float = 2.0
+    # customers/terminals idle this long are forgotten (None: the state's default, >= every feature window)
+    idle_evict_days: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "StreamConfig":
@@ -149,6 +153,16 @@ class StreamCounts:
 
 
 # --- typed items of one batch ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Position:
+    """A record's coordinates (and a payload) for a dead letter of a record no longer in hand."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
 
 @dataclass
 class Item:
@@ -249,7 +263,9 @@ class FraudStreamJob:
 
     def new_state(self) -> FraudState:
         delay = self.config.labels_delay_days
-        return self.scorer.new_state(max_tracked_ids=self.config.max_tracked_ids,
+        c = self.config
+        return self.scorer.new_state(max_tracked_ids=c.max_tracked_ids, pending_horizon_days=c.pending_horizon_days,
+                                     idle_evict_days=c.idle_evict_days,
                                      **({} if delay is None else {"labels_delay_days": delay}))
 
     def run(self, seconds: float | None = None, idle_exit_s: float | None = None,
@@ -363,8 +379,10 @@ class FraudStreamJob:
             if txs is not None:
                 if txs.replay:
                     self.rebuild(owned, txs.replay)
+                    self._expire_labels(po, owned)
                 if txs.live:
                     self.score_live(po, owned, txs.live)
+                    self._expire_labels(po, owned)
                 owned.tx_next = (txs.live or txs.replay)[-1].offset + 1
         self._pick_snapshot(out, {tp.partition for tp, pb in batch.parts.items()
                                   if tp.topic == c.transactions_topic and pb.live})
@@ -372,19 +390,62 @@ class FraudStreamJob:
         return out
 
     def apply_labels(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:
+        """Labels -> the partition's state. One whose transaction left the in-memory index is located
+        in the store (fraud_scores), so a chargeback 7+ days late still reaches the right keys; one
+        whose transaction was never seen waits (`pending_horizon_days` of event time), then goes to
+        the dead letters with its reason. Replayed labels update the state only."""
         limit = self.settings.kafka.max_message_bytes
-        good: list[Label] = []
         for replay, records in ((True, pb.replay), (False, pb.live)):
+            good: list[tuple[Label, Any]] = []
             for r in records:
                 try:
-                    good.append(decode(Label, r.value, limit))
+                    good.append((decode(Label, r.value, limit), r))
                 except ContractError as exc:
                     if not replay:
                         self._dead(po, r, exc.reason, "decode_label")
-        if good:
-            owned.state.apply_labels(good)
-            self.counts.labels += len(good)
-            self.metrics.labels.labels(self.metrics.job).inc(len(good))
+            if good:
+                self._place_labels(owned, good)
+                self.counts.labels += len(good)
+                self.metrics.labels.labels(self.metrics.job).inc(len(good))
+            self._expire_labels(po, owned)
+
+    def _expire_labels(self, po: PartitionOut, owned: OwnedPartition) -> None:
+        """Labels that waited too long for their transaction -> dead letters at the label's own
+        position. Written also when the expiry happens during a replay: the label's position may be
+        in the store while its expiry was not (a crash in between); the row is keyed on the position,
+        so writing it again is a no-op."""
+        for e in owned.state.expire_pending():
+            if not (isinstance(e.ref, str) and e.ref.count(":") >= 2):
+                continue
+            topic, part, offset = e.ref.rsplit(":", 2)
+            payload = json.dumps({"transaction_id": e.transaction_id, "is_fraud": e.is_fraud}).encode()
+            why = ("no transaction with this id within the pending horizon" if e.reason == "horizon"
+                   else "too many labels waiting for unseen transactions")
+            self._dead(po, _Position(topic, int(part), int(offset), payload),
+                       f"label for an unknown transaction: {why}", "label_horizon")
+
+    def _place_labels(self, owned: OwnedPartition, labels: list[tuple[Label, Any]]) -> None:
+        import numpy as np
+
+        from models.fraud_state import LabelStatus
+
+        state = owned.state
+        ids = [lb.transaction_id for lb, _ in labels]
+        fraud = np.array([lb.is_fraud for lb, _ in labels], bool)
+        refs = [position(r) for _, r in labels]
+        status = state.apply_label_columns(ids, fraud, refs, park=False)
+        todo = [i for i, st in enumerate(status) if st == LabelStatus.UNINDEXED]
+        if not todo:
+            return
+        where = self.runtime.retry("label lookup", lambda: self.store.score_locations(ids[i] for i in todo))
+        located = [i for i in todo if ids[i] in where and where[ids[i]][2] is not None]
+        unseen = [i for i in todo if i not in set(located)]
+        if located:
+            state.apply_located_labels([ids[i] for i in located], [where[ids[i]][0] or "" for i in located],
+                                       [where[ids[i]][1] or "" for i in located],
+                                       [where[ids[i]][2] for i in located], fraud[located])
+        if unseen:
+            state.park_labels([ids[i] for i in unseen], fraud[unseen], [refs[i] for i in unseen])
 
     def decode(self, po: PartitionOut | None, records: list[Any]) -> list[Item]:
         items = []

@@ -655,6 +655,20 @@ class Store:
                     found[tid] = (h, pos)
         return found
 
+    def score_locations(self, transaction_ids: Iterable[str]) -> dict[str, tuple[str | None, str | None, datetime | None]]:
+        """transaction_id -> (customer_id, terminal_id, timestamp) of the ids already scored: where a late
+        label goes once its transaction has left the stream state's in-memory index."""
+        ids = list(dict.fromkeys(transaction_ids))
+        found: dict[str, tuple[str | None, str | None, datetime | None]] = {}
+        c = fraud_scores.c
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                for tid, cust, term, ts in conn.execute(select(c.transaction_id, c.customer_id, c.terminal_id,
+                                                               c.timestamp).where(c.transaction_id.in_(chunk))):
+                    found[tid] = (cust, term, _utc(ts))
+        return found
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()

@@ -103,6 +103,17 @@ def _tail(log_path: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+def loopback(settings: Settings) -> Settings:
+    """`settings` for talking to the embedded broker: tansu 0.6 serves neither TLS (its `--cert` is not
+    applied) nor usable SASL (users live in its memory store and cannot be created once authentication
+    is on), and it listens on loopback only, so its clients use PLAINTEXT whatever `kafka.security_*`
+    says for the production cluster. To test TLS against it, put a TLS-terminating proxy in front
+    (tests/test_kafka_security.py runs HAProxy)."""
+    if settings.kafka.security_protocol == "PLAINTEXT":
+        return settings
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"security_protocol": "PLAINTEXT"})})
+
+
 def start(settings: Settings | None = None, port: int | None = None, partitions: int | None = None,
           state_dir: Path | None = None, storage_engine: str | None = None, timeout: float | None = None) -> BrokerState:
     """Start tansu, wait for it to answer metadata, create the Argus topics; returns its state.
@@ -123,8 +134,8 @@ def start(settings: Settings | None = None, port: int | None = None, partitions:
     if existing and _is_our_broker(existing.pid):
         if port not in (None, 0, existing.port):
             raise BrokerError(f"a broker is already running at {existing.bootstrap} (pid {existing.pid}); run `argus infra down` first")
-        wait_for_broker(existing.bootstrap, timeout)
-        create_topics(existing.bootstrap, settings.topics.all(), partitions)
+        wait_for_broker(existing.bootstrap, timeout, settings=loopback(settings))
+        create_topics(existing.bootstrap, settings.topics.all(), partitions, settings=loopback(settings))
         return existing
 
     port = settings.broker.port if port is None else port
@@ -152,8 +163,8 @@ def start(settings: Settings | None = None, port: int | None = None, partitions:
             if time.monotonic() > deadline:
                 raise BrokerError(f"broker at {state.bootstrap} did not come up within {timeout:g}s (log: {log_path})")
             time.sleep(0.05)
-        wait_for_broker(state.bootstrap, max(1.0, deadline - time.monotonic()))
-        create_topics(state.bootstrap, settings.topics.all(), partitions)
+        wait_for_broker(state.bootstrap, max(1.0, deadline - time.monotonic()), settings=loopback(settings))
+        create_topics(state.bootstrap, settings.topics.all(), partitions, settings=loopback(settings))
     except BaseException:
         _terminate(proc.pid)
         with contextlib.suppress(Exception):
@@ -232,11 +243,11 @@ def status(settings: Settings | None = None, state_dir: Path | None = None) -> d
     topics: list[str] = []
     if running:
         try:
-            wait_for_broker(state.bootstrap, 3.0)
+            wait_for_broker(state.bootstrap, 3.0, settings=loopback(settings))
             reachable = True
-            from kafka.admin import KafkaAdminClient
+            from pipelines.kafka_io import make_admin
 
-            admin = KafkaAdminClient(bootstrap_servers=state.bootstrap)
+            admin = make_admin(loopback(settings), state.bootstrap)
             try:
                 topics = sorted(admin.list_topics())
             finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -56,10 +57,98 @@ def with_bootstrap(settings: Settings, bootstrap: str) -> Settings:
     return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})})
 
 
+def _security_check(settings: Settings) -> None:
+    k = settings.kafka
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(k, name)
+        if path is not None and "SSL" in k.security_protocol and not path.is_file():
+            raise BrokerError(f"kafka.{name} {path} is not a file")
+    if k.security_protocol.startswith("SASL"):
+        if not k.sasl_mechanism or not k.sasl_username:
+            raise BrokerError(f"kafka.security_protocol {k.security_protocol} needs kafka.sasl_mechanism and kafka.sasl_username")
+        try:
+            secret = k.sasl_secret()
+        except ValueError as exc:
+            raise BrokerError(str(exc)) from None
+        if secret is None:
+            raise BrokerError("SASL needs kafka.sasl_password or kafka.sasl_password_file")
+
+
+def client_security(settings: Settings) -> dict[str, Any]:
+    """kafka-python keyword arguments for `settings.kafka`'s TLS and SASL; {} for PLAINTEXT.
+
+    The one place settings become client security: every producer, consumer and admin client the
+    project makes (here, in infra/ and in benchmarks/) takes its kwargs from this function.
+    """
+    _security_check(settings)
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return {}
+    out: dict[str, Any] = {"security_protocol": k.security_protocol}
+    if "SSL" in k.security_protocol:
+        out["ssl_check_hostname"] = k.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(k, name) is not None:
+                out[name] = str(getattr(k, name))
+        if k.ssl_password is not None:
+            out["ssl_password"] = k.ssl_password.get_secret_value()
+    if k.security_protocol.startswith("SASL"):
+        out.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                   sasl_plain_password=k.sasl_secret())
+    return out
+
+
+def librdkafka_security(settings: Settings) -> dict[str, Any]:
+    """The same security as `client_security`, in librdkafka's names (confluent-kafka `FastProducer`)."""
+    _security_check(settings)
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return {}
+    out: dict[str, Any] = {"security.protocol": k.security_protocol.lower()}
+    if "SSL" in k.security_protocol:
+        out["ssl.endpoint.identification.algorithm"] = "https" if k.ssl_check_hostname else "none"
+        for name, key in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                          ("ssl_keyfile", "ssl.key.location")):
+            if getattr(k, name) is not None:
+                out[key] = str(getattr(k, name))
+        if k.ssl_password is not None:
+            out["ssl.key.password"] = k.ssl_password.get_secret_value()
+    if k.security_protocol.startswith("SASL"):
+        out.update({"sasl.mechanisms": k.sasl_mechanism, "sasl.username": k.sasl_username,
+                    "sasl.password": k.sasl_secret()})
+    return out
+
+
+def describe_security(settings: Settings) -> str:
+    """' over SASL_SSL (SCRAM-SHA-512 as argus-fraud)' for error messages; '' for PLAINTEXT. No secrets."""
+    k = settings.kafka
+    if k.security_protocol == "PLAINTEXT":
+        return ""
+    sasl = f" ({k.sasl_mechanism} as {k.sasl_username})" if k.security_protocol.startswith("SASL") else ""
+    return f" over {k.security_protocol}{sasl}"
+
+
+def make_admin(settings: Settings, bootstrap: str | None = None, **overrides: Any) -> KafkaAdminClient:
+    """An admin client for `bootstrap` (default: settings.kafka.bootstrap_servers) with the settings' security."""
+    config: dict[str, Any] = dict(bootstrap_servers=bootstrap or settings.kafka.bootstrap_servers,
+                                  **client_security(settings))
+    config.update(overrides)
+    return KafkaAdminClient(**config)
+
+
+def _settings(settings: Settings | None) -> Settings:
+    if settings is not None:
+        return settings
+    from pipelines.settings import get_settings
+
+    return get_settings()
+
+
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     """A producer for throughput with no loss: acks=all, large batches, a short linger."""
     config: dict[str, Any] = dict(
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        **client_security(settings),
         acks="all",
         linger_ms=20,  # wait a little so batches fill: far fewer requests at high rates
         batch_size=512 * 1024,
@@ -75,7 +164,8 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     try:
         return KafkaProducer(**config)
     except KafkaError as exc:
-        raise BrokerError(f"cannot create a producer for {config['bootstrap_servers']}: {exc}") from None
+        raise BrokerError(f"cannot create a producer for {config['bootstrap_servers']}{describe_security(settings)}: "
+                          f"{exc}") from None
 
 
 def make_consumer(settings: Settings, topics: Iterable[str] | str | None, group_id: str | None, **overrides: Any) -> KafkaConsumer:
@@ -86,6 +176,7 @@ def make_consumer(settings: Settings, topics: Iterable[str] | str | None, group_
     """
     config: dict[str, Any] = dict(
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        **client_security(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -100,46 +191,77 @@ def make_consumer(settings: Settings, topics: Iterable[str] | str | None, group_
     try:
         consumer = KafkaConsumer(**config)
     except KafkaError as exc:
-        raise BrokerError(f"cannot create a consumer for {config['bootstrap_servers']}: {exc}") from None
+        raise BrokerError(f"cannot create a consumer for {config['bootstrap_servers']}{describe_security(settings)}: "
+                          f"{exc}") from None
     if topics:
         consumer.subscribe([topics] if isinstance(topics, str) else list(topics))
     return consumer
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 20.0) -> None:
-    """Block until the broker answers a metadata request, or raise BrokerError."""
+class _LastClientError(logging.Handler):
+    """Keeps the last error kafka-python logs while connecting: it reports a failed TLS handshake or SASL
+    exchange only in its log and then times out bootstrapping, so the reason is taken from there."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage().split(">: ", 1)[-1]
+        if msg.startswith("Bootstrap failed"):
+            return  # the timeout itself; the cause was logged before it
+        for prefix in ("Connection lost: ", "Connection failed: "):
+            msg = msg.removeprefix(prefix)
+        self.message = " ".join(msg.split())[:240]
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 20.0, settings: Settings | None = None) -> None:
+    """Block until the broker answers a metadata request, or raise BrokerError (one line: the address,
+    the security in use and the client's last error, e.g. a failed handshake or authentication)."""
+    settings = _settings(settings)
+    security = client_security(settings)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
-                request_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
-                bootstrap_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
-            )
+    seen = _LastClientError()
+    client_log = logging.getLogger("kafka")
+    client_log.addHandler(seen)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                admin.list_topics()
-                return
-            finally:
-                admin.close()
-        except Exception as exc:  # any connection/metadata failure: retry until the deadline
-            last = exc
-            time.sleep(0.2)
+                admin = KafkaAdminClient(
+                    bootstrap_servers=bootstrap,
+                    request_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
+                    bootstrap_timeout_ms=max(500, int(min(remaining, 5) * 1000)),
+                    **security,
+                )
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except Exception as exc:  # any connection/metadata failure: retry until the deadline
+                last = exc
+                time.sleep(0.2)
+    finally:
+        client_log.removeHandler(seen)
     detail = f" ({type(last).__name__})" if last else ""
-    raise BrokerError(f"broker at {bootstrap} not reachable after {timeout:g}s{detail}")
+    reason = f"; last client error: {seen.message}" if seen.message and security else ""
+    raise BrokerError(f"broker at {bootstrap}{describe_security(settings)} not reachable after {timeout:g}s{detail}{reason}")
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, replication: int = 1, timeout: float = 20.0) -> list[str]:
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, replication: int = 1, timeout: float = 20.0,
+                  settings: Settings | None = None) -> list[str]:
     """Create the topics that do not exist yet (idempotent); returns the names created now."""
     names = list(dict.fromkeys(topics))
+    settings = _settings(settings)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
-                                 bootstrap_timeout_ms=int(timeout * 1000))
+        admin = make_admin(settings, bootstrap, request_timeout_ms=int(timeout * 1000),
+                           bootstrap_timeout_ms=int(timeout * 1000))
     except KafkaError as exc:
-        raise BrokerError(f"broker at {bootstrap} not reachable: {exc}") from None
+        raise BrokerError(f"broker at {bootstrap}{describe_security(settings)} not reachable: {exc}") from None
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
@@ -157,9 +279,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, re
         admin.close()
 
 
-def topic_partitions(bootstrap: str, topic: str) -> int:
+def topic_partitions(bootstrap: str, topic: str, settings: Settings | None = None) -> int:
     """How many partitions `topic` has (0 when it does not exist)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(_settings(settings), bootstrap)
     try:
         described = admin.describe_topics([topic])
     finally:
@@ -301,6 +423,7 @@ class FastProducer:
             "queue.buffering.max.messages": 1_000_000,
             "message.max.bytes": max(settings.kafka.max_message_bytes, 1_048_576) * 4,
             "log.connection.close": False,  # tansu closes idle connections; not worth a log line
+            **librdkafka_security(settings),
         }
         config.update(overrides)
         self.bootstrap = config["bootstrap.servers"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -37,6 +37,27 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = 1500
     max_poll_interval_ms: int = 10000  # tansu: a joining member waits this long for a rebalance
     max_message_bytes: int = 1_048_576
+    # Security, applied to every client (pipelines.kafka_io.client_security / librdkafka_security).
+    # PLAINTEXT is for the embedded broker on loopback only; production: SASL_SSL (see infra/production).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None  # CA bundle (PEM) the broker certificate must chain to; None: system CAs
+    ssl_certfile: Path | None = None  # client certificate (PEM), for brokers that require mutual TLS
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None  # of an encrypted ssl_keyfile
+    ssl_check_hostname: bool = True  # the broker certificate must name the host connected to
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # read at connect time (a mounted secret); wins over sasl_password
+
+    def sasl_secret(self) -> str | None:
+        """The SASL password: the file's content (one trailing newline dropped) or `sasl_password`."""
+        if self.sasl_password_file is not None:
+            try:
+                return self.sasl_password_file.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            except OSError as exc:
+                raise ValueError(f"kafka.sasl_password_file {self.sasl_password_file}: {exc.strerror or exc}") from None
+        return self.sasl_password.get_secret_value() if self.sasl_password is not None else None
 
 
 class BrokerSettings(BaseModel):

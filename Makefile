@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from the CPU build; the constraint keeps every later install from replacing it
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps medspacy==1.3.1 PyRuSH==1.0.13 medspacy_quickumls==3.2
 	$(BIN)/python -m infra.broker_binary --check
 	touch $(STAMP)
 

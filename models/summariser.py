@@ -24,6 +24,8 @@ import torch
 
 from models.padded_sdpa import use_padded_sdpa
 from models.sentence_scorer import SentenceScorer, SentenceScorerHead, encode_sentences, plan_windows, prefix_ids
+from models.sentence_selector import budget_select
+from models.summary_writers import SummaryWriters
 from models.tokenizer import SUMMARY, TOKENIZER_FILE, load_tokenizer, train_tokenizer
 from pipelines.contracts import Report, ReportSummary, Span, SummarySentence
 from pipelines.errors import ArgusError, ModelError
@@ -34,6 +36,8 @@ from pipelines.sentence_selection import mmr_select, words
 from pipelines.sentences import Sentence, split_sentences
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "summariser-small"
+SHIPPED_WRITERS = Path(__file__).resolve().parent / "checkpoints" / "summary-writers"
+DEFAULT_MAX_SENTENCES, DEFAULT_MAX_CHARS = 5, 4000  # caps when neither the caller nor a fitted budget says
 HEAD_FILE = "scorer_head.safetensors"
 META_FILE = "summariser.json"
 TINY_RANDOM_VERSION = "tiny-random-untrained"
@@ -71,7 +75,8 @@ def _tiny_random(device: torch.device):
 
 class Summarizer:
     def __init__(self, lm, tokenizer, head: SentenceScorerHead | None, meta: dict[str, Any], device: torch.device,
-                 window_tokens: int | None = None, overlap_tokens: int | None = None, backend: str | None = None):
+                 window_tokens: int | None = None, overlap_tokens: int | None = None, backend: str | None = None,
+                 writers: str | Path | None = SHIPPED_WRITERS):
         self.lm = lm.eval()
         try:
             use_padded_sdpa(self.lm)  # MLA's narrow value heads would push CPU attention onto the slow math path
@@ -81,6 +86,9 @@ class Summarizer:
         self.meta = meta
         self.device = device
         self.model_version = str(meta.get("model_version", "unknown"))
+        self.writers = SummaryWriters.load(writers)
+        if self.writers.version:
+            self.model_version += f"+{self.writers.version}"
         max_ctx = int(getattr(lm.config, "max_position_embeddings", 4096))
         self.window_tokens = int(window_tokens or min(meta.get("window_tokens", 32768), max_ctx))
         self.overlap_tokens = int(overlap_tokens if overlap_tokens is not None else max(64, self.window_tokens // 8))
@@ -116,27 +124,36 @@ class Summarizer:
     def tiny_random(cls, device: str = "cpu", **kwargs) -> "Summarizer":
         """Untrained `tiny` weights (model_version 'tiny-random-untrained'): tests and checkpoint-less runs."""
         dev = _resolve_device(device)
+        kwargs.setdefault("writers", None)  # defaults only (the impression writer's built-in parameters)
         lm, tok, head, meta = _tiny_random(dev)
         return cls(lm, tok, head, meta, dev, **kwargs)
 
     # --- public API -------------------------------------------------------------------------------
 
-    def summarize(self, report: Report, mode: str = "extractive", max_sentences: int = 5, max_chars: int = 1200,
-                  max_new_tokens: int | None = None) -> ReportSummary:
+    def summarize(self, report: Report, mode: str = "extractive", max_sentences: int | None = None,
+                  max_chars: int | None = None, max_new_tokens: int | None = None) -> ReportSummary:
+        """`max_sentences` / `max_chars`: caps; None (the default) leaves the length to the budget fitted
+        for the domain (models/sentence_selector.LengthBudget), else 5 sentences / 4000 chars.
+        A chest radiograph's findings (medical, short, about the chest) get the impression writer in
+        either mode: it never calls an abnormal study normal (models/impression.py)."""
         t0 = time.perf_counter()
         if not isinstance(report, Report):
             raise SummariserInputError(f"expected a pipelines.contracts.Report, got {type(report).__name__}")
         if mode not in MODES:
             raise SummariserInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if max_sentences < 1 or max_chars < 1:
+        if (max_sentences is not None and max_sentences < 1) or (max_chars is not None and max_chars < 1):
             raise SummariserInputError("max_sentences and max_chars must be positive")
         text = report.text
         sentences = split_sentences(text)
         if not sentences or not any(len(words(s.text)) > 0 for s in sentences):
             raise SummariserInputError(f"report {report.report_id}: no sentences with text to summarise")
-        if mode == "extractive":
+        if report.domain.value == "medical" and self.writers.is_radiograph(text):
+            chosen, faith = self._impression(report)
+        elif mode == "extractive":
             chosen, faith = self._extractive(report, sentences, max_sentences, max_chars)
         else:
+            max_sentences = max_sentences or DEFAULT_MAX_SENTENCES
+            max_chars = max_chars or 1200
             chosen, faith = self._generative(report, sentences, max_sentences, max_chars, max_new_tokens)
         facts = key_facts(text, report.domain.value, sentences)
         return ReportSummary(
@@ -161,17 +178,77 @@ class Summarizer:
 
     # --- extractive -------------------------------------------------------------------------------
 
-    def _extractive(self, report: Report, sentences: list[Sentence], max_sentences: int, max_chars: int):
-        scores, n_windows = self.scorer.score(self.tokenizer, report.domain.value, [s.text for s in sentences],
-                                              self.window_tokens, self.overlap_tokens)
-        order = mmr_select([s.text for s in sentences], scores, max_sentences, max_chars)
+    def _impression(self, report: Report):
+        """Radiology: the finding-aware impression (lines are source clauses or the normal template)."""
+        text = report.text
+        lines, labelled = self.writers.impression(text)
+        out = [SummarySentence(text=ln.text, spans=[Span(start=ln.start, end=ln.end)] if ln.start is not None else [])
+               for ln in lines]
+        check = check_sentences([s.text for s in out], text)
+        kept = [out[i] for i in check.kept] or out[:1]
+        return kept, check.report(extractive_source_only=False, writer=self.writers.impression_version,
+                                  abnormal_findings=labelled.abnormal,
+                                  observations={k: v for k, v in labelled.labels.items() if v is not None},
+                                  note="radiology impression: source clauses of the asserted findings, "
+                                       "or the normal template when no pathology is asserted or suspected")
+
+    def _budget(self, report: Report, sentences: list[Sentence], max_sentences: int | None,
+                max_chars: int | None) -> tuple[int, int, int | None]:
+        """(sentence cap, char cap, word budget or None): the caller's caps, else the fitted budget."""
+        n_words = sum(len(s.text.split()) for s in sentences)
+        units = self.writers.budget.predict(report.domain.value, n_words)
+        unit = (self.writers.budget.fits.get(report.domain.value) or {}).get("unit")
+        sent_cap = max_sentences or (max(1, round(units)) if unit == "bullets" and units else
+                                     max(DEFAULT_MAX_SENTENCES, len(sentences)))
+        char_cap = max_chars or DEFAULT_MAX_CHARS
+        word_budget = int(round(units)) if unit == "words" and units and max_sentences is None else None
+        return sent_cap, char_cap, word_budget
+
+    def _extractive(self, report: Report, sentences: list[Sentence], max_sentences: int | None,
+                    max_chars: int | None):
+        sent_cap, char_cap, word_budget = self._budget(report, sentences, max_sentences, max_chars)
+        selector = self.writers.selectors.get(report.domain.value)
+        texts = [s.text for s in sentences]
+        if selector is not None:
+            scores, n_windows, scorer = selector.score(texts), 0, selector.version
+        else:
+            scores, n_windows = self.scorer.score(self.tokenizer, report.domain.value, texts,
+                                                  self.window_tokens, self.overlap_tokens)
+            scorer = "moe-head" if self.scorer.head is not None else "moe-centroid"
+        if report.domain.value == "finance" and selector is not None:
+            return self._bullets(report, sentences, scores, sent_cap, char_cap, scorer)
+        if word_budget is not None:
+            order = budget_select(texts, scores, word_budget, char_cap)
+        else:
+            order = mmr_select(texts, scores, sent_cap, char_cap)
         picked = [sentences[i] for i in order]
         check = check_sentences([s.text for s in picked], report.text)
         kept = [picked[i] for i in check.kept]
         # Source text only, byte for byte (for medical reports this is a hard requirement).
         assert_source_only([(s.text, s.start, s.end) for s in kept], report.text)
         out = [SummarySentence(text=s.text, spans=[Span(start=s.start, end=s.end)]) for s in kept]
-        return out, check.report(extractive_source_only=True, sentences_scored=len(sentences), windows=n_windows)
+        return out, check.report(extractive_source_only=True, sentences_scored=len(sentences), windows=n_windows,
+                                 scorer=scorer, word_budget=word_budget)
+
+    def _bullets(self, report: Report, sentences: list[Sentence], scores: list[float], n: int, max_chars: int,
+                 scorer: str):
+        """Finance: the top sentences (MMR over their bullets), each rewritten as a short analyst bullet
+        whose figures are copied verbatim; the span is the piece of the sentence it keeps, or the sentence."""
+        bullets = self.writers.bullets([s.text for s in sentences])
+        order = mmr_select(bullets, scores, n, max_chars, max_overlap=0.7)  # template bullets share phrasing
+        out = []
+        for i in order:
+            s, b = sentences[i], bullets[i]
+            core = b[:-1] if b.endswith(".") and not s.text.endswith(b) else b
+            off = s.text.find(core)
+            spans = [Span(start=s.start + off, end=s.start + off + len(core))] if off >= 0 else \
+                [Span(start=s.start, end=s.end)]
+            out.append(SummarySentence(text=b, spans=spans))
+        check = check_sentences([x.text for x in out], report.text)  # every figure in a bullet is in the source
+        kept = [out[i] for i in check.kept]
+        return kept, check.report(extractive_source_only=False, sentences_scored=len(sentences), scorer=scorer,
+                                  bullets=len(kept), note="analyst bullets: template or clause of a source sentence, "
+                                  "figures verbatim and checked against the source")
 
     # --- generative -------------------------------------------------------------------------------
 

@@ -94,8 +94,8 @@ class FraudSettings(BaseModel):
 
 class SummariserSettings(BaseModel):
     mode: str = "extractive"  # extractive | generative
-    max_summary_sentences: int = 5
-    max_summary_chars: int = 1200
+    max_summary_sentences: int | None = None  # caps; None: the length budget fitted per domain (summary-writers)
+    max_summary_chars: int | None = None
     max_document_bytes: int = 10_000_000
     # batch job / report stream (pipelines/report_batch.py, report_stream.py)
     replicas: int | None = None  # summariser actors; None: one per GPU, else 1

@@ -473,14 +473,33 @@ def train_summariser_cmd(
             _print_rouge_table(rows, f"held-out {source}")
 
 
+@train_app.command("writers")
+def train_writers_cmd(
+    iu_xray: Optional[Path] = typer.Option(None, "--iu-xray", help="IU X-ray findings/impression JSONL(.gz) (10% id-hash slice held out)."),
+    ectsum: Optional[Path] = typer.Option(None, "--ectsum", help="ECTSum train JSONL(.gz) (finance selector + budget)."),
+    pubmed: Optional[Path] = typer.Option(None, "--pubmed", help="PubMed sample JSONL(.gz) (25% id-hash slice held out)."),
+    output: Path = typer.Option(Path("models/checkpoints/summary-writers"), "--output", "-o", help="Folder for the fitted files."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit the impression writer, the oracle-trained sentence selectors and the length budgets."""
+    from models.fit_writers import fit_writers
+
+    meta = fit_writers(output, iu_xray=iu_xray, ectsum=ectsum, pubmed=pubmed, seed=seed,
+                       command="argus " + " ".join(sys.argv[1:]))
+    console.print(f"[green]saved[/] {output} ({meta['version']}): {json.dumps(meta['parts'], default=str)[:800]}")
+
+
 def _print_rouge_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
+    cols = ["system", "docs", "rouge1", "rouge2", "rougeL", "rougeLsum", "figures_in_source"]
+    cols += [c for c in ("errors", "false_normal_rate", "false_normal_vs_findings", "obs_precision", "obs_recall", "obs_f1")
+             if any(c in r for r in rows)]
     table = Table(title=title)
-    for col in ("system", "docs", "rouge1", "rouge2", "rougeL", "rougeLsum", "figures_in_source"):
+    for col in cols:
         table.add_column(col, justify="left" if col == "system" else "right")
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("system", "docs", "rouge1", "rouge2", "rougeL", "rougeLsum", "figures_in_source")))
+        table.add_row(*(str(r.get(c, "")) for c in cols))
     console.print(table)
 
 
@@ -491,14 +510,22 @@ def eval_summaries_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N records only."),
     mode: str = typer.Option("extractive", "--mode", help="extractive | generative."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Summariser checkpoint (default: shipped)."),
-    max_sentences: int = typer.Option(5, "--max-sentences", min=1),
-    max_chars: int = typer.Option(1200, "--max-chars", min=1),
+    max_sentences: Optional[int] = typer.Option(None, "--max-sentences", min=1, help="Cap (default: the fitted budget)."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", min=1, help="Cap (default: the fitted budget)."),
+    predictions: Optional[list[Path]] = typer.Option(None, "--predictions", "-p",
+                                                     help="Score the rows `argus summarize` wrote (.jsonl/.parquet) "
+                                                          "instead of running the summariser here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table rows as JSON here."),
 ) -> None:
-    """ROUGE-1/2/L/Lsum and figure support of the summariser next to LEAD-3 and TextRank."""
+    """ROUGE-1/2/L/Lsum and figure support of the summariser next to LEAD-3 and TextRank; on chest
+    radiographs also the false-normal rate and observation P/R/F1 (CheXpert-style labels)."""
     from pipelines.eval_summaries import run_eval
 
     rows = run_eval(inputs, limit=limit, mode=mode, checkpoint=checkpoint, max_sentences=max_sentences,
-                    max_chars=max_chars, report=report)
+                    max_chars=max_chars, report=report, predictions=predictions)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=1, default=str))
     _print_rouge_table(rows, f"summaries: {', '.join(p.name for p in inputs)}" + (f" (first {limit})" if limit else ""))
     console.print(f"model: {rows[0].get('model_version', '-')}")
     if report:

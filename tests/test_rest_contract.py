@@ -267,3 +267,32 @@ def test_owned_writes_on_both_backends(store):
     assert store.get_result(t.transaction_id).score == pytest.approx(0.3)  # no tenant: an admin's read
     store.upsert_scores([FraudScore(transaction_id="stream-1", score=0.1, decision="approve", model_version="m")])
     assert store.get_result("stream-1", tenant="acme") is None and store.get_result("stream-1") is not None
+
+
+def test_no_request_field_takes_a_url_or_an_owner(fraud, sqlite_url):
+    """Nothing is fetched on a caller's behalf (no URL-typed input: SSRF), and a caller cannot set
+    what the server decides (tenant, owner, scores: mass assignment), since every request object
+    forbids unknown properties."""
+    _, app = make_app(fraud, sqlite_url)
+    spec = app.openapi()
+
+    def walk(node):
+        if isinstance(node, dict):
+            yield node
+            for v in node.values():
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    request_schemas = [spec["components"]["schemas"][n] for n in ("TransactionIn", "HistoryTransaction", "ScoreBatchIn",
+                                                                  "BatchTransactionIn", "SummarizeTextIn",
+                                                                  "SummarizeReportIn", "ReportIn")]
+    for schema in request_schemas:
+        assert schema["additionalProperties"] is False
+        for node in walk(schema):
+            assert node.get("format") not in ("uri", "url", "iri", "hostname", "ipv4", "ipv6")
+            assert not any(k in ("url", "uri", "callback", "webhook", "owner", "tenant")
+                           for k in node.get("properties", {}))
+    r = call(app, [("POST", "/v1/fraud/score", "acme", {**TX, "owner": "globex"})])[0]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "owner"]

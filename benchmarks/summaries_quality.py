@@ -43,6 +43,10 @@ def write_split(name: str, limit: int | None) -> Path:
     file, source = SETS[name]
     records = read_jsonl(DATA / file)
     held = split(records, source)[1] if source else records
+    empty = [r["id"] for r in held if not (r.get("document") or "").strip()]
+    if empty:  # nothing to summarise or score (argus summarize would fail them at decode)
+        print(f"{name}: {len(empty)} record(s) with an empty document left out: {', '.join(map(str, empty))}")
+        held = [r for r in held if (r.get("document") or "").strip()]
     if limit:
         held = held[:limit]
     OUT.mkdir(parents=True, exist_ok=True)

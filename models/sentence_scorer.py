@@ -47,7 +47,7 @@ def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
     if not sentences:
         return []
     clipped = [clip_text(s) for s in sentences]  # linear time: only the first tokens are kept
-    ids = tokenizer([c for c, _ in clipped], add_special_tokens=False)["input_ids"]
+    ids = _encode_unique(tokenizer, [c for c, _ in clipped])
     for i, (s, (_, more)) in enumerate(zip(sentences, clipped)):
         # A cut at a word end keeps the first tokens exactly when it yields enough of them; else read more.
         limit = CLIP_CHARS
@@ -56,6 +56,21 @@ def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
             c, more = clip_text(s, limit)
             ids[i] = tokenizer(c, add_special_tokens=False)["input_ids"]
     return [(x[:MAX_SENTENCE_TOKENS] if x else [tokenizer.unk_token_id]) for x in ids]
+
+
+def _encode_unique(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens), each distinct text tokenised once, through the Rust
+    tokenizer's batch call when there is one (a third of the per-sentence cost of the Python wrapper)."""
+    index: dict[str, int] = {}
+    for t in texts:
+        index.setdefault(t, len(index))
+    unique = list(index)  # in the order of their index
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        encoded = [e.ids for e in backend.encode_batch_fast(unique, add_special_tokens=False)]
+    else:
+        encoded = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+    return [encoded[index[t]] for t in texts]
 
 
 def sentence_features(sentence_ids: list[list[int]]) -> torch.Tensor:

@@ -42,18 +42,21 @@ def mmr_select(
         return []
     lo, hi = min(scores), max(scores)
     rel = [(s - lo) / (hi - lo) if hi > lo else 1.0 for s in scores]
-    grams = [_grams(s) for s in sentences]
+    ws = [words(s) for s in sentences]
+    grams = [set(zip(w, w[1:])) if len(w) > 3 else set(w) for w in ws]  # _grams, from the words read once
     # Sentences too short to carry content ("Thank you.") are skipped unless nothing else exists.
-    pool = [i for i, s in enumerate(sentences) if len(words(s)) >= min_words] or list(range(len(sentences)))
+    pool = [i for i, w in enumerate(ws) if len(w) >= min_words] or list(range(len(sentences)))
     chosen: list[int] = []
+    # red[i]: max overlap of i with the chosen sentences, updated with each new choice only (one
+    # overlap per candidate and round, not one per chosen sentence: linear in the sentences)
+    red = [0.0] * len(sentences)
     used = 0
     while pool and len(chosen) < max_sentences:
         best, best_val = None, -1e9
         for i in pool:
-            red = max((overlap(grams[i], grams[j]) for j in chosen), default=0.0)
-            if red > max_overlap:
+            if red[i] > max_overlap:
                 continue
-            val = lam * rel[i] - (1 - lam) * red
+            val = lam * rel[i] - (1 - lam) * red[i]
             if val > best_val:
                 best, best_val = i, val
         if best is None:
@@ -64,4 +67,9 @@ def mmr_select(
             continue  # does not fit: a shorter one may
         chosen.append(best)
         used += extra
+        g = grams[best]
+        for i in pool:
+            o = overlap(grams[i], g)
+            if o > red[i]:
+                red[i] = o
     return sorted(chosen)

@@ -3,7 +3,7 @@
 Every step that reads user text (sentences, sections, key facts, faithfulness, table detection, the
 tokenizer's pre-processing) is fed random unicode (lone surrogates included) and huge repeats of the
 shapes that made the former patterns quadratic or cubic; and on those shapes doubling the input must
-at most about double the time (<= 3x, CPU time, best of three, inputs of 150 KB and 300 KB so that
+at most about double the time (<= 3x, CPU time, best of three, inputs of 120 KB and 240 KB so that
 one call takes tens of milliseconds, not timer noise).
 """
 
@@ -101,7 +101,7 @@ def test_huge_malformed_mixtures_never_raise(parts, repeat, tokenizer):
 
 @pytest.mark.parametrize("shape", list(HOSTILE))
 def test_huge_hostile_shapes_never_raise(shape, tokenizer):
-    _check_all(hostile(shape, 300_000), tokenizer)
+    _check_all(hostile(shape, 200_000), tokenizer)
 
 
 def test_clip_keeps_the_first_tokens_of_normal_text(tokenizer):
@@ -156,9 +156,9 @@ def _cpu(fn, text: str, repeats: int = 3) -> float:
 @pytest.mark.parametrize("shape,steps", DOUBLING, ids=[s for s, _ in DOUBLING])
 def test_doubling_the_input_at_most_about_doubles_the_time(shape, steps, tokenizer):
     fns = _steps(tokenizer)
-    small, big = hostile(shape, 150_000), hostile(shape, 300_000)
+    small, big = hostile(shape, 120_000), hostile(shape, 240_000)
     for step in steps:
         t1, t2 = _cpu(fns[step], small), _cpu(fns[step], big)
         floor = 0.01  # below 10 ms the ratio is timer noise; linear code is far below that bound anyway
-        assert t2 <= 3 * max(t1, floor), f"{shape}/{step}: {t1:.3f} s at 150 KB, {t2:.3f} s at 300 KB"
-        assert t2 / 0.3 <= 4.0, f"{shape}/{step}: {t2 / 0.3:.2f} CPU s per MB (target 1, bound 4 here)"
+        assert t2 <= 3 * max(t1, floor), f"{shape}/{step}: {t1:.3f} s at 120 KB, {t2:.3f} s at 240 KB"
+        assert t2 / 0.24 <= 4.0, f"{shape}/{step}: {t2 / 0.24:.2f} CPU s per MB (target 1, bound 4 here)"

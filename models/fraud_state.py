@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -93,6 +93,11 @@ def id_hash(value: str) -> int:
 
 def to_seconds(ts: datetime) -> float:
     return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _seconds(value: Any) -> float:
+    """Epoch seconds from a datetime (naive = UTC) or a number."""
+    return to_seconds(value) if isinstance(value, datetime) else float(value)
 
 
 @dataclass
@@ -308,7 +313,8 @@ class _Rings:
 
     def label_events(self, rows: np.ndarray, hashes: np.ndarray, fraud: np.ndarray, event_time: np.ndarray) -> None:
         """Apply labels (distinct transactions) to key rows. Idempotent per transaction: the first label of a
-        ring event wins, and a fraud already remembered for that transaction id is not counted again."""
+        ring event wins, and a fraud already remembered for that transaction id (or still labelled in the ring)
+        is not counted again. The known-fraud memory keeps the k latest frauds by event time."""
         if not len(rows):
             return
         hit = (self.txid[rows] == hashes[:, None]) & ~np.isnan(self.time[rows])
@@ -316,13 +322,22 @@ class _Rings:
         seen = (hit & (lab >= 0)).any(1)
         r, slot = np.nonzero(hit & (lab < 0))
         self.label[rows[r], slot] = fraud[r].astype(np.int8)
-        dup_fraud = ((self.fraud_txid[rows] == hashes[:, None]) & ~np.isnan(self.fraud_time[rows])).any(1)
+        dup_fraud = seen | ((self.fraud_txid[rows] == hashes[:, None]) & ~np.isnan(self.fraud_time[rows])).any(1)
         new_fraud = fraud & ~dup_fraud
         np.add.at(self.labelled, rows[~seen | new_fraud], 1)
         for j, h, e in zip(rows[new_fraud].tolist(), hashes[new_fraud].tolist(), event_time[new_fraud].tolist()):
-            slot_k = self.fraud_count[j] % self.k
-            self.fraud_time[j, slot_k] = e
-            self.fraud_txid[j, slot_k] = h
+            # the memory keeps the k latest frauds by (event time, id hash): the same set whatever the label order
+            ft, fh = self.fraud_time[j], self.fraud_txid[j]
+            empty = np.isnan(ft)
+            if empty.any():
+                slot_k = int(np.argmax(empty))
+            else:
+                slot_k = int(np.lexsort((fh, ft))[0])
+                if (e, h) < (ft[slot_k], fh[slot_k]):
+                    slot_k = -1  # older than every remembered fraud
+            if slot_k >= 0:
+                ft[slot_k] = e
+                fh[slot_k] = h
             self.fraud_count[j] += 1
             d = int(np.floor(e / DAY))
             if self.day_stamp[j, d % DAY_BUCKETS] == d:
@@ -435,17 +450,28 @@ class FraudState:
                                         refs)
 
     def apply_label_columns(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
-                            refs: Sequence[Any] | None = None, park: bool = True) -> list[LabelStatus]:
-        """Labels by transaction id, placed through the index. One status per label: APPLIED, PENDING (not in
-        the index: parked, waiting for its transaction; `apply_located_labels` takes it out again), UNINDEXED
-        (not in the index, and park=False: the caller locates it with `apply_located_labels` or parks it with
-        `park_labels`; a stream job wants this, so a burst of late labels never crowds `pending`), DUPLICATE
-        (the same id earlier in this call, or already pending) or UNKNOWN (indexed, but both its keys have
-        been evicted). `refs` (one per label, JSON-serialisable, e.g. a Kafka position) comes back with a
-        label that expires in `pending`."""
+                            refs: Sequence[Any] | None = None, park: bool = True,
+                            locate: Callable[[list[str]], Sequence[tuple[str, str, Any] | None]] | None = None,
+                            ) -> list[LabelStatus]:
+        """Labels by transaction id. One status per label:
+
+        APPLIED    placed through the index, or through `locate`
+        PENDING    not placed: parked, waiting for its transaction (park=True; `apply_located_labels` takes it
+                   out again if the caller finds it after all)
+        UNINDEXED  not placed and park=False: the caller locates it (`apply_located_labels`) or parks it
+                   (`park_labels`)
+        DUPLICATE  the same id earlier in this call, or already pending: nothing done
+        UNKNOWN    placed, but neither its customer nor its terminal is (still) in this state: nothing to update
+
+        `locate(ids) -> [(customer_id, terminal_id, timestamp) | None, ...]` (e.g. a lookup in the store's
+        fraud_scores) is asked about the ids the index no longer holds, once per call; all placed labels are
+        then applied in message order, so a stream job using it gets exactly the result of an unbounded index.
+        `refs` (one per label, JSON-serialisable, e.g. a Kafka position) comes back with a label that expires
+        in `pending`."""
         fraud = np.asarray(is_fraud, bool).reshape(-1)
         out: list[LabelStatus] = []
         hs, cs, ts, es, fs, pos = [], [], [], [], [], []
+        miss: list[tuple[int, str, int, bool]] = []
         seen: set[int] = set()
         where, pending = self._where, self.pending
         for i, (tid, f) in enumerate(zip(transaction_ids, fraud.tolist())):
@@ -459,20 +485,37 @@ class FraudState:
             if w is None:
                 if h in pending and self._pending_live(pending[h][3], self.clock):
                     out.append(LabelStatus.DUPLICATE)
-                elif park:
-                    self._park(h, tid, f, None if refs is None else refs[i])
-                    out.append(LabelStatus.PENDING)
                 else:
+                    miss.append((i, tid, h, f))
                     out.append(LabelStatus.UNINDEXED)
                 continue
-            hs.append(h); cs.append(w[0]); ts.append(w[1]); es.append(w[2]); fs.append(f); pos.append(len(out))
+            hs.append(h); cs.append(w[0]); ts.append(w[1]); es.append(w[2]); fs.append(f); pos.append(i)
             out.append(LabelStatus.APPLIED)
+        if miss and locate is not None:
+            found = list(locate([m[1] for m in miss]))
+            rest = []
+            for m, loc in zip(miss, found):
+                if loc is None:
+                    rest.append(m)
+                    continue
+                i, tid, h, f = m
+                if h in pending:  # an expired one for the same id: dead-lettered as a sweep would have
+                    self._to_outbox([self._expired(h, "horizon")])
+                hs.append(h); cs.append(str(loc[0])); ts.append(str(loc[1])); es.append(_seconds(loc[2]))
+                fs.append(f); pos.append(i)
+                out[i] = LabelStatus.APPLIED
+            miss = rest
+        if park:
+            for i, tid, h, f in miss:
+                self._park(h, tid, f, None if refs is None else refs[i])
+                out[i] = LabelStatus.PENDING
         if hs:
-            ok = self._apply_at(np.array(hs, np.int64), cs, ts, np.array(es, np.float64), np.array(fs, bool),
-                                np.full(len(hs), self.clock))
-            for p, good in zip(pos, ok.tolist()):
+            order = np.argsort(np.array(pos), kind="stable")  # message order
+            ok = self._apply_at(np.array(hs, np.int64)[order], [cs[k] for k in order], [ts[k] for k in order],
+                                np.array(es, np.float64)[order], np.array(fs, bool)[order], np.full(len(hs), self.clock))
+            for k, good in zip(order.tolist(), ok.tolist()):
                 if not good:
-                    out[p] = LabelStatus.UNKNOWN
+                    out[pos[k]] = LabelStatus.UNKNOWN
         return out
 
     def park_labels(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
@@ -501,7 +544,7 @@ class FraudState:
         `pending` and the id out of the index. Status per label: APPLIED, UNKNOWN (neither key is in this
         state: evicted, or another partition's), DUPLICATE (same id earlier in this call)."""
         fraud = np.asarray(is_fraud, bool).reshape(-1)
-        et = np.array([to_seconds(x) if isinstance(x, datetime) else float(x) for x in event_times], np.float64)
+        et = np.array([_seconds(x) for x in event_times], np.float64)
         out: list[LabelStatus] = []
         keep, hs = [], []
         seen: set[int] = set()

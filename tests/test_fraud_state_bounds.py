@@ -163,6 +163,36 @@ def test_statuses_applied_pending_duplicate_and_old_bool_meaning():
     assert s.pending[next(iter(s.pending))][:3] == ("later", False, "p3")
 
 
+def test_locate_callback_and_park_false():
+    s = FraudState(max_tracked_ids=1)
+    s.advance_columns(cols_of([("old", T0, "c", "T", 5.0), ("new", T0 + 60, "c2", "T", 5.0)]))  # "old" left the index
+    asked = []
+
+    def locate(ids):
+        asked.append(list(ids))
+        return [("c", "T", T0) if i == "old" else None for i in ids]
+
+    out = s.apply_label_columns(["new", "old", "nowhere"], [True, True, False], refs=["r0", "r1", "r2"], locate=locate)
+    assert out == [LabelStatus.APPLIED, LabelStatus.APPLIED, LabelStatus.PENDING] and asked == [["old", "nowhere"]]
+    ctx = probe(s, T0 + 8 * DAY, ["c"], ["T"])
+    assert ctx.cur_num[0, CURRENT_FIELDS.index("terminal_known_frauds")] == pytest.approx(2 / 4)
+    assert s.apply_label_columns(["ghost"], [True], park=False) == [LabelStatus.UNINDEXED] and len(s.pending) == 1
+    assert s.park_labels(["ghost", "ghost"], [True, True], ["r3", "r4"]) == [LabelStatus.PENDING, LabelStatus.DUPLICATE]
+
+
+def test_fraud_memory_keeps_the_latest_frauds_whatever_the_label_order():
+    rows = [(f"f{i}", T0 + i * 3600, "c", f"t{i}", 5.0) for i in range(5)]
+    a, b = FraudState(fraud_memory=2, labels_delay_days=0), FraudState(fraud_memory=2, labels_delay_days=0)
+    for s in (a, b):
+        s.advance_columns(cols_of(rows))
+    a.apply_label_columns([r[0] for r in rows], [True] * 5)
+    for r in reversed(rows):
+        b.apply_label_columns([r[0]], [True])
+    for s in (a, b):
+        j = s.customers.index["c"]
+        assert sorted(s.customers.fraud_time[j] - T0) == [3 * 3600, 4 * 3600]
+
+
 def located_vs_indexed(days, delay_days=8):
     """A: a large index; B: no index (every label goes through the store lookup + apply_located_labels)."""
     store = {}
@@ -202,8 +232,9 @@ def test_located_labels_equal_indexed_labels():
     for x, y in ((a.customers, b.customers), (a.terminals, b.terminals)):
         for k in x.index:
             i, j = x.index[k], y.index[k]
-            for arr in ("label", "fraud_time", "fraud_count", "day_fraud"):
+            for arr in ("label", "fraud_count", "day_fraud"):
                 np.testing.assert_array_equal(getattr(x, arr)[i], getattr(y, arr)[j], err_msg=arr)
+            np.testing.assert_array_equal(np.sort(x.fraud_time[i]), np.sort(y.fraud_time[j]))
 
 
 def id_of(t):
@@ -359,16 +390,9 @@ def run_ops(ops, split_rows=False, snapshot_at=None, located_only=False, **kw):
             tids = [ids[x % len(ids)] if isinstance(x, int) and ids else str(x) for x, _ in payload]
             fraud = np.array([f for _, f in payload])
             refs = [f"ref{k}.{i}" for i in range(len(tids))]
-            status = s.apply_label_columns(tids, fraud, refs=refs, park=False)
-            miss = [i for i, x in enumerate(status) if x == LabelStatus.UNINDEXED]
-            found = [i for i in miss if tids[i] in store]  # what the stream job does: look it up in the store
-            if found:
-                loc = [store[tids[i]] for i in found]
-                s.apply_located_labels([tids[i] for i in found], [x[0] for x in loc], [x[1] for x in loc],
-                                       [x[2] for x in loc], fraud[found])
-            lost = [i for i in miss if tids[i] not in store]  # not scored yet: wait for it
-            if lost:
-                s.park_labels([tids[i] for i in lost], fraud[lost], [refs[i] for i in lost])
+            # what the stream job does: ids the index lost are looked up in the store; the rest wait
+            status = s.apply_label_columns(tids, fraud, refs=refs, locate=lambda q: [store.get(x) for x in q])
+            assert all(x != LabelStatus.UNINDEXED for x in status)
             dead += s.expire_pending()
         assert len(s.pending) <= 4 and len(s) <= (0 if located_only else 10_000)
         assert len(s.customers) <= len(CUSTOMERS) and len(s.terminals) <= len(TERMINALS)

@@ -212,6 +212,8 @@ class _LastClientError(logging.Handler):
             return  # the timeout itself; the cause was logged before it
         for prefix in ("Connection lost: ", "Connection failed: "):
             msg = msg.removeprefix(prefix)
+        if msg in ("'v'", "KeyError: 'v'"):  # kafka-python's SCRAM client on a server-final error (`e=...`)
+            msg = "SCRAM exchange refused by the broker (no server signature): unknown user or wrong password"
         self.message = " ".join(msg.split())[:240]
 
 

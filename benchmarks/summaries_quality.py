@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     cols = ["set", "system", "docs", "errors", "rouge1", "rouge2", "rougeLsum", "false_normal_rate",
-            "false_normal_vs_findings", "obs_f1"]
+            "false_normal_vs_findings", "obs_precision", "obs_recall", "obs_f1"]
     lines, verdicts = [], []
     for name in args.sets.split(","):
         rows = run_set(name, args.limit)

@@ -211,7 +211,7 @@ def _nlp():
     return nlp
 
 
-_XXXX = re.compile(r"\bX{2,}\b")
+_DOUBLE_STOP = re.compile(r"(?<=[.!?])[.!?]")
 
 
 def label_text(text: str) -> dict[str, int | None]:
@@ -222,7 +222,9 @@ def analyse(text: str) -> Labelled:
     """Sentences, mentions with their ConText attributes, and per-observation labels of `text`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # W036: ConText's empty helper matcher
-        doc = _nlp()(text or "")
+        # ".." (typos, de-identification) hides a sentence end from PyRuSH and would stretch a
+        # negation over the next sentence: same-length normalisation keeps every offset
+        doc = _nlp()(_DOUBLE_STOP.sub(" ", text or ""))
     sents = list(doc.sents)
     starts = [s.start_char for s in sents]
     mentions = []

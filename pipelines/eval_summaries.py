@@ -8,7 +8,8 @@ with an inline bar chart (matplotlib, base64 PNG) and the worst cases.
 Through the front door: `--predictions out.jsonl|out.parquet` scores the rows `argus summarize` wrote
 (joined on id; a row with an error, or a missing row, scores as an empty summary and counts in
 `errors`) instead of running the summariser in-process. Baselines then also run at the argus
-summary's length per document (`LEAD@argus`, `TextRank@argus`: sentences until its word count).
+summary's length per document (`LEAD@argus`, `TextRank@argus`: sentences until its word count),
+and at the reference's length (`LEAD@reference`, `TextRank@reference`: an oracle budget).
 
 Chest radiographs (medical records whose document is a short chest findings text) also get the
 clinical safety metrics of pipelines/clinical_metrics.py (false-normal rate, observation P/R/F1)
@@ -321,6 +322,9 @@ def run_eval(inputs: list[str | Path], limit: int | None = None, mode: str = "ex
 
         if not radiology:
             systems.update(budget_baselines(words_of))
+            # the oracle length (the reference's word count): what a perfect budget would give the baselines
+            systems.update({f"{k[:-6]}@reference": v for k, v in
+                            budget_baselines(lambda r: len(r["summary"].split())).items()})
     cases: list[dict] = []
     rows = evaluate(records, systems, progress=progress, clinical=radiology, cases=cases, errors=errors)
     if version is not None:

@@ -39,8 +39,10 @@ class SummarizerDeployment:
         self.device = resolve_device(self.device)
         summarizer = Summarizer.load(checkpoint, device=self.device)
         if self.warmup:  # the first pass allocates and initialises; keep that out of the first request
-            warm = Report(report_id="warmup", domain="finance", text="Revenue rose 12% to $4.2 billion. Margin was 18%.")
-            self._summarize_items(summarizer, [(warm, "extractive"), (warm, "generative")], 4)
+            fin = Report(report_id="warmup", domain="finance", text="Revenue rose 12% to $4.2 billion. Margin was 18%.")
+            med = Report(report_id="warmup", domain="medical", text="Findings: The lungs are clear. Impression: Normal.")
+            self._summarize_items(summarizer, [(fin, "extractive"), (med, "extractive"), (fin, "generative"),
+                                               (med, "generative")], 4)  # each domain's path, each mode
         log.info("summarizer %s loaded on %s (backend %s)", summarizer.model_version, self.device,
                  getattr(summarizer, "backend", "transformers"))
         return summarizer

@@ -45,6 +45,8 @@ def clip_for_tokens(text: str, clip_chars: int = CLIP_CHARS) -> str:
 
 def clip_text(text: str, clip_chars: int = CLIP_CHARS) -> tuple[str, bool]:
     """(prefix, whether it was cut at a word end, so that reading further would add tokens exactly)."""
+    if len(text) <= MAX_RUN_CHARS and len(text) <= clip_chars:  # the usual sentence: nothing to cut
+        return (text if text.isascii() else _SURROGATE.sub("\ufffd", text)), False
     clipped, more = _clip(text, clip_chars)
     if not clipped.isascii():
         clipped = _SURROGATE.sub("\ufffd", clipped)

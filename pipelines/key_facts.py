@@ -29,6 +29,8 @@ _PERIOD = re.compile(
 _GUIDANCE = re.compile(r"\b(?:expect\w*|guidance|outlook|anticipat\w*|forecast\w*|project(?:s|ed|ing)|target\w*|reaffirm\w*|rais\w+ (?:our|the) (?:guidance|outlook))\b", re.IGNORECASE)
 _RISK = re.compile(r"\b(?:risks?|uncertaint\w*|headwinds?|adverse\w*|volatil\w*|impairment|litigation|inflation\w*|supply chain|shortage\w*|pandemic|covid)\b", re.IGNORECASE)
 
+_DIGIT = re.compile(r"\d")  # what _FIGURE's number needs (\d, as there)
+
 MAX_FIGURES, MAX_GUIDANCE, MAX_RISKS, MAX_FINDINGS = 12, 5, 5, 10
 
 
@@ -43,6 +45,8 @@ def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[Ke
     for s in sentences:
         if n_fig >= MAX_FIGURES:
             break
+        if not _DIGIT.search(s.text):
+            continue  # no figure without a digit
         period: re.Match | None | bool = False  # searched on the sentence's first key figure
         for f in iter_figures(s.text, key_only=True):  # a bare number (a count, a year) is not a key figure
             if period is False:

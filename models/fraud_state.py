@@ -31,11 +31,13 @@ sweep times or restarts):
   per `sweep_every_days` of event time frees the rows (reused, arrays compacted when mostly free),
   so memory and snapshots hold live keys only. A restored state behaves identically.
 * The label index (`_where`: transaction id hash -> customer, terminal, event time) keeps at most
-  `max_tracked_ids` entries (and, with `max_tracked_days`, only that much event time); a label it
-  cannot place is parked in `pending` and reported PENDING, and the caller may place it with
-  `apply_located_labels` (customer, terminal, event time from its own records), which updates exactly
-  what the indexed path would have. A label is applied once per transaction: the first label wins
-  in a ring slot and a fraud is remembered once per transaction id (a duplicate is a no-op).
+  `max_tracked_ids` entries (and, with `max_tracked_days`, only that much event time). A label it
+  cannot place is placed through `apply_label_columns(..., locate=f)` (the caller's lookup: customer,
+  terminal, event time from its own records, e.g. the store) or `apply_located_labels`, which update
+  exactly what the indexed path would have; otherwise it is parked in `pending` (PENDING), or left to
+  the caller (park=False: UNINDEXED). A label is applied once per transaction: the first label wins
+  (ring slot and fraud memory); a duplicate is a no-op while its transaction is still in a ring or in
+  the fraud memory. The fraud memory keeps the k latest frauds by event time (label order does not matter).
 * A pending label waits at most `pending_horizon_days` of event time for its transaction (and
   `pending` holds at most `max_pending`); expired/overflowing ones go to an outbox that
   `expire_pending()` drains (transaction id, is_fraud, the caller's `ref`, reason) for dead-lettering.

@@ -182,7 +182,8 @@ class Summarizer:
         """Radiology: the finding-aware impression (lines are source clauses or the normal template)."""
         text = report.text
         lines, labelled = self.writers.impression(text)
-        out = [SummarySentence(text=ln.text, spans=[Span(start=ln.start, end=ln.end)] if ln.start is not None else [])
+        whole = [Span(start=0, end=len(text.rstrip()))]  # a template line rests on the whole findings
+        out = [SummarySentence(text=ln.text, spans=[Span(start=ln.start, end=ln.end)] if ln.start is not None else whole)
                for ln in lines]
         check = check_sentences([s.text for s in out], text)
         kept = [out[i] for i in check.kept] or out[:1]

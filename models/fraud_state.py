@@ -46,6 +46,7 @@ sweep times or restarts):
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import json
 import math
@@ -418,6 +419,9 @@ class FraudState:
         self._where: dict[int, tuple[str, str, float, float]] = {}
         # labels that arrived before their transaction: id hash -> (transaction id, is_fraud, ref, clock when parked)
         self.pending: dict[int, tuple[str, bool, Any, float]] = {}
+        # (parked_at, id hash), a min-heap over `pending` (stale entries are skipped): the horizon sweep
+        # takes the expired ones without scanning the rest
+        self._heap: list[tuple[float, int]] = []
         self._outbox: list[ExpiredLabel] = []  # expired pending labels until expire_pending() takes them
         self.dead_letters_dropped = 0  # expired labels dropped because the outbox was full (nobody drained it)
 
@@ -454,7 +458,7 @@ class FraudState:
     def apply_label_columns(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
                             refs: Sequence[Any] | None = None, park: bool = True,
                             locate: Callable[[list[str]], Sequence[tuple[str, str, Any] | None]] | None = None,
-                            ) -> list[LabelStatus]:
+                            not_before: Sequence[Any] | None = None) -> list[LabelStatus]:
         """Labels by transaction id. One status per label:
 
         APPLIED    placed through the index, or through `locate`
@@ -509,7 +513,8 @@ class FraudState:
             miss = rest
         if park:
             for i, tid, h, f in miss:
-                self._park(h, tid, f, None if refs is None else refs[i])
+                self._park(h, tid, f, None if refs is None else refs[i],
+                           -math.inf if not_before is None else _seconds(not_before[i]))
                 out[i] = LabelStatus.PENDING
         if hs:
             order = np.argsort(np.array(pos), kind="stable")  # message order
@@ -521,7 +526,7 @@ class FraudState:
         return out
 
     def park_labels(self, transaction_ids: Sequence[str], is_fraud: np.ndarray,
-                    refs: Sequence[Any] | None = None) -> list[LabelStatus]:
+                    refs: Sequence[Any] | None = None, not_before: Sequence[Any] | None = None) -> list[LabelStatus]:
         """Park labels whose transaction has not been seen (e.g. UNINDEXED and not in the store) until it arrives,
         at most `pending_horizon_days` of event time. PENDING, or DUPLICATE if that id is already pending."""
         fraud = np.asarray(is_fraud, bool).reshape(-1)
@@ -533,7 +538,8 @@ class FraudState:
             if p is not None and self._pending_live(p[3], self.clock):
                 out.append(LabelStatus.DUPLICATE)
                 continue
-            self._park(h, tid, f, None if refs is None else refs[i])
+            self._park(h, tid, f, None if refs is None else refs[i],
+                       -math.inf if not_before is None else _seconds(not_before[i]))
             out.append(LabelStatus.PENDING)
         return out
 
@@ -586,7 +592,9 @@ class FraudState:
             rings.label_events(rows[live], hashes[live], fraud[live], et[live])
         return took
 
-    def _park(self, h: int, tid: str, fraud: bool, ref: Any) -> None:
+    def _park(self, h: int, tid: str, fraud: bool, ref: Any, not_before: float = -math.inf) -> None:
+        """Park a label; its horizon counts from the state's clock or `not_before` (the label's own report
+        time), whichever is later: a label read ahead of its partition's transactions waits for them."""
         if h in self.pending:  # an expired label for the same id: dead-letter it, park this one
             self._to_outbox([self._expired(h, "horizon")])
         if self.max_pending <= 0:
@@ -595,7 +603,11 @@ class FraudState:
         if len(self.pending) >= self.max_pending:  # the oldest go first
             drop = list(islice(self.pending, len(self.pending) - self.max_pending + 1))
             self._to_outbox([self._expired(d, "overflow") for d in drop])
-        self.pending[h] = (tid, bool(fraud), ref, self.clock)
+        # a report time ahead of the stream counts at most one horizon ahead (a bogus future date
+        # must not park a label forever)
+        at = max(self.clock, min(float(not_before), self.clock + self.pending_horizon_days * DAY))
+        self.pending[h] = (tid, bool(fraud), ref, at)
+        heapq.heappush(self._heap, (at, h))
 
     def _expired(self, h: int, reason: str) -> ExpiredLabel:
         tid, f, ref, at = self.pending.pop(h)
@@ -608,16 +620,23 @@ class FraudState:
             del self._outbox[:over]
             self.dead_letters_dropped += over
 
+    def _reheap(self) -> None:
+        self._heap = [(v[3], h) for h, v in self.pending.items()]
+        heapq.heapify(self._heap)
+
     def _pending_live(self, parked_at: float, clock: float) -> bool:
         return parked_at >= clock - self.pending_horizon_days * DAY
 
     def _expire_horizon(self) -> None:
         cutoff = self.clock - self.pending_horizon_days * DAY
-        drop = []
-        for h, v in self.pending.items():  # parked in clock order: stop at the first live one
-            if v[3] >= cutoff:
-                break
-            drop.append(h)
+        drop, heap, pending = [], self._heap, self.pending
+        while heap and heap[0][0] < cutoff:
+            at, h = heapq.heappop(heap)
+            v = pending.get(h)
+            if v is not None and v[3] == at and h not in drop:
+                drop.append(h)
+        if len(heap) > 4 * len(pending) + 1024:  # stale entries from labels placed meanwhile
+            self._reheap()
         if drop:
             self._to_outbox([self._expired(h, "horizon") for h in drop])
 
@@ -698,6 +717,7 @@ class FraudState:
             for h, v in self.pending.items():
                 if v[3] == -math.inf:
                     self.pending[h] = (*v[:3], first)
+            self._reheap()
         where = self._where
         tx_h = np.fromiter((id_hash(str(x)) for x in cols.transaction_id), np.int64, len(cols))
         for h, c, m, e, k in zip(tx_h.tolist(), cols.customer_id, cols.terminal_id, np.asarray(cols.ts).tolist(),
@@ -936,6 +956,7 @@ class FraudState:
         p_at = data["pending_at"].tolist() if "pending_at" in data else [self.clock] * len(hs)
         for h, tid, f, ref, k in zip(hs, ids, fs, refs, p_at):
             self.pending[h] = (tid, bool(f), ref, k)
+        self._reheap()
         self._outbox.extend(ExpiredLabel(t, bool(f), r, why, at) for t, f, r, why, at in header.get("outbox", []))
         self.dead_letters_dropped += int(header.get("dead_letters_dropped", 0))
         return self

@@ -425,27 +425,18 @@ class FraudStreamJob:
                        f"label for an unknown transaction: {why}", "label_horizon")
 
     def _place_labels(self, owned: OwnedPartition, labels: list[tuple[Label, Any]]) -> None:
+        """Through the state's index; ids it lost are looked up in the store (`locate`), the rest wait in
+        `pending` from the label's own report time on (a label read ahead of its transactions waits for them)."""
         import numpy as np
 
-        from models.fraud_state import LabelStatus
+        def locate(ids: list[str]):
+            where = self.runtime.retry("label lookup", lambda: self.store.score_locations(ids))
+            return [where[i] if i in where and where[i][2] is not None else None for i in ids]
 
-        state = owned.state
-        ids = [lb.transaction_id for lb, _ in labels]
-        fraud = np.array([lb.is_fraud for lb, _ in labels], bool)
-        refs = [position(r) for _, r in labels]
-        status = state.apply_label_columns(ids, fraud, refs, park=False)
-        todo = [i for i, st in enumerate(status) if st == LabelStatus.UNINDEXED]
-        if not todo:
-            return
-        where = self.runtime.retry("label lookup", lambda: self.store.score_locations(ids[i] for i in todo))
-        located = [i for i in todo if ids[i] in where and where[ids[i]][2] is not None]
-        unseen = [i for i in todo if i not in set(located)]
-        if located:
-            state.apply_located_labels([ids[i] for i in located], [where[ids[i]][0] or "" for i in located],
-                                       [where[ids[i]][1] or "" for i in located],
-                                       [where[ids[i]][2] for i in located], fraud[located])
-        if unseen:
-            state.park_labels([ids[i] for i in unseen], fraud[unseen], [refs[i] for i in unseen])
+        owned.state.apply_label_columns([lb.transaction_id for lb, _ in labels],
+                                        np.array([lb.is_fraud for lb, _ in labels], bool),
+                                        [position(r) for _, r in labels], park=True, locate=locate,
+                                        not_before=[lb.reported_at for lb, _ in labels])
 
     def decode(self, po: PartitionOut | None, records: list[Any]) -> list[Item]:
         items = []

@@ -59,6 +59,9 @@ class FraudStreamActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def metrics_text(self) -> str:
         return self.job.metrics.render().decode()
 

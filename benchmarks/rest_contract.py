@@ -52,6 +52,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--phases", default="examples,coverage,fuzzing,stateful")
+    p.add_argument("--keep", action="store_true", help="keep the temporary store and Ray logs (path printed)")
     args = p.parse_args()
 
     temp = Path(tempfile.mkdtemp(prefix="ac", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
@@ -109,7 +110,10 @@ def main() -> int:
                 server.wait(90)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        if args.keep:
+            print(f"# kept {temp}")
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -292,9 +292,21 @@ class IngressCore:
             except StoreError:
                 log.error("store not reachable at start; retried on the first request that needs it")
 
-    async def score_batched(self, item: tuple[Transaction, tuple[Transaction, ...]]) -> tuple[FraudScore, int]:
-        scores, batch_size = await self.fraud.score_many.remote([item], independent=True)
-        return scores[0], batch_size
+    async def score_batched(self, item: tuple[Transaction, tuple[Transaction, ...], str]) -> tuple[FraudScore, int]:
+        """One single-transaction request (tx, history, tenant): scored, stored, returned."""
+        return (await self.score_and_save([item]))[0]
+
+    async def score_and_save(self, items: list[tuple[Transaction, tuple[Transaction, ...], str]]
+                             ) -> list[tuple[FraudScore, int]]:
+        """Requests of possibly different tenants: one independent model call, then one store
+        transaction per tenant for their results."""
+        scores, batch_size = await self.fraud.score_many.remote([(tx, h) for tx, h, _ in items], independent=True)
+        by_tenant: dict[str, list[tuple[FraudScore, Transaction]]] = {}
+        for score, (tx, _, tenant) in zip(scores, items):
+            by_tenant.setdefault(tenant, []).append((score, tx))
+        for tenant, rows in by_tenant.items():
+            await self.save(tenant, scores=rows)
+        return [(s, batch_size) for s in scores]
 
     def store(self) -> Any:
         """The store, its schema created/upgraded on first use (idempotent, safe across processes)."""
@@ -333,12 +345,13 @@ class IngressCore:
 @serve.ingress()
 class Ingress(IngressCore):
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, max_concurrent_batches=2)
-    async def score_batched(self, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[tuple[FraudScore, int]]:
+    async def score_batched(self, items: list[tuple[Transaction, tuple[Transaction, ...], str]]
+                            ) -> list[tuple[FraudScore, int]]:
         """Concurrent single-transaction requests -> one call to the FraudScorer (a handle call costs
-        far more than scoring one row, so it is paid once per batch, not once per request). The
-        requests are independent: none is scored with another's transactions."""
-        scores, batch_size = await self.fraud.score_many.remote(items, independent=True)
-        return [(s, batch_size) for s in scores]
+        far more than scoring one row, so it is paid once per batch, not once per request) and one
+        store write per tenant. The requests are independent: none is scored with another's
+        transactions."""
+        return await self.score_and_save(items)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """user_config: score_batch_size / score_batch_wait_s (how single-transaction requests are gathered)."""
@@ -489,14 +502,14 @@ def create_api(backend: IngressCore) -> FastAPI:
             call = backend.fraud.score_many.remote(items)
             scores, batch_size = await asyncio.wait_for(call, backend.config.model_timeout_s)
             results = [(s, batch_size) for s in scores]
-        else:  # one transaction: gathered with concurrent requests into one handle call
-            items = [(_plain(body), tuple(body.history))]
-            results = [await asyncio.wait_for(backend.score_batched(items[0]), backend.config.model_timeout_s)]
+            await backend.save(principal.tenant, scores=[(s, tx) for s, (tx, _) in zip(scores, items)])
+        else:  # one transaction: gathered with concurrent requests into one handle call (and store write)
+            item = (_plain(body), tuple(body.history), principal.tenant)
+            results = [await asyncio.wait_for(backend.score_batched(item), backend.config.model_timeout_s)]
         for fraud_score, batch_size in results:
             backend.metrics.scores.observe(fraud_score.score)
             backend.metrics.decisions.labels(fraud_score.decision.value).inc()
             backend.metrics.batch_size.labels("fraud").observe(batch_size)
-        await backend.save(principal.tenant, scores=[(s, tx) for (s, _), (tx, _) in zip(results, items)])
         # Serialised once here (pydantic-core), not re-validated against response_model by FastAPI.
         return Response(ScoreOut.model_construct(scores=[s for s, _ in results]).model_dump_json(),
                         media_type="application/json")

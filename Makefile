@@ -22,6 +22,7 @@ demo: setup
 	$(BIN)/argus demo
 
 test: setup
+	$(BIN)/lint-imports  # the layers contract (pyproject.toml [tool.importlinter])
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: setup

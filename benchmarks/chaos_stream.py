@@ -79,6 +79,10 @@ class TcpProxy:
     def outage(self) -> None:
         self.down = True
         if self._listener is not None:
+            try:  # wakes the blocked accept(); close() alone leaves the socket listening
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
@@ -324,8 +328,10 @@ class Consumer:
 class Fleet:
     """Consumer actors of one group; resubmits `run()` to an actor Ray restarted after a kill."""
 
-    def __init__(self, settings, store_url: str, config: dict[str, Any], strategy: str | None = None):
+    def __init__(self, settings, store_url: str, config: dict[str, Any], strategy: str | None = None,
+                 logs: bool = False):
         self.settings, self.store_url, self.config, self.strategy = settings, store_url, config, strategy
+        self.logs = logs
         self.consumers: list[Consumer] = []
         self.restarts = 0
         self.errors: list[str] = []
@@ -341,7 +347,7 @@ class Fleet:
         if self.strategy:
             opts = {"num_cpus": 1, "scheduling_strategy": self.strategy}
         actor = FraudStreamActor.options(**opts).remote(settings_data(self.settings), self.store_url, name, None, None,
-                                                       False, self.config)
+                                                       self.logs, self.config)
         c = Consumer(actor, name)
         c.ref = actor.run.remote(None, None)
         self.consumers.append(c)
@@ -507,7 +513,7 @@ def run_schedule(index: int, args, settings_base, scorer, proxy: TcpProxy, workd
     out.records = sum(len(c) for c in chunks)
     out.hostile = sum(1 for c in chunks for s in c if s.kind in ("dead", "skip", "dead_label"))
     producer = Producer(settings, args.partitions)
-    fleet = Fleet(settings, chaos_url, config, strategy="SPREAD" if cluster is not None else None)
+    fleet = Fleet(settings, chaos_url, config, strategy="SPREAD" if cluster is not None else None, logs=args.verbose)
     node_killed = False
     try:
         for _ in range(args.consumers):
@@ -687,6 +693,9 @@ def compare(out: Outcome, url: str, ref_url: str, sent: list[Sent], topics: dict
         unexpected = sorted(set(got_pos) - dead_pos)[:5]
         out.details.append(f"dead letters missing {missing} unexpected {unexpected} "
                            f"(stages {[d[4] for d in dl if (d[0], d[1], d[2]) in set(unexpected)][:5]})")
+    if set(got_pos) ^ ref_pos:
+        out.details.append(f"dead letters vs reference: only here {sorted(set(got_pos) - ref_pos)[:5]}, "
+                           f"only in the reference {sorted(ref_pos - set(got_pos))[:5]}")
     if out.score_mismatch:
         diffs = sorted(((abs(scores[k] - ref_scores[k]), k) for k in common), reverse=True)[:3]
         out.details.append(f"score diffs {diffs}; only in one run: {sorted(set(ref_scores) ^ set(scores))[:5]}")
@@ -709,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the outcomes here")
     ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL schemas")
     ap.add_argument("--verbose", action="store_true", help="consumer logs on stderr")
+    ap.add_argument("--only", type=int, default=None, help="run only this schedule index (to reproduce one)")
     args = ap.parse_args(argv)
     import logging
 
@@ -733,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         started_ray = True
     try:
         for i in range(args.schedules):
+            if args.only is not None and i != args.only:
+                continue
             o = run_schedule(i, args, settings, scorer, proxy, workdir)
             outcomes.append(o)
             print(o.line() + ("" if not o.details else "  # " + " | ".join(o.details)), flush=True)

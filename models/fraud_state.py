@@ -603,9 +603,11 @@ class FraudState:
         if len(self.pending) >= self.max_pending:  # the oldest go first
             drop = list(islice(self.pending, len(self.pending) - self.max_pending + 1))
             self._to_outbox([self._expired(d, "overflow") for d in drop])
-        # a report time ahead of the stream counts at most one horizon ahead (a bogus future date
-        # must not park a label forever)
-        at = max(self.clock, min(float(not_before), self.clock + self.pending_horizon_days * DAY))
+        # From the label's own report time when given: the transaction came before it, so once the
+        # event time is a horizon past it and the transaction was not seen (nor found by `locate`), it
+        # never will be. This does not depend on how far the transactions were read when the label was
+        # (a report time in the future is rejected by the Label contract; max_pending bounds the rest).
+        at = self.clock if not_before == -math.inf else float(not_before)
         self.pending[h] = (tid, bool(fraud), ref, at)
         heapq.heappush(self._heap, (at, h))
 

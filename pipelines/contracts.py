@@ -11,7 +11,7 @@ non-finite or absurd numbers, wrong types at any depth.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -84,12 +84,24 @@ class Transaction(Contract):
     lon: Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)] | None = None
 
 
+#: How far ahead of the wall clock a label's report time may be (clock skew): a chargeback is reported
+#: about the past, and a label waits for its transaction from its report time on.
+LABEL_FUTURE_TOLERANCE = timedelta(days=1)
+
+
 class Label(Contract):
     transaction_id: Id
     is_fraud: bool
     reported_at: EventTime
     customer_id: Id | None = None
     terminal_id: Id | None = None
+
+    @field_validator("reported_at")
+    @classmethod
+    def _not_future(cls, v: datetime) -> datetime:
+        if v > datetime.now(timezone.utc) + LABEL_FUTURE_TOLERANCE:
+            raise ValueError("reported_at is in the future")
+        return v
 
 
 class Domain(StrEnum):

@@ -1,8 +1,8 @@
 """Prometheus metrics of a stream job, on a registry of its own (one per consumer actor).
 
 Each consumer actor serves `GET /metrics` on its own port (`metrics_port + consumer index`); sum
-over actors in Prometheus. Buckets are shared with the REST ingress (`services.metrics`) so the
-two score histograms can be compared directly.
+over actors in Prometheus. The buckets defined here are shared with the REST ingress
+(`services.metrics`) so the two score histograms can be compared directly.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from services.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, SCORE_BUCKETS
-
+# shared with the REST ingress (services/metrics.py), so the two score histograms compare directly
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STREAM_BATCH_BUCKETS = BATCH_BUCKETS + (1024, 2048, 4096)
 
 

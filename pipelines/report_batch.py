@@ -81,11 +81,13 @@ def run_batch(input_path: str | Path, output: str | Path | None = None, *, store
               domain: str | None = None, mode: str | None = None, limit: int | None = None,
               checkpoint: str | Path | None = None, settings: Settings | None = None, pool: Any = None,
               ray_num_cpus: int | None = None, show_progress: bool = False,
-              on_chunk: Callable[[BatchResult], None] | None = None) -> BatchResult:
+              on_chunk: Callable[[BatchResult], None] | None = None,
+              pool_factory: Callable[..., tuple[Any, Callable[[], None]]] | None = None) -> BatchResult:
     """Summarise every report of `input_path` into `output` and/or the store at `store_url`.
 
-    `pool`: a SummarizerPool to use (tests share one); otherwise one is started on Ray (a running
-    Ray, or a local one with `ray_num_cpus`) and stopped at the end. `limit`: at most this many
+    `pool`: a SummarizerPool to use (tests share one); otherwise `pool_factory(settings, checkpoint,
+    ray_num_cpus) -> (pool, stop)` starts one (the CLI passes services.summarize_actor.start_pool:
+    Ray is composed in services/, never here) and `stop` ends it. `limit`: at most this many
     records are processed in this run (skipped ones do not count)."""
     from pipelines.errors import ArgusError
 
@@ -108,13 +110,9 @@ def run_batch(input_path: str | Path, output: str | Path | None = None, *, store
             store = Store.from_url(store_url)
             store.create_schema()
         if own_pool:
-            from services.local_ray import ensure_ray
-            from services.summarize_actor import SummarizerPool
-
-            stop_ray = ensure_ray(ray_num_cpus)
-            pool = SummarizerPool(checkpoint if checkpoint is not None else settings.model.summariser_checkpoint,
-                                  replicas=cfg.replicas, num_cpus=cfg.replica_num_cpus, device=settings.model.device,
-                                  window_tokens=cfg.window_tokens)
+            if pool_factory is None:
+                raise ArgusError("no summariser pool: pass pool= or pool_factory= (services.summarize_actor.start_pool)")
+            pool, stop_ray = pool_factory(settings, checkpoint, ray_num_cpus)
         result = BatchResult(str(input_path), str(output) if output else None, pool.model_version)
         result.run_id = store.start_run(RUN_KIND) if store else None
         _run(source, sink, store, pool, result, domain=domain, mode=mode, limit=limit, settings=settings,
@@ -129,9 +127,7 @@ def run_batch(input_path: str | Path, output: str | Path | None = None, *, store
             store.finish_run(result.run_id, counts=_counts(result), status="interrupted")
         raise
     finally:
-        if own_pool and pool is not None:
-            pool.close()
-        stop_ray()
+        stop_ray()  # the factory's stop closes the pool it started
         if store is not None:
             store.close()
 

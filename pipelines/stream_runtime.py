@@ -145,6 +145,7 @@ class RuntimeCounts:
     gaps: int = 0
     sought_back: int = 0
     stale_skipped: int = 0
+    rejoins: int = 0
 
 
 class StreamRuntime:
@@ -174,6 +175,10 @@ class StreamRuntime:
         self._seek_back: set[TopicPartition] = set()
         self._gap_seen: dict[TopicPartition, int] = {}
         self._worker_active = threading.local()
+        # a group rebalance that has not completed after this long is stalled (a coordinator waiting
+        # for a member that died mid-join): leave the group and join again
+        self.rejoin_after_s = max(15.0, 2 * settings.kafka.max_poll_interval_ms / 1000)
+        self._unstable_since: float | None = None
         overrides = {"max_poll_records": self.max_records, "client_id": name,
                      "fetch_max_wait_ms": max(10, max_wait_ms), **(consumer_overrides or {})}
         self.consumer = make_consumer(settings, None, group, **overrides)
@@ -242,6 +247,7 @@ class StreamRuntime:
 
     def sync(self) -> None:
         """Apply what the rebalance listener saw: release lost partitions, claim and restore new ones."""
+        self._watch_rebalance()
         assigned = set(self.consumer.assignment())
         if self._assigned_event.is_set():
             self._assigned_event.clear()
@@ -259,6 +265,40 @@ class StreamRuntime:
         if new:
             self.consumer.pause(*new)  # nothing is read for a partition before it is restored
             self._restore(new)
+
+    def _watch_rebalance(self) -> None:
+        """Leave and rejoin the group when a rebalance has not completed within rejoin_after_s.
+
+        Seen with tansu when a member is killed between its JoinGroup and SyncGroup: the group waits
+        for it for good. Uses kafka-python's coordinator state (private API, guarded)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        state = getattr(coordinator, "state", None)
+        if state is None:
+            return
+        from kafka.structs import MemberState
+
+        now = time.monotonic()
+        if state is MemberState.STABLE:
+            self._unstable_since = None
+            return
+        if self._unstable_since is None:
+            self._unstable_since = now
+            return
+        if now - self._unstable_since < self.rejoin_after_s:
+            return
+        log.warning("group rebalance stalled; leaving and joining again",
+                    extra={"consumer": self.name, "group": self.group, "waited_s": round(now - self._unstable_since, 1)})
+        self._unstable_since = now
+        self.counts.rejoins += 1
+        try:
+            coordinator.maybe_leave_group(reason="rebalance stalled", timeout_ms=2000)
+        except Exception:  # noqa: BLE001 - best effort: the rejoin below is what matters
+            pass
+        try:
+            coordinator.reset_generation()
+            coordinator.request_rejoin()
+        except Exception:  # noqa: BLE001
+            log.warning("could not reset the group membership", extra={"consumer": self.name}, exc_info=True)
 
     def _release(self, tps: set[TopicPartition]) -> set[TopicPartition]:
         """Forget partitions; the job may name others whose state went with them (restored again)."""

@@ -345,10 +345,11 @@ def summarize_cmd(
 
     from pipelines.report_batch import run_batch
     from pipelines.settings import get_settings
+    from services.summarize_actor import start_pool
 
     url = store_url or (_store_url(None) if store else None)
     result = run_batch(input_path, output, store_url=url, domain=domain, mode=mode, limit=limit, checkpoint=checkpoint,
-                       settings=get_settings(), ray_num_cpus=num_cpus, show_progress=True)
+                       settings=get_settings(), ray_num_cpus=num_cpus, show_progress=True, pool_factory=start_pool)
     table = Table(title=f"summarised {input_path}", show_header=False)
     for key, value in [("model version", result.model_version), ("records in input", result.total),
                        ("skipped (already done)", result.skipped), ("summarised", result.summarised),

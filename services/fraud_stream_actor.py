@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -34,27 +35,60 @@ MAX_RESTARTS = 20
 
 @ray.remote(max_concurrency=4, max_restarts=MAX_RESTARTS)
 class FraudStreamActor:
+    """One consumer. The constructor does no I/O but loading the model (a constructor that raises
+    leaves a dead actor that Ray does not restart); the job - its broker and store connections - is
+    built by `run()`, retried with backoff while the broker or the store is unreachable."""
+
     def __init__(self, settings_data: dict[str, Any], store_url: str, name: str, checkpoint: str | None = None,
                  metrics_port: int | None = None, json_logs: bool = True, config: dict[str, Any] | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-        from pipelines.fraud_stream import build_job, configure_json_logging
+        from pipelines.fraud_stream import configure_json_logging, load_scorer
+        from pipelines.metrics import StreamMetrics
 
         if json_logs:
             configure_json_logging()
-        settings = Settings(**settings_data)
-        self.name = name
-        self.job = build_job(settings, store_url, checkpoint=checkpoint, name=name, metrics_port=metrics_port,
-                             **(config or {}))
+        self.settings = Settings(**settings_data)
+        self.name, self.store_url, self.config = name, store_url, config or {}
+        self.scorer = load_scorer(checkpoint)
+        self.metrics = StreamMetrics()
+        if metrics_port:
+            self.metrics.serve(metrics_port)
+        self.job = None
+        self._stop = threading.Event()
+
+    def _build(self) -> bool:
+        """Build the job, retrying what the broker or the store refuse; False if stopped meanwhile."""
+        from pipelines.fraud_stream import FraudStreamJob, StreamConfig
+        from pipelines.store import Store
+        from pipelines.stream_runtime import TRANSIENT, RetryPolicy
+
+        delays = RetryPolicy(0.2, 5.0).delays()
+        while self.job is None:
+            try:
+                config = StreamConfig.from_settings(self.settings, **self.config)
+                self.job = FraudStreamJob(self.settings, Store.from_url(self.store_url), self.scorer, config,
+                                          self.metrics, name=self.name)
+            except TRANSIENT as exc:
+                delay = next(delays)
+                log.warning("consumer %s cannot start yet (%s); retrying in %.1f s", self.name,
+                            type(exc).__name__, delay)
+                if self._stop.wait(delay):
+                    return False
+        return True
 
     def run(self, seconds: float | None = None, idle_exit_s: float | None = None) -> dict[str, int]:
+        if not self._build():
+            return {}
         return self.job.run(seconds=seconds, idle_exit_s=idle_exit_s).as_dict()
 
     def stop(self) -> None:
-        self.job.stop()
+        self._stop.set()
+        if self.job is not None:
+            self.job.stop()
 
     def counts(self) -> dict[str, int]:
-        return self.job.counts.as_dict()
+        return self.job.counts.as_dict() if self.job is not None else {}
 
     def pid(self) -> int:
         return os.getpid()
@@ -63,7 +97,7 @@ class FraudStreamActor:
         return ray.get_runtime_context().get_node_id()
 
     def metrics_text(self) -> str:
-        return self.job.metrics.render().decode()
+        return self.metrics.render().decode()
 
 
 def settings_data(settings: Settings) -> dict[str, Any]:

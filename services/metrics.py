@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+from pipelines.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, SCORE_BUCKETS  # noqa: F401 - re-exported
 
 
 class IngressMetrics:

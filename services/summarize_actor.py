@@ -115,3 +115,27 @@ class SummarizerPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def start_pool(settings, checkpoint=None, ray_num_cpus: int | None = None):
+    """Ray (a running one, or a local one with `ray_num_cpus`) + a SummarizerPool from the settings;
+    returns (pool, stop) for `pipelines.report_batch.run_batch(pool_factory=...)`."""
+    from services.local_ray import ensure_ray
+
+    cfg = settings.summariser
+    stop_ray = ensure_ray(ray_num_cpus)
+    try:
+        pool = SummarizerPool(checkpoint if checkpoint is not None else settings.model.summariser_checkpoint,
+                              replicas=cfg.replicas, num_cpus=cfg.replica_num_cpus, device=settings.model.device,
+                              window_tokens=cfg.window_tokens)
+    except BaseException:
+        stop_ray()
+        raise
+
+    def stop() -> None:
+        try:
+            pool.close()
+        finally:
+            stop_ray()
+
+    return pool, stop

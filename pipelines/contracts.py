@@ -235,11 +235,13 @@ def describe(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(err["loc"])
         if err["type"] == "json_invalid":
-            return f"malformed json: {err['ctx'].get('error', 'invalid JSON') if err.get('ctx') else 'invalid JSON'}"[:MAX_REASON_CHARS]
+            detail = err["ctx"].get("error", "invalid JSON") if err.get("ctx") else "invalid JSON"
+            return f"malformed json: {json.dumps(str(detail))[1:-1]}"[:MAX_REASON_CHARS]
         if err["type"] == "model_type" and not loc:
             return "malformed json: expected an object"
         if loc == ("schema_version",):
             return f"unsupported schema_version (expected {SCHEMA_VERSION})"
-        where = ".".join(str(p) for p in loc)[:80] or "record"
+        # a field name comes from the record: escape it, so a reason stays one printable line
+        where = json.dumps(".".join(str(p) for p in loc)[:80])[1:-1] or "record"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)[:MAX_REASON_CHARS]

@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 PG_ADMIN = os.environ.get("ARGUS_CHAOS_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 THRESHOLD = 0.5

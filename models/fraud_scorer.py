@@ -71,6 +71,8 @@ class FraudModelConfig:
             cfg = preset_config(preset, **{
                 **FRAUD_OVERRIDES.get(preset, {}),
                 "vocab_size": 1,  # tokens come in as inputs_embeds; the token table is unused
+                # no text, so no special tokens (the presets' ids would not fit the 1-token vocabulary)
+                "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
                 "max_position_embeddings": 64,
                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
                 **overrides,
@@ -83,6 +85,9 @@ class FraudModelConfig:
         cfg = dict(self.backbone)
         cfg.pop("model_type", None)
         cfg.pop("transformers_version", None)
+        # older checkpoints carry the preset's text token ids, outside the 1-token vocabulary
+        # (transformers warns about it on every load): a scorer has no special tokens
+        cfg.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
         out = DeepseekV3Config(**cfg)
         out._attn_implementation = "sdpa"  # causal via is_causal, no mask tensor
         return out

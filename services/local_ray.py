@@ -12,11 +12,18 @@ from typing import Any
 import ray
 
 
+def quiet_ray_auth() -> None:
+    """Keep Ray's token authentication on (a token in ~/.ray/auth_token, made on first use), saying
+    so explicitly: left unset, Ray enables it anyway and prints a notice on every start."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def ensure_ray(num_cpus: int | None = None) -> Any:
     """Use the Ray already initialised (a cluster, a test fixture), else start a local one with the
     dashboard off and a short temp dir. Returns a function that undoes what was started here."""
     if ray.is_initialized():
         return lambda: None
+    quiet_ray_auth()
     temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must fit
     address = os.environ.get("RAY_ADDRESS")
     if address:

@@ -120,6 +120,9 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
                               ("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", "server-state")]:
                 os.environ.setdefault(var, str(temp / "haproxy" / name))
             (temp / "haproxy").mkdir(exist_ok=True)
+        from services.local_ray import quiet_ray_auth
+
+        quiet_ray_auth()
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
                  namespace="serve", configure_logging=False)
     http = schema.http_options

@@ -15,6 +15,13 @@ class StoreError(ArgusError):
     exit_code = 3
 
 
+class StoreRejected(StoreError):
+    """The database refused the data itself (a value it cannot hold, a constraint): retrying the same
+    rows cannot succeed. `permanent` tells retry loops not to wait for it."""
+
+    permanent = True
+
+
 class ModelError(ArgusError):
     """Unknown preset, a broken checkpoint directory, a non-MoE config."""
 

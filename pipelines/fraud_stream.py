@@ -44,7 +44,7 @@ from kafka import TopicPartition
 
 from models.fraud_state import FraudState
 from pipelines.contracts import ContractError, FraudScore, Label, Transaction, decode
-from pipelines.errors import ArgusError, BrokerError
+from pipelines.errors import ArgusError, BrokerError, StoreRejected
 from pipelines.fraud_state_store import PartitionStateStore
 from pipelines.kafka_io import DeadLetterPublisher, make_producer, topic_partitions
 from pipelines.metrics import StreamMetrics, reason_kind
@@ -619,11 +619,19 @@ class FraudStreamJob:
     # -- side effects (called by the runtime, inside its retry) -------------------------------------
 
     def write(self, out: Output, also: list[Callable]) -> None:
-        """Scores + alerts + dead letters + positions (+ snapshots) in ONE store transaction."""
+        """Scores + alerts + dead letters + positions (+ snapshots) in ONE store transaction. If the
+        database refuses some row itself (StoreRejected), that row is found and dead-lettered instead
+        (`_isolate`), and the batch is written."""
         snaps = [self.snapshots.save_step(p, *po.snapshot, getattr(self.scorer, "model_version", None))
                  for p, po in out.parts.items() if po.snapshot is not None]
-        self.store.write_batch(scores=out.score_rows, alerts=out.alerts,
-                               dead_letters=[d for d, _ in out.dead_letters], also=[*also, *snaps])
+        try:
+            self.store.write_batch(scores=out.score_rows, alerts=out.alerts,
+                                   dead_letters=[d for d, _ in out.dead_letters], also=[*also, *snaps])
+        except StoreRejected:
+            log.error("the store refused part of a batch; isolating the rows", extra={"consumer": self.name})
+            self._isolate(out)
+            self.store.write_batch(scores=out.score_rows, alerts=out.alerts,
+                                   dead_letters=[d for d, _ in out.dead_letters], also=[*also, *snaps])
         rows = len(out.score_rows)
         self.metrics.scored.labels(self.metrics.job).inc(rows)
         self.counts.scored += rows
@@ -631,6 +639,37 @@ class FraudStreamJob:
         self.counts.snapshots += len(snaps)
         if snaps:
             self.metrics.snapshots.labels(self.metrics.job).inc(len(snaps))
+
+    def _isolate(self, out: Output) -> None:
+        """Find the rows the database refuses (each tried alone, in a transaction rolled back) and
+        replace them: a refused score becomes a dead letter (stage `store`), a refused dead letter a
+        minimal one (no payload, an ASCII reason). Error path only."""
+        refused = self.store.refuses
+        for po in out.parts.values():
+            keep_scores = []
+            bad_ids = set()
+            for row in po.score_rows:
+                if refused(scores=[row]):
+                    bad_ids.add(row["transaction_id"])
+            for row in po.score_rows:
+                if row["transaction_id"] in bad_ids:
+                    pos = row["source_position"].rsplit(":", 2)
+                    record = _Position(pos[0], int(pos[1]), int(pos[2]), b"")
+                    po.dead_letters.append((DeadLetter(source=record.topic, reason="the store refused the score row",
+                                                       stage="store", partition=record.partition,
+                                                       offset=record.offset), record))
+                else:
+                    keep_scores.append(row)
+            keep_alerts = [a for a in po.alerts if a["transaction_id"] not in bad_ids]
+            po.score_rows, po.alerts = keep_scores, keep_alerts
+            fixed = []
+            for d, r in po.dead_letters:
+                if refused(dead_letters=[d]):
+                    safe = d.reason.encode("ascii", "backslashreplace").decode()[:1000]
+                    d = DeadLetter(source=d.source, reason=safe, stage=d.stage, payload=None,
+                                   partition=d.partition, offset=d.offset)
+                fixed.append((d, r))
+            po.dead_letters = fixed
 
     def drop(self, out: Output, tps: set[TopicPartition]) -> Output:
         gone = {tp.partition for tp in tps}

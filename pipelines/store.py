@@ -83,7 +83,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from pipelines.contracts import FraudScore, KeyFact, Reason, ReportSummary, SummarySentence, Transaction
-from pipelines.errors import StoreError
+from pipelines.errors import StoreError, StoreRejected
 
 # --- tables ---------------------------------------------------------------------------------------
 
@@ -395,6 +395,7 @@ def _to_dead_letter_row(item: DeadLetter | Mapping[str, Any], cap: int) -> dict[
     size = len(data) if data is not None else 0
     truncated = data is not None and size > cap
     reason = item.reason if not truncated else f"{item.reason} [payload truncated to {cap} of {size} bytes]"
+    reason = reason.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL; the payload (bytes) keeps it
     return {"source": item.source, "partition": item.partition, "offset": item.offset,
             "payload": data[:cap] if truncated else data, "payload_size": size, "payload_truncated": truncated,
             "reason": reason, "stage": item.stage, "created_at": _utc(item.created_at) or _now()}
@@ -586,6 +587,28 @@ class Store:
             scores=upsert(conn, fraud_scores, score_rows, ("transaction_id",)),
             summaries=upsert(conn, report_summaries, summary_rows, ("report_id", "model_version"))))
 
+    def refuses(self, scores: Iterable[ScoreInput] = (), dead_letters: Iterable[DeadLetter | Mapping[str, Any]] = ()) -> bool:
+        """True if the database refuses these rows themselves (StoreRejected); tried in a transaction
+        that is always rolled back. For isolating the row that makes a batch fail."""
+        score_rows = _dedupe([_to_score_row(i) for i in scores], ("transaction_id",))
+        dl_rows = [_to_dead_letter_row(i, self.max_payload_bytes) for i in dead_letters]
+
+        class _Undo(Exception):
+            pass
+
+        def work(conn: Connection) -> None:
+            self._upsert(conn, fraud_scores, score_rows, ("transaction_id",), update=True, method="executemany")
+            self._add_dead_letters(conn, dl_rows)
+            raise _Undo()
+
+        try:
+            self._transact(work)
+        except StoreRejected:
+            return True
+        except _Undo:
+            return False
+        return False
+
     def start_run(self, kind: str, run_id: str | None = None) -> str:
         """Record the start of a job run (e.g. ``fraud-stream``, ``summarise-batch``); returns its id."""
         run_id = run_id or uuid.uuid4().hex
@@ -716,7 +739,8 @@ class Store:
                     return work(conn)
             except DBAPIError as exc:
                 if attempt == 5 or not _is_retryable(exc):
-                    raise StoreError(f"store write failed at {self.url}: {_one_line(exc)}") from exc
+                    kind = StoreRejected if _is_rejection(exc) else StoreError
+                    raise kind(f"store write failed at {self.url}: {_one_line(exc)}") from exc
                 time.sleep(0.02 * 2 ** attempt)
         raise AssertionError("unreachable")
 
@@ -798,6 +822,17 @@ def _on_conflict(ins: Any, key: Sequence[str], columns: Sequence[str], update: b
         return ins.on_conflict_do_nothing(index_elements=list(key))
     return ins.on_conflict_do_update(index_elements=list(key),
                                      set_={c: ins.excluded[c] for c in columns if c not in key})
+
+
+def _is_rejection(exc: DBAPIError) -> bool:
+    """The data was refused (SQLSTATE class 22 data exception, 23 integrity; SQLite's equivalents),
+    not the connection: the same rows would fail again."""
+    code = getattr(exc.orig, "sqlstate", None) or ""
+    if code[:2] in ("22", "23"):
+        return True
+    import sqlite3
+
+    return isinstance(exc.orig, (sqlite3.IntegrityError, sqlite3.DataError)) or "NUL" in str(exc.orig)
 
 
 def _is_retryable(exc: DBAPIError) -> bool:

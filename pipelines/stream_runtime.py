@@ -489,6 +489,8 @@ class StreamRuntime:
                 except PositionConflict:
                     raise
                 except TRANSIENT as exc:
+                    if getattr(exc, "permanent", False):
+                        raise  # the data was refused: the job decides (e.g. isolates the row)
                     if self.stop_event.is_set() and what in ("claim", "restore", "beginning offsets"):
                         raise
                     if on_error is not None:

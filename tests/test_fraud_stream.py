@@ -358,3 +358,33 @@ def test_periodic_snapshots_take_one_due_partition_per_batch():
         FraudStreamJob._pick_snapshot(job, out, {0, 1, 2})
         taken += [(p, po.snapshot) for p, po in out.parts.items() if po.snapshot]
     assert taken == [(1, (500, 7, b"s1")), (0, (500, None, b"s0"))]  # stalest first, one per batch, then none due
+
+
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_batch_is_written(kafka_broker, fresh_pg_url, scorer):
+    """A permanent refusal (SQLSTATE class 22: a value too long for its column) is not retried forever:
+    the job tries each row alone, dead-letters the refused one (stage `store`), writes the rest and
+    the positions in one transaction."""
+    from pipelines.fraud_stream import Output, _Position
+    from pipelines.store import DeadLetter
+    from pipelines.stream_positions import Advance, advance, claim, positions
+
+    names = topics(kafka_broker)
+    job = make_job(kafka_broker, fresh_pg_url, scorer, names, "g-refused")
+    tx = names["transactions_topic"]
+    epoch = claim(job.store, "g-refused", [(tx, 0)], "t")[(tx, 0)].epoch
+    good = {"transaction_id": "ok-1", "score": 0.9, "decision": "decline", "reasons": [], "model_version": "m",
+            "customer_id": "c", "terminal_id": "t", "source_position": f"{tx}:0:0"}
+    bad = {**good, "transaction_id": "too-long", "customer_id": "c" * 300, "source_position": f"{tx}:0:1"}
+    out = Output()
+    po = out.part(0)
+    po.score_rows, po.alerts = [good, bad], [good, bad]
+    po.dead_letters = [(DeadLetter(source=tx, reason="bad \x00 reason", stage="decode", payload=b"\x00",
+                                   partition=0, offset=2), _Position(tx, 0, 2, b"\x00"))]
+    job.write(out, [advance("g-refused", [Advance(tx, 0, epoch, 0, 3)])])
+    with Store.from_url(fresh_pg_url) as s:
+        assert s.get_result("ok-1") is not None and s.get_result("too-long") is None
+        assert s.count("alerts") == 1
+        stages = sorted(r["stage"] for r in s.dead_letter_rows())
+        assert stages == ["decode", "store"]
+        assert positions(s, "g-refused")[(tx, 0)] == 3
+    job.runtime.close()

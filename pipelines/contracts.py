@@ -181,6 +181,7 @@ class ReportSummary(Contract):
     faithfulness: dict[str, Any] = Field(default_factory=dict)
     latency_ms: float | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    content_hash: str | None = None  # sha256 of the summarised text (a batch resumes on id + content)
 
     @property
     def spans(self) -> list[Span]:

@@ -16,6 +16,8 @@ are keyed on their position, so a retry that fails again is not recorded twice).
 
 from __future__ import annotations
 
+import hashlib
+
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +57,9 @@ class BatchResult:
 
 def candidate(rec: SourceRecord, domain: str | None, max_bytes: int) -> Candidate:
     """A candidate from one source record: the Report, or why there is none."""
-    c = Candidate(key=rec.key, source=rec.source, partition=0, offset=rec.position, payload=rec.raw, extra=rec.extra)
+    c = Candidate(key=rec.key, source=rec.source, partition=0, offset=rec.position, payload=rec.raw, extra=rec.extra,
+                  content_hash=None if rec.text is None else hashlib.sha256(
+                      rec.text.encode("utf-8", "surrogatepass")).hexdigest())
     if rec.error:
         c.fail(rec.error, "read")
         return c
@@ -70,6 +74,13 @@ def candidate(rec: SourceRecord, domain: str | None, max_bytes: int) -> Candidat
     if c.error and c.payload is None:
         c.payload = (rec.text or "")[: 256 * 1024]
     return c
+
+
+def _skip(c: Candidate, is_done: Callable[[Candidate], bool], result: BatchResult) -> bool:
+    if is_done(c):
+        result.skipped += 1
+        return True
+    return False
 
 
 def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
@@ -145,23 +156,27 @@ def _run(source: ReportSource, sink: SummaryOutput | None, store: Any, pool: Any
     result.total = source.count()
     # Done = summarised without error by this model version in every place this run writes to
     # (a crash between the output append and the store write redoes that chunk, harmlessly).
+    # Keyed on id AND content: a report whose text changed since is summarised again.
     ids = source.ids()
-    done_sets = []
+    done_maps = []
     if sink is not None:
-        done_sets.append(sink.done_ids(pool.model_version))
+        done_maps.append(sink.done(pool.model_version))
     if store is not None:
-        done_sets.append(store.summaries_done(ids, pool.model_version))
-    done = set.intersection(*done_sets) & set(ids) if done_sets else set()
-    result.skipped = len(done)
-    todo = result.total - result.skipped if limit is None else min(limit, result.total - result.skipped)
-    records = source.records(skip=done)
-    if limit is not None:
-        records = islice(records, limit)
+        done_maps.append(store.summaries_done(ids, pool.model_version))
+    maybe_done = set.intersection(*(set(m) for m in done_maps)) & set(ids) if done_maps else set()
+
+    def is_done(c: Candidate) -> bool:
+        return c.key in maybe_done and all(m.get(c.key) in (None, c.content_hash) for m in done_maps)
+
+    todo = result.total - len(maybe_done) if limit is None else min(limit, result.total - len(maybe_done))
+    records = source.records()
     t0 = time.perf_counter()
     progress = _progress(show_progress, todo, result)
+    fresh = (c for c in (candidate(r, domain, cfg.max_document_bytes) for r in records) if not _skip(c, is_done, result))
+    if limit is not None:
+        fresh = islice(fresh, limit)
     try:
-        for chunk in _chunks(iter(records), cfg.chunk_reports):
-            candidates = [candidate(r, domain, cfg.max_document_bytes) for r in chunk]
+        for candidates in _chunks(fresh, cfg.chunk_reports):
             shown = [0]  # advanced as each actor batch returns, the rest when the chunk is done
 
             def advance(n: int) -> None:
@@ -176,7 +191,8 @@ def _run(source: ReportSource, sink: SummaryOutput | None, store: Any, pool: Any
             if sink is not None:
                 sink.append(output_row(r) for r in results)
             if store is not None:
-                counts = store.write_batch(summaries=[r.summary for r in good],
+                counts = store.write_batch(summaries=[r.summary.model_copy(update={"content_hash": r.candidate.content_hash})
+                                                      for r in good],
                                            dead_letters=[r.dead_letter() for r in bad])
                 result.stored += counts.summaries
                 result.dead_letters += counts.dead_letters

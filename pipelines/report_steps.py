@@ -57,6 +57,7 @@ class Candidate:
     stage: str | None = None
     payload: bytes | str | None = None  # kept for the dead letter
     extra: dict[str, Any] = field(default_factory=dict)  # input fields the output keeps
+    content_hash: str | None = None  # sha256 of the document text (resume: id + content)
 
     def fail(self, reason: str, stage: str) -> None:
         self.report, self.error, self.stage = None, reason, stage
@@ -175,6 +176,7 @@ def output_row(result: Result) -> dict[str, Any]:
         "error_stage": None if s else result.stage,
         "source": c.source,
         "position": c.offset,
+        "content_hash": c.content_hash,
     }
     for k, v in c.extra.items():
         name = f"input_{k}" if k in row else k

@@ -140,6 +140,7 @@ report_summaries = Table(
     Column("latency_ms", Float),
     Column("created_at", Timestamp, nullable=False),
     Column("owner", String(64)),  # schema v5: the REST tenant that created it (NULL: a batch or stream job)
+    Column("content_hash", String(64)),  # schema v6: sha256 of the summarised text (batch resume)
     PrimaryKeyConstraint("report_id", "model_version", name="report_summaries_pkey"),
 )
 
@@ -207,7 +208,8 @@ def _v1_initial(conn: Connection) -> None:
     v1_scores = Table("fraud_scores", MetaData(), *[c._copy() for c in fraud_scores.columns
                                                     if c.name not in ("amount", "payload_hash", "source_position", "owner")])
     v1_scores.create(conn, checkfirst=True)
-    v1_summaries = Table("report_summaries", MetaData(), *[c._copy() for c in report_summaries.columns if c.name != "owner"],
+    v1_summaries = Table("report_summaries", MetaData(), *[c._copy() for c in report_summaries.columns
+                                                            if c.name not in ("owner", "content_hash")],
                          PrimaryKeyConstraint("report_id", "model_version", name="report_summaries_pkey"))
     v1_summaries.create(conn, checkfirst=True)
     for table in (alerts, dead_letters, runs):
@@ -234,12 +236,17 @@ def _v5_result_owner(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE report_summaries ADD COLUMN owner VARCHAR(64)"))
 
 
+def _v6_summary_content_hash(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE report_summaries ADD COLUMN content_hash VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
     (3, "fraud_scores.payload_hash and source_position (stream de-duplication)", _v3_score_provenance),
     (4, "stream_positions (offsets + fencing epochs written with the results)", _v4_stream_positions),
     (5, "fraud_scores.owner and report_summaries.owner (REST tenant)", _v5_result_owner),
+    (6, "report_summaries.content_hash (batch resume keyed on id and content)", _v6_summary_content_hash),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -384,7 +391,7 @@ def _to_summary_row(item: SummaryInput) -> dict[str, Any]:
     return {"report_id": item.report_id, "model_version": item.model_version, "domain": item.domain.value,
             "summary": item.summary, "sentences": _plain(item.sentences), "key_facts": _plain(item.key_facts),
             "faithfulness": dict(item.faithfulness), "mode": item.mode, "latency_ms": item.latency_ms,
-            "created_at": _utc(item.created_at)}
+            "created_at": _utc(item.created_at), "content_hash": item.content_hash}
 
 
 def _to_dead_letter_row(item: DeadLetter | Mapping[str, Any], cap: int) -> dict[str, Any]:
@@ -626,15 +633,17 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def summaries_done(self, report_ids: Iterable[str], model_version: str) -> set[str]:
-        """The subset of `report_ids` already summarised by `model_version` (to resume a batch)."""
+    def summaries_done(self, report_ids: Iterable[str], model_version: str) -> dict[str, str | None]:
+        """report_id -> content_hash of the `report_ids` already summarised by `model_version` (to resume
+        a batch: a report whose content changed since is done again; None for rows from before v6)."""
         ids = list(dict.fromkeys(report_ids))
-        done: set[str] = set()
+        done: dict[str, str | None] = {}
+        c = report_summaries.c
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
                 chunk = ids[start:start + 900]
-                done.update(conn.execute(select(report_summaries.c.report_id).where(
-                    report_summaries.c.model_version == model_version, report_summaries.c.report_id.in_(chunk))).scalars())
+                done.update((rid, h) for rid, h in conn.execute(select(c.report_id, c.content_hash).where(
+                    c.model_version == model_version, c.report_id.in_(chunk))))
         return done
 
     def get_result(self, result_id: str, model_version: str | None = None,

@@ -5,8 +5,10 @@
   output and the parts into `<output>` (written to a temporary name, then renamed) and removes the
   parts. An interrupted run leaves its parts, which the next run reads and merges.
 
-`done_ids(model_version)` gives the ids already summarised without error by that model version, in
-the output and in leftover parts, so a rerun skips them. `finalise()` keeps one row per id (the
+`done(model_version)` gives the ids already summarised without error by that model version, in
+the output and in leftover parts, with the content hash they were summarised from, so a rerun
+skips them unless their text changed. A JSONL line cut short by a crash is cut off before the next
+append (it would otherwise glue itself to the next row). `finalise()` keeps one row per id (the
 last one written): a report that failed before and succeeds now is not listed twice.
 """
 
@@ -32,7 +34,7 @@ def _schema() -> dict[str, Any]:
         "key_facts": pl.List(pl.Struct({"kind": pl.String, "text": pl.String, "spans": pl.List(span)})),
         "spans": pl.List(span), "model_version": pl.String, "mode": pl.String, "latency_ms": pl.Float64,
         "faithfulness": pl.String, "error": pl.String, "error_stage": pl.String, "source": pl.String,
-        "position": pl.Int64,
+        "position": pl.Int64, "content_hash": pl.String,
     }
 
 
@@ -49,6 +51,7 @@ class SummaryOutput:
         self.parts = self.path.with_name(self.path.name + ".parts")
         self.written = 0
         self._part = 0
+        self._repaired = False
 
     # --- reading back -----------------------------------------------------------------------------
 
@@ -75,19 +78,46 @@ class SummaryOutput:
                     continue
         return rows
 
-    def done_ids(self, model_version: str) -> set[str]:
+    def done(self, model_version: str) -> dict[str, str | None]:
+        """id -> content_hash of the rows summarised without error by `model_version` (the last row of
+        an id counts; None for rows written before hashes were kept)."""
         import polars as pl
 
-        done: set[str] = set()
+        done: dict[str, str | None] = {}
         if self.format == "jsonl":
-            return {str(r.get("id")) for r in self._jsonl_rows()
-                    if r.get("model_version") == model_version and r.get("error") is None}
+            for r in self._jsonl_rows():
+                if r.get("model_version") == model_version and r.get("error") is None:
+                    done[str(r.get("id"))] = r.get("content_hash")
+                else:
+                    done.pop(str(r.get("id")), None)
+            return done
         for frame in self._existing_frames():
             if not {"id", "model_version", "error"} <= set(frame.columns):
                 continue
             ok = frame.filter((pl.col("model_version") == model_version) & pl.col("error").is_null())
-            done.update(ok.get_column("id").cast(pl.String).to_list())
+            hashes = ok.get_column("content_hash").to_list() if "content_hash" in ok.columns else [None] * ok.height
+            done.update(zip(ok.get_column("id").cast(pl.String).to_list(), hashes))
         return done
+
+    def done_ids(self, model_version: str) -> set[str]:
+        return set(self.done(model_version))
+
+    def _repair_tail(self) -> None:
+        """Cut a last line left without its newline by a crash (it is not a row, and the next append
+        would glue itself to it)."""
+        if self._repaired or not self.path.is_file():
+            self._repaired = True
+            return
+        with self.path.open("rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            if size:
+                fh.seek(max(0, size - 1))
+                if fh.read(1) != b"\n":
+                    fh.seek(0)
+                    data = fh.read()
+                    fh.truncate(data.rfind(b"\n") + 1)
+        self._repaired = True
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -105,6 +135,7 @@ class SummaryOutput:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.format == "jsonl":
+            self._repair_tail()
             with self.path.open("ab") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n")

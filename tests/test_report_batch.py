@@ -199,3 +199,35 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     nowhere = subprocess.run([*argus, "summarize", "--input", str(tmp_path / "x.xlsx")], capture_output=True, text=True,
                              timeout=120)
     assert nowhere.returncode != 0 and "nowhere to write" in nowhere.stderr
+
+
+def test_resume_is_keyed_on_id_and_content_and_survives_a_line_cut_by_a_crash(tmp_path, pool, settings):
+    """A rerun skips a report only if the same model version summarised the SAME text (a report
+    whose text changed is done again, in the output and in the store), and a last line cut short by
+    a crash neither breaks the file nor swallows the next row."""
+    from pipelines.report_batch import run_batch
+    from pipelines.store import Store
+
+    store_url = f"sqlite:///{tmp_path}/resume.db"
+    good = _reports(3)
+    src = _write_jsonl(tmp_path / "in.jsonl", good)
+    out = tmp_path / "out.jsonl"
+    first = run_batch(src, out, store_url=store_url, settings=settings, pool=pool)
+    assert first.summarised == 3
+    with out.open("ab") as fh:
+        fh.write(b'{"id": "half-written", "summary": "cut sho')  # the crash, mid-line
+
+    changed = [dict(good[0]), *good[1:]]
+    changed[0]["document"] = PROSE + " The quarter closed with 7,400 employees."
+    _write_jsonl(src, changed)
+    second = run_batch(src, out, store_url=store_url, settings=settings, pool=pool)
+    assert (second.skipped, second.summarised) == (2, 1)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line parses
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in good)
+    import hashlib
+
+    by_id = {r["id"]: r for r in rows}
+    want = hashlib.sha256(changed[0]["document"].encode()).hexdigest()
+    assert by_id[good[0]["id"]]["content_hash"] == want
+    with Store.from_url(store_url) as store:
+        assert store.summaries_done([good[0]["id"]], pool.model_version) == {good[0]["id"]: want}

@@ -132,6 +132,7 @@ class _Listener(ConsumerRebalanceListener):
         self.runtime.rebalances += 1
 
     def on_partitions_assigned(self, assigned):
+        self.runtime.assignments += 1
         self.runtime._assigned_event.set()
 
 
@@ -163,7 +164,8 @@ class StreamRuntime:
         self.slow_process = slow_process
         self.stop_event = threading.Event()
         self.counts = RuntimeCounts()
-        self.rebalances = 0
+        self.rebalances = 0  # revocations seen (the first join and the close count too)
+        self.assignments = 0  # assignments received: 1 for a consumer that never lost its membership
         self._assigned_event = threading.Event()
         self._ready: dict[TopicPartition, int] = {}  # owned + restored partition -> epoch
         self._cursor: dict[TopicPartition, int] = {}  # next offset this consumer expects

@@ -100,3 +100,34 @@ def test_effectively_once_with_a_crash_before_commit(kafka_broker, pool, store):
         assert summary is not None and summary.summary and summary.sentences
     # The dead-letter topic got every bad record with its reason (at least once).
     assert count_records(settings, settings.topics.dead_letter, idle_timeout_s=2.0) >= len(BAD)
+
+
+def test_a_long_summary_keeps_the_group_membership(kafka_broker, pool, store):
+    """Summarising runs on a worker thread while the runtime polls with every partition paused: a
+    batch that takes longer than max_poll_interval_ms (10 s here) costs no rebalance and no re-read."""
+    import time
+
+    from pipelines.report_stream import ReportStreamJob
+
+    settings = _settings(kafka_broker, kafka_broker.new_topic("reports", partitions=1), kafka_broker.new_topic("dlq", 1))
+    assert settings.kafka.max_poll_interval_ms <= 10_000
+    from pipelines.kafka_io import make_producer
+
+    producer = make_producer(settings)
+    for i in range(2):
+        r = finance_report(300 + i, words=80)
+        producer.send(settings.topics.reports, r.to_json(), key=r.report_id)
+    producer.flush(30)
+    producer.close()
+
+    class SlowPool:
+        model_version = pool.model_version
+
+        def summarize(self, *args, **kwargs):
+            time.sleep(12.0)  # longer than max_poll_interval_ms
+            return pool.summarize(*args, **kwargs)
+
+    job = ReportStreamJob(settings, store, SlowPool(), group="g-slow", name="reports-slow")
+    job.run(seconds=120, idle_exit_s=3.0)
+    assert job.counts.consumed == 2 and job.counts.summarised == 2
+    assert job.runtime.assignments == 1 and job.runtime.counts.rejoins == 0  # never left the group

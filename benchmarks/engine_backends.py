@@ -41,7 +41,7 @@ def timed(fn, device: str):
 
 
 def summariser_part(args, results: dict) -> None:
-    from models.summariser import Summarizer
+    from pipelines.report_summariser import Summarizer
     from pipelines.sentences import split_sentences
     from pipelines.simulate_reports import generate_reports
 

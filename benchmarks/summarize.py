@@ -57,7 +57,7 @@ def main() -> None:
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
-    from models.summariser import Summarizer
+    from pipelines.report_summariser import Summarizer
     from pipelines.contracts import Report
 
     records = read(args.input, args.limit + 1)

@@ -45,7 +45,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from models.summariser import Summarizer
+    from pipelines.report_summariser import Summarizer
     from pipelines.simulate_reports import finance_report
 
     t = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from models.router_balance import routed_experts
-from pipelines.errors import ModelError
+from models.errors import ModelError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

@@ -33,7 +33,7 @@ FRAUD_BUCKETS = (8, 32, 128, 512, 2048, 4096)  # batch sizes with a captured gra
 def select_backend(requested: str | None, device: torch.device | str, model: Any = None, kind: str = "model") -> str:
     """"engine" on CUDA (for the summariser: only a DeepseekV3ForCausalLM), "transformers" otherwise;
     an explicit "engine"/"transformers" wins (the engine also runs, eagerly, on CPU)."""
-    from pipelines.errors import ModelError
+    from models.errors import ModelError
 
     if requested is None:
         from pipelines.settings import get_settings

@@ -65,7 +65,7 @@ class FraudModelConfig:
                     labels_delay_days: float = 7.0, use_ids: bool = False, **overrides: Any) -> "FraudModelConfig":
         from models.presets import UnknownPresetError, preset_config
 
-        from pipelines.errors import ModelError
+        from models.errors import ModelError
 
         try:
             cfg = preset_config(preset, **{

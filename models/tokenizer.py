@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pipelines.errors import ModelError
+from models.errors import ModelError
 
 PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>"
 FINANCE, MEDICAL, DOCUMENT, SUMMARY = "<|finance|>", "<|medical|>", "<|document|>", "<|summary|>"

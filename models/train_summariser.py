@@ -21,7 +21,9 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
+from collections.abc import Callable
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +34,39 @@ import torch.nn.functional as F
 
 from models.router_balance import RouterBiasBalancer
 from models.sentence_scorer import SentenceScorerHead, encode_sentences, pool_ranges, prefix_ids, sentence_features
-from models.summariser import HEAD_FILE, META_FILE, Summarizer
+from models.errors import ArgusError
+from models.summariser import HEAD_FILE, META_FILE, SummariserModel
 from models.tokenizer import SUMMARY, load_tokenizer, save_tokenizer, train_tokenizer
-from pipelines.errors import ArgusError
-from pipelines.eval_summaries import read_records
-from pipelines.sentence_selection import words
-from pipelines.sentences import split_sentences
 
 MAX_SUMMARY_TOKENS = 256
+_WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")  # as pipelines.sentence_selection.words
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def lines_as_sentences(text: str) -> list[str]:
+    """The default splitter: one sentence per line (the CLI passes pipelines.sentences' splitter)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_records(paths) -> list[dict]:
+    import gzip
+
+    out: list[dict] = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise TrainingInputError(f"input not found: {p}")
+        with (gzip.open if p.suffix == ".gz" else open)(p, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise TrainingInputError(f"{p}:{n}: not JSON ({exc.msg})") from None
+    return out
 
 
 class TrainingInputError(ArgusError):
@@ -99,9 +126,10 @@ class Example:
     labels: list[int]
 
 
-def build_example(tokenizer, rec: dict, max_len: int, doc_lm_weight: float) -> Example | None:
+def build_example(tokenizer, rec: dict, max_len: int, doc_lm_weight: float,
+                  sentences_of: Callable[[str], list[str]] = lines_as_sentences) -> Example | None:
     doc, summary = rec.get("document") or rec.get("text") or "", rec.get("summary") or ""
-    sents = [s.text for s in split_sentences(doc)]
+    sents = sentences_of(doc)
     if not sents or not summary.strip():
         return None
     domain = rec.get("domain") if rec.get("domain") in ("finance", "medical") else "finance"
@@ -203,7 +231,11 @@ def train_summariser(
     command: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    sentences_of: Callable[[str], list[str]] = lines_as_sentences,
+    evaluate: Callable[[Any, list[dict]], dict] | None = None,
 ) -> dict[str, Any]:
+    """`sentences_of`: the sentence splitter (inference's, from the caller); `evaluate(model, held)`:
+    held-out metrics for the model card (the CLI passes pipelines.eval_summaries.heldout_metrics)."""
     from transformers import DeepseekV3ForCausalLM
 
     from models.presets import PRESETS, preset_config
@@ -239,7 +271,7 @@ def train_summariser(
     config = preset_config(preset, vocab_size=max(cfg_vocab, len(tokenizer)))
     max_len = int(max_len or min(config.max_position_embeddings, 16384 if dev.type == "cuda" else 1024))
     batch_tokens = int(batch_tokens or (131072 if dev.type == "cuda" else 4096))
-    examples = [e for r in train if (e := build_example(tokenizer, r, max_len, doc_lm_weight)) is not None]
+    examples = [e for r in train if (e := build_example(tokenizer, r, max_len, doc_lm_weight, sentences_of)) is not None]
 
     lm = DeepseekV3ForCausalLM(config).to(dev)
     head = SentenceScorerHead(config.hidden_size).to(dev)
@@ -291,9 +323,10 @@ def train_summariser(
     out.mkdir(parents=True, exist_ok=True)
     version = f"summariser-{preset}-{time.strftime('%Y%m%d')}-s{seed}"
     meta = {"model_version": version, "preset": preset, "window_tokens": max_len, "trained_max_len": max_len}
-    summarizer = Summarizer(lm, tokenizer, head, meta, dev)
-    metrics = _evaluate_heldout(summarizer, held, eval_docs, gen_eval_docs, progress)
-    routers = router_summary(summarizer, held[:8])
+    summarizer = SummariserModel(lm, tokenizer, head, meta, dev, writers=None)
+    metrics = (evaluate(summarizer, held) if evaluate is not None
+               else {"note": "no evaluator given; run `argus eval summaries` for ROUGE"})
+    routers = router_summary(summarizer, held[:8], sentences_of)
     meta.update({
         "seed": seed, "epochs": epochs, "steps": step, "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
         "train_docs": len(examples), "train_sources": dict(Counter(_source(r) for r in train)),
@@ -306,29 +339,10 @@ def train_summariser(
     return meta
 
 
-def _evaluate_heldout(summarizer: Summarizer, held: list[dict], eval_docs: int | None, gen_eval_docs: int, progress: bool) -> dict:
-    """ROUGE per held-out source for the summariser (extractive, and generative on a few docs) and baselines."""
-    try:
-        import rouge_score  # noqa: F401
-    except ImportError:
-        return {"note": "rouge-score not installed here; run `argus eval summaries` for ROUGE"}
-    from pipelines.eval_summaries import baseline_systems, evaluate, summariser_system
-
-    by_source: dict[str, list[dict]] = {}
-    for r in held:
-        by_source.setdefault(_source(r), []).append(r)
-    results: dict[str, Any] = {}
-    for source, recs in sorted(by_source.items()):
-        recs = recs[:eval_docs] if eval_docs else recs
-        systems = {"argus-extractive": summariser_system(summarizer, "extractive", 5, 1200), **baseline_systems()}
-        rows = evaluate(recs, systems, progress=progress)
-        if gen_eval_docs:
-            rows += evaluate(recs[:gen_eval_docs], {"argus-generative": summariser_system(summarizer, "generative", 5, 1200)}, progress=progress)
-        results[source] = rows
-    return results
 
 
-def router_summary(summarizer: Summarizer, docs: list[dict]) -> dict[str, Any]:
+def router_summary(summarizer: SummariserModel, docs: list[dict],
+                   sentences_of: Callable[[str], list[str]] = lines_as_sentences) -> dict[str, Any]:
     """Expert load of every MoE layer while reading a few held-out documents (models.checkpoint.router_stats)."""
     from models.checkpoint import collect_router_stats
 
@@ -337,7 +351,7 @@ def router_summary(summarizer: Summarizer, docs: list[dict]) -> dict[str, Any]:
     lm = summarizer.lm
     with torch.inference_mode(), collect_router_stats(lm) as stats:
         for rec in docs:
-            sents = [s.text for s in split_sentences(rec.get("document") or rec.get("text") or "")]
+            sents = sentences_of(rec.get("document") or rec.get("text") or "")
             if sents:
                 summarizer.score_sentences(str(rec.get("domain") or "finance"), sents)
     return {name: {k: v[k] for k in ("entropy_ratio", "max_over_mean", "unused_experts")} for name, v in stats.items()}

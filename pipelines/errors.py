@@ -1,8 +1,7 @@
 """Errors a user can act on: the CLI prints them as one line and exits non-zero, no traceback."""
 
 
-class ArgusError(Exception):
-    exit_code = 1
+from models.errors import ArgusError, ModelError  # noqa: F401 - one hierarchy, defined below models/
 
 
 class BrokerError(ArgusError):
@@ -21,8 +20,3 @@ class StoreRejected(StoreError):
 
     permanent = True
 
-
-class ModelError(ArgusError):
-    """Unknown preset, a broken checkpoint directory, a non-MoE config."""
-
-    exit_code = 4

@@ -299,7 +299,7 @@ def run_eval(inputs: list[str | Path], limit: int | None = None, mode: str = "ex
             row = rows_by_id.get(str(rec.get("id")))
             return row is None or bool(row.get("error")) or not (row.get("summary") or "").strip()
     elif include_model:
-        from models.summariser import Summarizer
+        from pipelines.report_summariser import Summarizer
 
         summarizer = Summarizer.load(checkpoint)
         version = summarizer.model_version
@@ -340,3 +340,25 @@ def run_eval(inputs: list[str | Path], limit: int | None = None, mode: str = "ex
                    + ("; clinical: CheXpert-style labels by medspaCy ConText (pipelines/clinical_metrics.py)"
                       if radiology else ""), cases=cases if (predictions or include_model) else None)
     return rows
+
+
+def heldout_metrics(model, held: list[dict], eval_docs: int | None = 200, gen_eval_docs: int = 0,
+                    progress: bool = True) -> dict:
+    """ROUGE per held-out source of a freshly trained model (extractive, and generative on a few docs)
+    and the baselines: `argus train summariser` hands this to models.train_summariser."""
+    from pipelines.report_summariser import Summarizer
+
+    summarizer = Summarizer(model.lm, model.tokenizer, model.scorer.head, model.meta, model.device, writers=None)
+    by_source: dict[str, list[dict]] = {}
+    for r in held:
+        by_source.setdefault(str(r.get("source") or r.get("domain") or "data"), []).append(r)
+    results: dict = {}
+    for source, recs in sorted(by_source.items()):
+        recs = recs[:eval_docs] if eval_docs else recs
+        systems = {"argus-extractive": summariser_system(summarizer, "extractive", 5, 1200), **baseline_systems()}
+        rows = evaluate(recs, systems, progress=progress)
+        if gen_eval_docs:
+            rows += evaluate(recs[:gen_eval_docs], {"argus-generative": summariser_system(summarizer, "generative", 5, 1200)},
+                             progress=progress)
+        results[source] = rows
+    return results

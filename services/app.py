@@ -48,7 +48,7 @@ class AppArgs(BaseModel):
     cors_origins: list[str] | None = None
     model_timeout_s: float = 60.0
     scorer_class: str = "models.fraud_scorer:FraudScorer"
-    summarizer_class: str = "models.summariser:Summarizer"
+    summarizer_class: str = "pipelines.report_summariser:Summarizer"
 
 
 def _gpus(requested: Literal["auto"] | float) -> float:

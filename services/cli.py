@@ -461,13 +461,17 @@ def train_summariser_cmd(
 ) -> None:
     """Train the summariser (extractive sentence scorer + causal LM on one MoE backbone) and write a checkpoint."""
     from models.train_summariser import train_summariser
+    from pipelines.eval_summaries import heldout_metrics
+    from pipelines.sentences import split_sentences
     from pipelines.settings import get_settings
 
     out = output or (get_settings().home / "checkpoints" / f"summariser-{preset}")
     meta = train_summariser(inputs, out, preset=preset, val=val, epochs=epochs, seed=seed, max_docs=max_docs, max_len=max_len,
                             max_minutes=max_minutes, eval_docs=eval_docs or None, gen_eval_docs=gen_eval_docs,
                             vocab_size=vocab_size, batch_tokens=batch_tokens, lr=lr, device=device, tokenizer_path=tokenizer,
-                            command="argus " + " ".join(sys.argv[1:]))
+                            command="argus " + " ".join(sys.argv[1:]),
+                            sentences_of=lambda text: [s.text for s in split_sentences(text)],
+                            evaluate=lambda model, held: heldout_metrics(model, held, eval_docs or None, gen_eval_docs))
     console.print(f"[green]saved[/] {out} ({meta['model_version']}, {meta['steps']} steps, {meta['train_seconds']} s)")
     for source, rows in (meta.get("metrics") or {}).items():
         if isinstance(rows, list):

@@ -1,6 +1,6 @@
 """Summariser replicas for the batch and stream jobs: Ray actors behind one `SummarizerPool`.
 
-Each actor loads `models.summariser.Summarizer` once and summarises lists of reports; one bad report
+Each actor loads `pipelines.report_summariser.Summarizer` once and summarises lists of reports; one bad report
 never fails its batch: its error comes back as a string next to the other results. The pool spreads
 batches over the actors round-robin (results in submission order) so a job can show
 progress as each batch returns. With GPUs in the Ray cluster each actor takes one GPU and runs on
@@ -41,7 +41,7 @@ class SummarizeWorker:
 
         if threads:
             torch.set_num_threads(max(1, int(threads)))
-        from models.summariser import Summarizer
+        from pipelines.report_summariser import Summarizer
 
         kwargs = {"window_tokens": window_tokens} if window_tokens else {}
         self.summarizer = Summarizer.load(checkpoint, device=device, **kwargs)

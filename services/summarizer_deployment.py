@@ -25,7 +25,7 @@ log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the re
 @serve.deployment(name="Summarizer", max_ongoing_requests=32)
 class SummarizerDeployment:
     def __init__(self, checkpoint: str | None = None, device: str = "auto", mode: str = "extractive",
-                 summarizer_class: str = "models.summariser:Summarizer", max_new_tokens: int | None = 48,
+                 summarizer_class: str = "pipelines.report_summariser:Summarizer", max_new_tokens: int | None = 48,
                  warmup: bool = True):
         self.summarizer_class = summarizer_class
         self.max_new_tokens = max_new_tokens

@@ -13,7 +13,7 @@ import torch
 
 from models.engine_backend import FraudGraphs, select_backend
 from models.fraud_scorer import FraudModel, FraudModelConfig, FraudScorer, context_tensors
-from models.summariser import Summarizer
+from pipelines.report_summariser import Summarizer
 from pipelines.errors import ModelError
 from pipelines.sentences import split_sentences
 from pipelines.simulate_reports import finance_report, medical_report

@@ -100,7 +100,7 @@ def test_short_findings_impression_is_never_longer(text):
 
 
 def test_short_report_never_errors_through_the_summariser():
-    from models.summariser import Summarizer
+    from pipelines.report_summariser import Summarizer
     from pipelines.contracts import Report
     from pipelines.validation import validate_summaries
 

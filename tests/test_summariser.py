@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.summariser import SHIPPED_CHECKPOINT, TINY_RANDOM_VERSION, Summarizer, SummariserInputError
+from pipelines.report_summariser import SHIPPED_CHECKPOINT, TINY_RANDOM_VERSION, Summarizer, SummariserInputError
 from pipelines.contracts import Report, ReportSummary
 
 FINANCE = (

@@ -5,7 +5,7 @@ import random
 
 from typer.testing import CliRunner
 
-from models.summariser import Summarizer
+from pipelines.report_summariser import Summarizer
 from models.train_summariser import oracle_labels
 from pipelines.contracts import Report
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from pipelines.errors import ModelError
+from models.errors import ModelError
 
 
 class UnsupportedModelError(ModelError):

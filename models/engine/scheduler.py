@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipelines.errors import ModelError
+from models.errors import ModelError
 
 from .cuda_graphs import DecodeRunner
 from .model import EngineModel

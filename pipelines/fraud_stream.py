@@ -240,14 +240,17 @@ class FraudStreamJob:
         self.runtime = StreamRuntime(settings, store, self, topics, c.group, name=name, max_records=c.max_batch,
                                      max_wait_ms=c.max_wait_ms, metrics=self.metrics,
                                      retry=RetryPolicy(c.retry_initial_s, c.retry_max_s))
-        self.consumer = self.runtime.consumer
+
+    @property
+    def consumer(self):
+        return self.runtime.consumer  # the runtime may start a fresh one (a stalled rebalance)
 
     def _check_copartitioning(self) -> None:
         c = self.config
         if not c.labels_topic:
             return
-        n_tx = topic_partitions(self.settings.kafka.bootstrap_servers, c.transactions_topic)
-        n_lb = topic_partitions(self.settings.kafka.bootstrap_servers, c.labels_topic)
+        n_tx = topic_partitions(self.settings.kafka.bootstrap_servers, c.transactions_topic, self.settings)
+        n_lb = topic_partitions(self.settings.kafka.bootstrap_servers, c.labels_topic, self.settings)
         if n_tx == 0:
             raise BrokerError(f"topic {c.transactions_topic} does not exist")
         if n_lb and n_lb != n_tx:

@@ -183,6 +183,7 @@ class StreamRuntime:
         self._unstable_since: float | None = None
         overrides = {"max_poll_records": self.max_records, "client_id": name,
                      "fetch_max_wait_ms": max(10, max_wait_ms), **(consumer_overrides or {})}
+        self._consumer_overrides = overrides
         self.consumer = make_consumer(settings, None, group, **overrides)
         self.consumer.subscribe(topics, listener=_Listener(self))
 
@@ -269,7 +270,8 @@ class StreamRuntime:
             self._restore(new)
 
     def _watch_rebalance(self) -> None:
-        """Leave and rejoin the group when a rebalance has not completed within rejoin_after_s.
+        """Rejoin the group when a rebalance has not completed within rejoin_after_s (then, if it stalls
+        again, start a fresh consumer).
 
         Seen with tansu when a member is killed between its JoinGroup and SyncGroup: the group waits
         for it for good. Uses kafka-python's coordinator state (private API, guarded)."""
@@ -288,19 +290,31 @@ class StreamRuntime:
             return
         if now - self._unstable_since < self.rejoin_after_s:
             return
-        log.warning("group rebalance stalled; leaving and joining again",
-                    extra={"consumer": self.name, "group": self.group, "waited_s": round(now - self._unstable_since, 1)})
         self._unstable_since = now
         self.counts.rejoins += 1
+        if self.counts.rejoins % 2 == 1:
+            log.warning("group rebalance stalled; leaving and joining again", extra={
+                "consumer": self.name, "group": self.group, "rejoins": self.counts.rejoins})
+            try:
+                coordinator.maybe_leave_group(reason="rebalance stalled", timeout_ms=2000)
+                coordinator.reset_generation()
+                coordinator.request_rejoin()
+            except Exception:  # noqa: BLE001 - the next stall starts a fresh consumer
+                log.warning("could not reset the group membership", extra={"consumer": self.name}, exc_info=True)
+            return
+        # still stalled after a rejoin: a fresh consumer (new member, new connections). Safe: where to
+        # read comes from the store, and the partitions are claimed again when they are assigned
+        log.warning("group rebalance still stalled; starting a fresh consumer", extra={
+            "consumer": self.name, "group": self.group, "rejoins": self.counts.rejoins})
+        if self._ready:
+            self._release(set(self._ready))
+        old = self.consumer
+        self.consumer = make_consumer(self.settings, None, self.group, **self._consumer_overrides)
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
         try:
-            coordinator.maybe_leave_group(reason="rebalance stalled", timeout_ms=2000)
-        except Exception:  # noqa: BLE001 - best effort: the rejoin below is what matters
-            pass
-        try:
-            coordinator.reset_generation()
-            coordinator.request_rejoin()
+            old.close(autocommit=False)
         except Exception:  # noqa: BLE001
-            log.warning("could not reset the group membership", extra={"consumer": self.name}, exc_info=True)
+            pass
 
     def _release(self, tps: set[TopicPartition]) -> set[TopicPartition]:
         """Forget partitions; the job may name others whose state went with them (restored again)."""

@@ -36,6 +36,10 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
     max_poll_interval_ms: int = 10000  # tansu: a joining member waits this long for a rebalance
+    # LeaveGroup when a stream consumer closes. Off by default: tansu 0.6 wedges a consumer group for
+    # good when a member leaves during a rebalance (the others never become stable); without it the
+    # member's session expires and the group rebalances. With Apache Kafka, true rebalances faster.
+    leave_group_on_close: bool = False
     max_message_bytes: int = 1_048_576
     # Security, applied to every client (pipelines.kafka_io.client_security / librdkafka_security).
     # PLAINTEXT is for the embedded broker on loopback only; production: SASL_SSL (see infra/production).

@@ -240,10 +240,7 @@ class StreamRuntime:
             self.job.close()
         except Exception:  # noqa: BLE001 - closing must not mask the original error
             log.exception("job close failed", extra={"consumer": self.name})
-        try:
-            self.consumer.close(autocommit=False)
-        except Exception:  # noqa: BLE001
-            pass
+        self._close_consumer(self.consumer)
         log.info("stream consumer stopped", extra={"consumer": self.name, **self.counts.__dict__})
 
     # -- partitions ----------------------------------------------------------------------------
@@ -271,10 +268,9 @@ class StreamRuntime:
 
     def _watch_rebalance(self) -> None:
         """Rejoin the group when a rebalance has not completed within rejoin_after_s (then, if it stalls
-        again, start a fresh consumer).
-
-        Seen with tansu when a member is killed between its JoinGroup and SyncGroup: the group waits
-        for it for good. Uses kafka-python's coordinator state (private API, guarded)."""
+        again, start a fresh consumer). A safety net: the stall seen with tansu (a member leaving
+        during a rebalance wedges the group) is avoided by not sending LeaveGroup. Uses kafka-python's
+        coordinator state (private API, guarded)."""
         coordinator = getattr(self.consumer, "_coordinator", None)
         state = getattr(coordinator, "state", None)
         if state is None:
@@ -293,17 +289,15 @@ class StreamRuntime:
         self._unstable_since = now
         self.counts.rejoins += 1
         if self.counts.rejoins % 2 == 1:
-            log.warning("group rebalance stalled; leaving and joining again", extra={
+            log.warning("group rebalance stalled; joining again", extra={
                 "consumer": self.name, "group": self.group, "rejoins": self.counts.rejoins})
             try:
-                coordinator.maybe_leave_group(reason="rebalance stalled", timeout_ms=2000)
-                coordinator.reset_generation()
                 coordinator.request_rejoin()
             except Exception:  # noqa: BLE001 - the next stall starts a fresh consumer
-                log.warning("could not reset the group membership", extra={"consumer": self.name}, exc_info=True)
+                log.warning("could not ask for a rejoin", extra={"consumer": self.name}, exc_info=True)
             return
-        # still stalled after a rejoin: a fresh consumer (new member, new connections). Safe: where to
-        # read comes from the store, and the partitions are claimed again when they are assigned
+        # still stalled: a fresh consumer (new member, new connections). Safe: where to read comes
+        # from the store, and the partitions are claimed again when they are assigned
         log.warning("group rebalance still stalled; starting a fresh consumer", extra={
             "consumer": self.name, "group": self.group, "rejoins": self.counts.rejoins})
         if self._ready:
@@ -311,9 +305,18 @@ class StreamRuntime:
         old = self.consumer
         self.consumer = make_consumer(self.settings, None, self.group, **self._consumer_overrides)
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+        self._close_consumer(old)
+
+    def _close_consumer(self, consumer) -> None:
+        """Close without LeaveGroup unless kafka.leave_group_on_close (see the setting: tansu 0.6
+        wedges a group when a member leaves during a rebalance; the session expiry is safe)."""
+        if not getattr(self.settings.kafka, "leave_group_on_close", False):
+            coordinator = getattr(consumer, "_coordinator", None)
+            if coordinator is not None:
+                coordinator.maybe_leave_group = lambda *a, **k: None
         try:
-            old.close(autocommit=False)
-        except Exception:  # noqa: BLE001
+            consumer.close(autocommit=False)
+        except Exception:  # noqa: BLE001 - closing must not mask the original error
             pass
 
     def _release(self, tps: set[TopicPartition]) -> set[TopicPartition]:

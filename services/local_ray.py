@@ -13,8 +13,9 @@ import ray
 
 
 def quiet_ray_auth() -> None:
-    """Keep Ray's token authentication on (a token in ~/.ray/auth_token, made on first use), saying
-    so explicitly: left unset, Ray enables it anyway and prints a notice on every start."""
+    """Keep Ray's token authentication on, saying so explicitly (left unset, Ray enables it anyway and
+    prints a notice on every start). Ray reads the variable when first imported, so services/__init__.py
+    sets it before any import of Ray; this only checks it is still set."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 

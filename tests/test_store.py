@@ -38,7 +38,8 @@ def test_create_schema_is_idempotent(store: Store):
     assert store.create_schema() == SCHEMA_VERSION
     assert store.schema_version() == SCHEMA_VERSION
     assert scalar(store, "SELECT count(*) FROM schema_version") == SCHEMA_VERSION  # one row per migration
-    assert store.stats() == {"fraud_scores": 0, "alerts": 0, "report_summaries": 0, "dead_letters": 0, "runs": 0}
+    assert store.stats() == {"fraud_scores": 0, "alerts": 0, "report_summaries": 0, "dead_letters": 0, "runs": 0,
+                             "stream_positions": 0}
 
 
 def test_create_schema_upgrades_from_v1(store_url: str):
@@ -50,8 +51,10 @@ def test_create_schema_upgrades_from_v1(store_url: str):
     with store.engine.begin() as conn:  # a v1-era row survives the upgrade
         conn.execute(text("INSERT INTO fraud_scores (transaction_id, score, decision, reasons, model_version, scored_at)"
                           " VALUES ('t1', 0.5, 'review', '[]', 'm1', CURRENT_TIMESTAMP)"))
-    assert store.create_schema() == SCHEMA_VERSION == 3
-    assert {"amount", "payload_hash", "source_position"} <= {c["name"] for c in inspect(store.engine).get_columns("fraud_scores")}
+    assert store.create_schema() == SCHEMA_VERSION == 6
+    assert {"amount", "payload_hash", "source_position", "owner"} <= {c["name"] for c in inspect(store.engine).get_columns("fraud_scores")}
+    assert "content_hash" in {c["name"] for c in inspect(store.engine).get_columns("report_summaries")}
+    assert "stream_positions" in inspect(store.engine).get_table_names()
     assert store.count("fraud_scores") == 1
     store.close()
 
@@ -102,8 +105,8 @@ def test_summaries_keyed_on_report_and_model_version(store: Store):
     store.upsert_summaries([summary("r1", "v1"), summary("r1", "v2"), summary("r2", "v1")])
     store.upsert_summaries([summary("r1", "v1", "Revenue rose 6%.")])
     assert store.count("report_summaries") == 3
-    assert store.summaries_done(["r1", "r2", "r3"], "v1") == {"r1", "r2"}
-    assert store.summaries_done(["r1", "r2", "r3"], "v2") == {"r1"}
+    assert store.summaries_done(["r1", "r2", "r3"], "v1") == {"r1": None, "r2": None}  # id -> content hash
+    assert store.summaries_done(["r1", "r2", "r3"], "v2") == {"r1": None}
     got = store.get_result("r1", model_version="v1")
     assert isinstance(got, ReportSummary) and got.summary == "Revenue rose 6%."
     assert got.key_facts[0].spans[0] == Span(start=13, end=15) and got.faithfulness == {"figures_supported": 1.0}
@@ -237,4 +240,4 @@ def test_write_batch_with_summaries_and_score_provenance(store: Store):
     with pytest.raises(StoreError):
         store.write_batch(summaries=[summary("r2", "v1")],
                           dead_letters=[DeadLetter(source="r", partition=0, offset=1, reason="x", stage=None)])
-    assert store.summaries_done(["r1", "r2"], "v1") == {"r1"}
+    assert set(store.summaries_done(["r1", "r2"], "v1")) == {"r1"}

@@ -99,7 +99,7 @@ def positions(store: Store, stream: str) -> dict[Key, int | None]:
     t = stream_positions.c
     with store.engine.connect() as conn:
         return {(r[0], int(r[1])): (None if r[2] is None else int(r[2])) for r in conn.execute(
-            select(t.topic, t.partition, t.next_offset).where(t.stream == stream))}
+            select(t.topic, t.partition, t.next_offset).where(t.stream == stream, t.partition >= 0))}
 
 
 def advance(stream: str, moves: Iterable[Advance]):
@@ -151,3 +151,39 @@ def fence(stream: str, epochs: Mapping[Key, int]):
             raise Fenced(f"partitions {sorted(fenced)} were claimed by another consumer", fenced)
 
     return step
+
+
+# -- the Kafka group generation of a stream ---------------------------------------------------------
+# Positions live in the store, so the Kafka consumer group is only a way to share partitions. If a
+# broker wedges a group (tansu 0.6 can leave a rebalance unfinished for good), the consumers move to
+# a fresh group id together: the generation is a row of this table (topic "", partition -1), bumped
+# by compare-and-set, read by every consumer between batches.
+
+_GENERATION_KEY = ("", -1)
+
+
+def group_generation(store: Store, stream: str) -> int:
+    t = stream_positions.c
+    with store.engine.connect() as conn:
+        value = conn.execute(select(t.next_offset).where(
+            t.stream == stream, t.topic == _GENERATION_KEY[0], t.partition == _GENERATION_KEY[1])).scalar()
+    return int(value or 0)
+
+
+def bump_group_generation(store: Store, stream: str, seen: int, owner: str) -> int:
+    """Move the stream to generation seen + 1 unless someone already did; returns the generation now."""
+    t = stream_positions.c
+    now = datetime.now(timezone.utc)
+    insert = postgresql.insert if store.dialect == "postgresql" else sqlite.insert
+
+    def work(conn: Connection) -> int:
+        conn.execute(insert(stream_positions).values(stream=stream, topic=_GENERATION_KEY[0],
+                                                     partition=_GENERATION_KEY[1], next_offset=0, epoch=0,
+                                                     owner=owner, updated_at=now).on_conflict_do_nothing())
+        conn.execute(update(stream_positions).where(
+            t.stream == stream, t.topic == _GENERATION_KEY[0], t.partition == _GENERATION_KEY[1],
+            t.next_offset == seen).values(next_offset=seen + 1, owner=owner, updated_at=now))
+        return int(conn.execute(select(t.next_offset).where(
+            t.stream == stream, t.topic == _GENERATION_KEY[0], t.partition == _GENERATION_KEY[1])).scalar())
+
+    return store._transact(work)  # noqa: SLF001

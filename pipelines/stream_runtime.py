@@ -54,7 +54,8 @@ from pipelines.errors import ArgusError
 from pipelines.kafka_io import make_consumer
 from pipelines.settings import Settings
 from pipelines.store import Store
-from pipelines.stream_positions import Advance, Claim, Fenced, OffsetGap, PositionConflict, advance, claim
+from pipelines.stream_positions import (Advance, Claim, Fenced, OffsetGap, PositionConflict, advance,
+                                        bump_group_generation, claim, group_generation)
 
 log = logging.getLogger("argus.stream")
 
@@ -184,7 +185,9 @@ class StreamRuntime:
         overrides = {"max_poll_records": self.max_records, "client_id": name,
                      "fetch_max_wait_ms": max(10, max_wait_ms), **(consumer_overrides or {})}
         self._consumer_overrides = overrides
-        self.consumer = make_consumer(settings, None, group, **overrides)
+        self._generation = self._read_generation()
+        self._generation_checked = time.monotonic()
+        self.consumer = make_consumer(settings, None, self.kafka_group, **overrides)
         self.consumer.subscribe(topics, listener=_Listener(self))
 
     # -- the loop ------------------------------------------------------------------------------
@@ -245,8 +248,44 @@ class StreamRuntime:
 
     # -- partitions ----------------------------------------------------------------------------
 
+    @property
+    def kafka_group(self) -> str:
+        """The Kafka consumer group: the stream's name, with the generation once it had to move."""
+        return self.group if not self._generation else f"{self.group}~{self._generation}"
+
+    def _read_generation(self) -> int:
+        try:
+            return group_generation(self.store, self.group)
+        except TRANSIENT:
+            return getattr(self, "_generation", 0)
+
+    def _follow_generation(self) -> None:
+        """Every few seconds: if another consumer moved the stream to a new Kafka group, follow it."""
+        now = time.monotonic()
+        if now - self._generation_checked < 2.0:
+            return
+        self._generation_checked = now
+        gen = self._read_generation()
+        if gen != self._generation:
+            log.warning("the stream moved to a new consumer group; following", extra={
+                "consumer": self.name, "group": self.group, "generation": gen})
+            self._switch_consumer(gen)
+
+    def _switch_consumer(self, generation: int) -> None:
+        """A fresh consumer (new member, new connections) in the group of `generation`. Safe: where to
+        read comes from the store, and partitions are claimed again when they are assigned."""
+        if self._ready:
+            self._release(set(self._ready))
+        old = self.consumer
+        self._generation = generation
+        self.consumer = make_consumer(self.settings, None, self.kafka_group, **self._consumer_overrides)
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
+        self._unstable_since = None
+        self._close_consumer(old)
+
     def sync(self) -> None:
         """Apply what the rebalance listener saw: release lost partitions, claim and restore new ones."""
+        self._follow_generation()
         self._watch_rebalance()
         assigned = set(self.consumer.assignment())
         if self._assigned_event.is_set():
@@ -296,16 +335,15 @@ class StreamRuntime:
             except Exception:  # noqa: BLE001 - the next stall starts a fresh consumer
                 log.warning("could not ask for a rejoin", extra={"consumer": self.name}, exc_info=True)
             return
-        # still stalled: a fresh consumer (new member, new connections). Safe: where to read comes
-        # from the store, and the partitions are claimed again when they are assigned
-        log.warning("group rebalance still stalled; starting a fresh consumer", extra={
-            "consumer": self.name, "group": self.group, "rejoins": self.counts.rejoins})
-        if self._ready:
-            self._release(set(self._ready))
-        old = self.consumer
-        self.consumer = make_consumer(self.settings, None, self.group, **self._consumer_overrides)
-        self.consumer.subscribe(self.topics, listener=_Listener(self))
-        self._close_consumer(old)
+        # still stalled: the broker has wedged the group (tansu 0.6 can): the stream moves to a fresh
+        # Kafka group, and every consumer follows (_follow_generation)
+        try:
+            gen = bump_group_generation(self.store, self.group, self._generation, self.name)
+        except TRANSIENT:
+            return
+        log.warning("group rebalance still stalled; moving the stream to a fresh consumer group", extra={
+            "consumer": self.name, "group": self.group, "generation": gen, "rejoins": self.counts.rejoins})
+        self._switch_consumer(gen)
 
     def _close_consumer(self, consumer) -> None:
         """Close without LeaveGroup unless kafka.leave_group_on_close (see the setting: tansu 0.6

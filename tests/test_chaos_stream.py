@@ -7,6 +7,7 @@ a reason, every score equal. The long campaign (50 schedules) is a benchmark."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos_stream.py"
 def test_three_fault_schedules_lose_nothing_and_duplicate_nothing(ray_local, capsys):
     spec = importlib.util.spec_from_file_location("chaos_stream", SCRIPT)
     chaos = importlib.util.module_from_spec(spec)
+    sys.modules["chaos_stream"] = chaos  # its dataclasses look their module up there
     spec.loader.exec_module(chaos)
     rc = chaos.main(["--schedules", "3", "--seed", "7", "--records", "400", "--window", "18",
                      "--drain-timeout", "150"])

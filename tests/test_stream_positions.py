@@ -84,3 +84,14 @@ def test_a_claim_waits_for_a_batch_in_flight(fresh_pg_url):
     got.update(claim(s, "g", [("t", 0)], "b"))
     t.join()
     assert got[("t", 0)].next_offset == 7
+
+
+def test_the_group_generation_moves_once_per_stall(store):
+    from pipelines.stream_positions import bump_group_generation, group_generation
+
+    assert group_generation(store, "g") == 0
+    assert bump_group_generation(store, "g", 0, "a") == 1
+    assert bump_group_generation(store, "g", 0, "b") == 1  # b saw the same stall: no second move
+    assert bump_group_generation(store, "g", 1, "b") == 2
+    claim(store, "g", [("t", 0)], "a")
+    assert positions(store, "g") == {("t", 0): None}  # the generation row is not a partition

@@ -145,11 +145,20 @@ DOUBLING = [
 
 
 def _cpu(fn, text: str, repeats: int = 3) -> float:
+    """Best CPU time of a few runs, the collector paused: a full collection's cost grows with the heap
+    (not with the algorithm) and, on a loaded machine, made the ratio noisy."""
+    import gc
+
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.process_time()
-        fn(text)
-        best = min(best, time.process_time() - t0)
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.process_time()
+            fn(text)
+            best = min(best, time.process_time() - t0)
+        finally:
+            gc.enable()
     return best
 
 

@@ -723,7 +723,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import logging
 
-    logging.getLogger("argus").setLevel(logging.INFO if args.verbose else logging.ERROR)
+    argus_log = logging.getLogger("argus")
+    old_level = argus_log.level
+    argus_log.setLevel(logging.INFO if args.verbose else logging.ERROR)
+    try:
+        return _campaign(args)
+    finally:
+        argus_log.setLevel(old_level)  # run from a test, the process goes on
+
+
+def _campaign(args) -> int:
 
     import ray
 

@@ -168,6 +168,6 @@ def test_doubling_the_input_at_most_about_doubles_the_time(shape, steps, tokeniz
     small, big = hostile(shape, 120_000), hostile(shape, 240_000)
     for step in steps:
         t1, t2 = _cpu(fns[step], small), _cpu(fns[step], big)
-        floor = 0.01  # below 10 ms the ratio is timer noise; linear code is far below that bound anyway
+        floor = 0.05  # below 50 ms the ratio is noise on a loaded 2-core machine; linear code is far below it
         assert t2 <= 3 * max(t1, floor), f"{shape}/{step}: {t1:.3f} s at 120 KB, {t2:.3f} s at 240 KB"
         assert t2 / 0.24 <= 4.0, f"{shape}/{step}: {t2 / 0.24:.2f} CPU s per MB (target 1, bound 4 here)"

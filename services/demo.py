@@ -54,7 +54,7 @@ def run_demo(transactions: int = 20_000, rate: float = 5_000.0, reports: int = 4
              home: Path | None = None, console: Console | None = None) -> DemoResult:
     from infra.local_broker import embedded_broker
     from pipelines.kafka_io import make_producer, with_bootstrap
-    from pipelines.report_stream import run_report_stream
+    from services.report_stream_runner import run_report_stream
     from pipelines.simulate_reports import generate_reports, produce_reports
     from pipelines.simulate_transactions import SimulatorConfig, run_to_kafka
     from pipelines.store import Store

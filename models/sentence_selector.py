@@ -218,18 +218,26 @@ _STOP = frozenset("a an the and or but of to in on for with at by from as is are
                   "those we our they their which who than then there also not no into over more most".split())
 
 
-def centrality(sentences: list[str], damping: float = 0.85, iters: int = 60) -> np.ndarray:
-    """TextRank (Mihalcea & Tarau similarity: shared content words over log lengths), power iteration."""
-    bags = [set(t for t in tokens(s) if t not in _STOP) for s in sentences]
+def textrank_similarity(bags: list[set[str]]) -> np.ndarray:
+    """TextRank's sentence similarity (Mihalcea & Tarau): shared content words over the sum of the log
+    lengths; one matrix for this selector's centrality and the TextRank baseline (pipelines/baselines)."""
     n = len(bags)
-    if n == 0:
-        return np.zeros(0)
     sim = np.zeros((n, n))
     for i in range(n):
         for j in range(i + 1, n):
             common = len(bags[i] & bags[j])
             if common and len(bags[i]) > 1 and len(bags[j]) > 1:
                 sim[i, j] = sim[j, i] = common / (math.log(len(bags[i])) + math.log(len(bags[j])))
+    return sim
+
+
+def centrality(sentences: list[str], damping: float = 0.85, iters: int = 60) -> np.ndarray:
+    """TextRank (Mihalcea & Tarau similarity: shared content words over log lengths), power iteration."""
+    bags = [set(t for t in tokens(s) if t not in _STOP) for s in sentences]
+    n = len(bags)
+    if n == 0:
+        return np.zeros(0)
+    sim = textrank_similarity(bags)
     out = sim.sum(1)
     trans = np.where(out[:, None] > 0, sim / np.maximum(out[:, None], 1e-12), 1.0 / n)
     rank = np.full(n, 1.0 / n)

@@ -6,10 +6,7 @@ and networkx's PageRank (damping 0.85) over the weighted sentence graph.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
+from models.sentence_selector import textrank_similarity
 from pipelines.sentence_selection import words
 from pipelines.sentences import split_sentences
 
@@ -31,12 +28,7 @@ def textrank_scores(sentences: list[str], damping: float = 0.85) -> list[float]:
     n = len(bags)
     if n == 0:
         return []
-    sim = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            common = len(bags[i] & bags[j])
-            if common and len(bags[i]) > 1 and len(bags[j]) > 1:
-                sim[i, j] = sim[j, i] = common / (math.log(len(bags[i])) + math.log(len(bags[j])))
+    sim = textrank_similarity(bags)
     ranks = nx.pagerank(nx.from_numpy_array(sim), alpha=damping, weight="weight", max_iter=200, tol=1e-8)
     return [ranks[i] for i in range(n)]
 

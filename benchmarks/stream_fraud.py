@@ -43,7 +43,9 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, ou
     commits: list[tuple[float, list[str]]] = []
 
     def on_batch(j) -> None:
-        commits.append((time.time(), [r["transaction_id"] for r in j.last_batch.score_rows]))
+        # on_batch runs after the store write, the alerts flush and the commit of that batch
+        out = j.last_output
+        commits.append((time.time(), [r["transaction_id"] for r in out.score_rows] if out is not None else []))
         if not ready.is_set():
             ready.set()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, islice
 from typing import Any
 
 from pipelines.contracts import ContractError, Report, ReportSummary, decode
@@ -30,6 +31,10 @@ from pipelines.store import DeadLetter
 STAGES = ("read", "decode", "validate_input", "summarize", "validate_output")
 
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")
+# `len(_ALPHA_WORD.findall(s)) >= 3` without the list: three runs of 2+ letters, between them anything
+# but such a run (other characters, single letters). Runs are taken whole (possessive) and a try
+# starts only at a run's start, so a failed try is one of the last two runs': linear.
+_THREE_WORDS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_]{2,}+(?:[\W\d_]|[^\W\d_](?![^\W\d_]))*+){2}[^\W\d_]{2}")
 # A table-like line is one of: `| ... |`; a rule made of - = : | + and blanks; or at least two `cell |`.
 # Each test is linear (one run, or runs of disjoint classes); the former single pattern
 # `^\s*(\|.*\||[-=:|+\s]+|(?:[^\s|]+\s*\|\s*){2,}.*)\s*$` overlapped three blank runs: 800 blanks and a
@@ -85,10 +90,20 @@ class Result:
 
 def has_prose(text: str) -> bool:
     """True when some sentence outside table-like lines has at least three words of letters."""
-    from pipelines.sentences import split_sentences
+    from pipelines.sentences import sentence_texts
 
-    prose = "\n".join(line for line in text.splitlines() if not is_table_line(line))
-    return any(len(_ALPHA_WORD.findall(s.text)) >= 3 for s in split_sentences(prose))
+    # A sentence never spans lines, so only the lines with three words (found in bulk, no Python step
+    # per line) can hold one; they are tested as tables and split in batches that double (the first
+    # line with prose answers at once; n such lines take about log2(n) splits). A million one-word
+    # lines cost 2 us each before.
+    lines = text.splitlines()
+    candidates = (line for line in compress(lines, map(_THREE_WORDS.search, lines)) if not is_table_line(line))
+    size = 1
+    while batch := list(islice(candidates, size)):
+        if any(map(_THREE_WORDS.search, sentence_texts("\n".join(batch)))):
+            return True
+        size *= 2
+    return False
 
 
 def to_report(data: dict[str, Any], max_bytes: int) -> Report:

@@ -4,7 +4,8 @@ finance: figures with units (currency, %, basis points, scale words) and the per
 (`Q1`, `first quarter`, `fiscal 2021`, `full year`, `year-over-year`), guidance sentences, and risk
 factors (the `Item 1A` / `Risk Factors` section when there is one, else sentences with risk cues).
 medical: findings (the FINDINGS section, or every sentence of a findings-only report) and the
-impression (the IMPRESSION / CONCLUSION section). Every span indexes the original text.
+impression (the IMPRESSION / CONCLUSION section; its first MAX_IMPRESSION sentences). Every span indexes
+the original text.
 
 Linear time in the text: sentences and sections are linear (see their modules), figures are read lazily
 and reading stops at the caps (`MAX_FIGURES`, ...), the patterns below start at word boundaries and have
@@ -22,7 +23,7 @@ from operator import attrgetter
 from pipelines.contracts import KeyFact, Span
 from pipelines.faithfulness import _KEY_FIGURE, Figure, _parse, iter_figures
 from pipelines.sections import find_section, split_sections
-from pipelines.sentences import Sentence, split_sentences
+from pipelines.sentences import Sentence, first_sentences, split_sentences
 
 _PERIOD = re.compile(
     r"\b(?:q[1-4](?:\s+(?:fy)?\s?\d{2,4})?|(?:first|second|third|fourth)[- ]quarter|fiscal(?:\s+year)?\s+\d{2,4}"
@@ -36,7 +37,7 @@ _RISK = re.compile(r"(?=[ruhavilspc])\b(?:risks?|uncertaint\w*|headwinds?|advers
 
 _START = attrgetter("start")
 
-MAX_FIGURES, MAX_GUIDANCE, MAX_RISKS, MAX_FINDINGS = 12, 5, 5, 10
+MAX_FIGURES, MAX_GUIDANCE, MAX_RISKS, MAX_FINDINGS, MAX_IMPRESSION = 12, 5, 5, 10, 10
 
 
 def _span(s: Sentence) -> Span:
@@ -61,7 +62,8 @@ def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[Ke
     guidance = _matching(_GUIDANCE, text, sentences)
     facts += [KeyFact(kind="guidance", text=s.text, spans=[_span(s)]) for s in islice(guidance, MAX_GUIDANCE)]
     risk_section = find_section(split_sections(text), "item 1a", "risk factors", "risks")
-    risks = risk_section.sentences(text) if risk_section else _matching(_RISK, text, sentences)
+    risks = (first_sentences(text[risk_section.body:risk_section.end], MAX_RISKS, risk_section.body)
+             if risk_section else _matching(_RISK, text, sentences))
     facts += [KeyFact(kind="risk_factor", text=s.text, spans=[_span(s)]) for s in islice(risks, MAX_RISKS)]
     return facts
 
@@ -129,15 +131,21 @@ def medical_facts(text: str) -> list[KeyFact]:
     sections = split_sections(text)
     findings = find_section(sections, "findings")
     impression = find_section(sections, "impression", "conclusion")
+    # Only the first MAX_FINDINGS sentences are facts: only they are split (a text of a million lines
+    # built a million sentences for ten).
     if findings is not None:
-        finding_sents = findings.sentences(text)
+        finding_sents = first_sentences(text[findings.body:findings.end], MAX_FINDINGS, findings.body)
     elif impression is None:
-        finding_sents = split_sentences(text)
+        finding_sents = first_sentences(text, MAX_FINDINGS)
     else:
-        finding_sents = [s for s in split_sentences(text) if s.end <= impression.start]
-    facts = [KeyFact(kind="finding", text=s.text, spans=[_span(s)]) for s in finding_sents[:MAX_FINDINGS]]
+        finding_sents = [s for s in first_sentences(text, MAX_FINDINGS) if s.end <= impression.start]
+    facts = [KeyFact(kind="finding", text=s.text, spans=[_span(s)]) for s in finding_sents]
     if impression is not None:
-        facts += [KeyFact(kind="impression", text=s.text, spans=[_span(s)]) for s in impression.sentences(text)]
+        # An impression is a few lines; its first MAX_IMPRESSION sentences are facts (all of them, before:
+        # a million-line impression made a million facts).
+        body = text[impression.body:impression.end]
+        facts += [KeyFact(kind="impression", text=s.text, spans=[_span(s)])
+                  for s in first_sentences(body, MAX_IMPRESSION, impression.body)]
     return facts
 
 

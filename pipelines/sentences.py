@@ -118,6 +118,20 @@ def sentence_texts(text: str) -> list[str]:
     return list(compress(pieces, map(_ALNUM.search, pieces)))
 
 
+def first_sentences(text: str, n: int, offset: int = 0) -> list[Sentence]:
+    """`split_sentences(text, offset)[:n]`, from the shortest prefix (growing 4x) that fixes them: once
+    a prefix holds two sentences more, the first n (and the boundaries after them, which read two
+    characters ahead at most) are those of the whole text. A caller that needs a few sentences of a
+    huge text splits about what it needs."""
+    size = 4096
+    while size < len(text):
+        sentences = split_sentences(text[:size], offset)
+        if len(sentences) >= n + 2:
+            return sentences[:n]
+        size *= 4
+    return split_sentences(text, offset)[:n]
+
+
 def _pieces(text: str) -> tuple[list[str], list[int], list[int]]:
     """The stripped text between kept boundaries, with its [start, end); some hold no letter or digit."""
     # One `re.split` and bulk C-level maps (offsets, the letter test, the tuples) instead of a Python

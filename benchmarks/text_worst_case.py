@@ -11,8 +11,11 @@ machine wall time mostly measures the other tenants; both are printed) and repor
 Steps: sentences (pipelines.sentences), sections, key facts (finance and medical), faithfulness
 (a summary of source sentences checked against the whole source), tables (has_prose: table-line
 detection + sentences), tokenizer (models.sentence_scorer.encode_sentences with the shipped
-tokenizer, over the document's sentences), selection (MMR over the sentences, flat scores). The last
-three get the sentences precomputed: each column is that step's own cost.
+tokenizer, over the document's sentences), selection (MMR over the sentences, flat scores), impression
+(models.impression's writer on the whole text as one sentence with a finding in its middle: clause
+breaks, lead-ins and trails; the chest-findings labeller before it is not run, as the summariser only
+sends findings of up to 3,000 characters to it). The faithfulness, tokenizer and selection steps get the
+sentences precomputed: each column is that step's own cost.
 
 The front door (`--front-door`, default on): every shape as one record of one JSONL file through
 `argus summarize` (extractive, shipped `small` checkpoint, output validation on), timed as a whole;
@@ -86,6 +89,9 @@ SHAPES: dict[str, str | Callable[[int], str]] = {
     "huge_line": "Revenue grew to a record level in the period and margins held ",
     "prose": "Revenue grew 12% to $3.4 billion in Q1 2021. We expect margins to improve. Supply chain risk remains.\n",
     "impression_lines": lambda n: "IMPRESSION:\n" + "No acute disease.\n" * ((n - 12) // 18),
+    # the impression writer's clause-break and 'is seen' trail patterns: long blank runs between clause words
+    "clause_blanks": "There is effusion is" + " " * 2000 + "x but" + " " * 2000 + "y without" + " " * 2000 + "z ",
+    "lead_ins": "and ",
 }
 
 
@@ -126,6 +132,17 @@ def _steps(tokenizer) -> dict[str, Callable[[str], object]]:
         sents = prepared[1]
         return mmr_select(sents, [0.0] * len(sents), 5, 1200)
 
+    def impression(text):
+        # The writer as `SummaryWriters.impression` calls it, given a labelling (the ConText labeller reads
+        # short findings only) that puts one asserted finding in the middle of a one-sentence text.
+        from models.chest_findings import NO_FINDING, OBSERVATIONS, Labelled, Mention
+        from models.impression import ImpressionWriter
+
+        mid = len(text) // 2
+        mention = Mention("Pleural Effusion", text[mid:mid + 1], mid, mid + 1, 0, False, False, False)
+        labels = {o: None for o in OBSERVATIONS} | {NO_FINDING: 0, "Pleural Effusion": 1}
+        return ImpressionWriter().write(text, Labelled(text, ((0, len(text)),), (mention,), labels))
+
     return {
         "sentences": split_sentences,
         "sections": split_sections,
@@ -135,6 +152,7 @@ def _steps(tokenizer) -> dict[str, Callable[[str], object]]:
         "tables": has_prose,
         "tokenizer": tokenizer_step,
         "selection": selection,
+        "impression": impression,
     }
 
 

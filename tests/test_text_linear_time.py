@@ -1,8 +1,9 @@
 """Hostile text at the text steps: nothing raises, and time grows linearly.
 
 Every step that reads user text (sentences, sections, key facts, faithfulness, table detection, the
-tokenizer's pre-processing) is fed random unicode (lone surrogates included) and huge repeats of the
-shapes that made the former patterns quadratic or cubic; and on those shapes doubling the input must
+tokenizer's pre-processing, the radiology impression writer's clause patterns) is fed random unicode
+(lone surrogates included) and huge repeats of the shapes that made the former patterns quadratic or
+cubic; and on those shapes doubling the input must
 at most about double the time (<= 3x, CPU time, best of three, inputs of 120 KB and 240 KB so that
 one call takes tens of milliseconds, not timer noise).
 """
@@ -15,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.chest_findings import ABSENT, NO_FINDING, OBSERVATIONS, PRESENT, Labelled, Mention
+from models.impression import ImpressionWriter
 from models.sentence_scorer import MAX_SENTENCE_TOKENS, encode_sentences
 from models.summariser import SHIPPED_CHECKPOINT
 from models.tokenizer import clip_for_tokens, load_tokenizer
@@ -42,6 +45,11 @@ HOSTILE = {
     "emoji_run": "\U0001f600\U0001f44d",  # one pre-token: BPE merges cost more than linear
     "zero_width": "\u200b\u200d\u2060",
     "impression_lines": "IMPRESSION: No acute disease.\n",
+    # the impression writer: one blank run after 'is' (its trail and clause breaks tried every blank
+    # and read the rest of the run), clause words between long runs, and lead-ins read one by one
+    "is_blank_run": lambda n: "is" + " " * (n - 3) + "x",
+    "clause_blanks": "effusion is" + " " * 2000 + "x but" + " " * 2000 + "y without" + " " * 2000 + "z ",
+    "lead_ins": "and ",
 }
 
 
@@ -49,7 +57,18 @@ def hostile(shape: str, n_bytes: int) -> str:
     unit = HOSTILE[shape]
     if unit is None:
         return "# a" + " " * (n_bytes - 4) + "b"
+    if callable(unit):
+        return unit(n_bytes)
     return unit * max(1, n_bytes // len(unit.encode("utf-8")))
+
+
+def impression(text: str):
+    """The impression writer on `text` as one sentence with an asserted finding in its middle (what it
+    does to a findings sentence; the ConText labeller only ever reads short findings)."""
+    mid = len(text) // 2
+    mention = Mention("Pleural Effusion", text[mid:mid + 1], mid, mid + 1, 0, False, False, False)
+    labels = {o: None for o in OBSERVATIONS} | {NO_FINDING: ABSENT, "Pleural Effusion": PRESENT}
+    return ImpressionWriter().write(text, Labelled(text, ((0, len(text)),), (mention,), labels))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +97,8 @@ def _check_all(text: str, tok) -> None:
         assert 0 <= f.start < f.end <= len(text)
     ids = encode_sentences(tok, [s.text for s in sents[:50]])
     assert all(1 <= len(x) <= MAX_SENTENCE_TOKENS for x in ids)
+    for line in impression(text):
+        assert isinstance(line.text, str) and (line.start is None or 0 <= line.start <= line.end <= len(text))
 
 
 any_char = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())  # surrogates too
@@ -124,6 +145,7 @@ def _steps(tok):
         "faithfulness": lambda t: check_sentences([s.text for s in split_sentences(t[:5000])[:5]] or [t[:200]], t),
         "tables": has_prose,
         "tokenizer": lambda t: encode_sentences(tok, [t[i:i + 20_000] for i in range(0, len(t), 20_000)]),
+        "impression": impression,
     }
 
 
@@ -141,6 +163,9 @@ DOUBLING = [
     ("comma_digits", ["faithfulness", "key_facts_finance"]),
     ("emoji_run", ["tokenizer"]),
     ("combining", ["tokenizer"]),
+    ("is_blank_run", ["impression"]),
+    ("clause_blanks", ["impression"]),
+    ("lead_ins", ["impression"]),
 ]
 
 

@@ -13,13 +13,17 @@ Memory is bounded by the window, not the document.
 
 from __future__ import annotations
 
+import gc
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import and_, itemgetter, le, not_
 
 import torch
 from torch import nn
 
-from models.tokenizer import CLIP_CHARS, DOCUMENT, FINANCE, MEDICAL, clip_text
+from models.tokenizer import CLIP_CHARS, DOCUMENT, FINANCE, MAX_RUN_CHARS, MEDICAL, clip_text
 
 MAX_SENTENCE_TOKENS = 128  # a sentence is represented by at most its first 128 tokens
 N_FEATURES = 2
@@ -46,31 +50,56 @@ def prefix_ids(tokenizer, domain: str) -> list[int]:
 def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
     if not sentences:
         return []
-    clipped = [clip_text(s) for s in sentences]  # linear time: only the first tokens are kept
-    ids = _encode_unique(tokenizer, [c for c, _ in clipped])
-    for i, (s, (_, more)) in enumerate(zip(sentences, clipped)):
-        # A cut at a word end keeps the first tokens exactly when it yields enough of them; else read more.
-        limit = CLIP_CHARS
-        while more and len(ids[i]) < MAX_SENTENCE_TOKENS:
-            limit *= 4
-            c, more = clip_text(s, limit)
-            ids[i] = tokenizer(c, add_special_tokens=False)["input_ids"]
-    return [(x[:MAX_SENTENCE_TOKENS] if x else [tokenizer.unk_token_id]) for x in ids]
+    # Per sentence only C-level maps (a million one-word sentences cost 1.6 us each in Python steps and
+    # collections of the lists built): short ASCII sentences go to the tokenizer as they are, the others
+    # are clipped (linear time: only the first tokens are kept, see models.tokenizer).
+    texts = list(sentences)
+    more: list[int] = []  # cut at a word end: read more if the cut yields too few tokens
+    as_is = map(and_, map(le, map(len, texts), repeat(MAX_RUN_CHARS)), map(str.isascii, texts))
+    for i in compress(range(len(texts)), map(not_, as_is)):
+        texts[i], cut = clip_text(texts[i])
+        if cut:
+            more.append(i)
+    with _collector_paused(len(texts) > 10_000):
+        ids = _encode_unique(tokenizer, texts)
+        for i in more:
+            # A cut at a word end keeps the first tokens exactly when it yields enough of them; else read more.
+            limit, cut = CLIP_CHARS, True
+            while cut and len(ids[i]) < MAX_SENTENCE_TOKENS:
+                limit *= 4
+                c, cut = clip_text(sentences[i], limit)
+                ids[i] = tokenizer(c, add_special_tokens=False)["input_ids"]
+        out = list(map(itemgetter(slice(None, MAX_SENTENCE_TOKENS)), ids))  # each its own list, as before
+    for i in compress(range(len(out)), map(not_, out)):
+        out[i] = [tokenizer.unk_token_id]
+    return out
+
+
+@contextmanager
+def _collector_paused(paused: bool):
+    """The cyclic collector paused while many acyclic lists are built: a million long-lived lists start
+    full collections, each walking the whole heap (the model's too). Seen once when it next runs."""
+    if not paused or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _encode_unique(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text (no special tokens), each distinct text tokenised once, through the Rust
     tokenizer's batch call when there is one (a third of the per-sentence cost of the Python wrapper)."""
-    index: dict[str, int] = {}
-    for t in texts:
-        index.setdefault(t, len(index))
-    unique = list(index)  # in the order of their index
+    unique = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(unique)}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         encoded = [e.ids for e in backend.encode_batch_fast(unique, add_special_tokens=False)]
     else:
         encoded = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
-    return [encoded[index[t]] for t in texts]
+    return list(map(encoded.__getitem__, map(index.__getitem__, texts)))
 
 
 def sentence_features(sentence_ids: list[list[int]]) -> torch.Tensor:

@@ -21,7 +21,9 @@ from pipelines.sentences import Sentence, split_sentences
 # pattern finds candidate lines only (no overlapping quantifiers: the line is then read by
 # `_markdown_title`); the former `(?P<title>[^\n]+?)[ \t#]*$` retried the tail at every title
 # length, quadratic in a line of blanks or '#'s.
-_MARKDOWN = re.compile(r"^[ \t]{0,3}#{1,6}[ \t][^\n]*", re.MULTILINE)
+# The lookahead keeps only lines that have a title (a non-blank after the '#'s, or two blanks): a text of
+# '# ' lines cost a Python step per line to find none.
+_MARKDOWN = re.compile(r"^[ \t]{0,3}#{1,6}(?=[ \t]+[^ \t\n]|[ \t]{2})[ \t][^\n]*", re.MULTILINE)
 _SEC_ITEM = re.compile(r"^[ \t]*(?P<title>item[ \t]+\d{1,2}[a-c]?\.[^\n]{0,120})$", re.MULTILINE | re.IGNORECASE)
 _RADIOLOGY = re.compile(
     r"^[ \t]*(?P<title>findings|impression|indication|comparison|technique|history|clinical history|conclusion)[ \t]*:",

@@ -143,3 +143,74 @@ def test_long_context_split_of_the_attention_sum_is_exact(monkeypatch):
     probs = torch.softmax(torch.randn(3, 4, 64), -1)
     latent = torch.randn(3, 80, 16)[:, :64]  # a strided prefix of a longer cache, as in decode
     torch.testing.assert_close(layers._weighted_latent(probs, latent), torch.bmm(probs, latent))
+
+
+def _recorded(engine):
+    """The SchedulerOutput of every step the engine runs."""
+    plans, run = [], engine._execute
+    engine._execute = lambda out: (plans.append(out), run(out))[1]
+    return plans
+
+
+def test_long_prefill_is_chunked_over_steps_while_running_requests_get_a_token_each_step(hf_model):
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=4)
+    plans = _recorded(engine)
+    short = engine.submit(PROMPTS[0], 12)
+    engine.step()  # nothing decoding: the whole prompt, first token
+    assert len(short.request.output) == 1 and plans[0].prefill_tokens == 5
+    long_prompt = PROMPTS[2] + PROMPTS[0]  # 16 tokens: 4 steps of 4 under the budget
+    longer = engine.submit(long_prompt, 6)
+    for i in range(4):
+        before = len(short.request.output)
+        engine.step()
+        assert len(short.request.output) == before + 1  # the running request is never stalled
+        plan = plans[-1]
+        assert plan.decode == [short.request] and plan.prefill_tokens == 4
+        assert [(p.start, p.stop) for p in plan.prefill] == [(4 * i, 4 * i + 4)]
+        assert len(longer.request.output) == (1 if i == 3 else 0)
+    assert max(p.prefill_tokens for p in plans[1:]) <= 4
+    assert short.result() == hf_greedy(hf_model, PROMPTS[0], 12)
+    assert longer.result() == hf_greedy(hf_model, long_prompt, 6)
+
+
+def test_admission_is_first_come_first_served_and_long_prompts_are_not_starved(hf_model):
+    engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=4)
+    plans = _recorded(engine)
+    running = engine.submit(PROMPTS[1], 20)
+    engine.step()
+    long_prompt = PROMPTS[2] + PROMPTS[4]  # 15 tokens, then short prompts behind it
+    handles = [engine.submit(p, 3) for p in [long_prompt, PROMPTS[3], PROMPTS[1], PROMPTS[3]]]
+    firsts = {}
+    step = 0
+    while not all(h.request.done.is_set() for h in handles):
+        engine.step()
+        step += 1
+        for h in handles:
+            if h.request.output and h.id not in firsts:
+                firsts[h.id] = step
+    # each step: the partly prefilled request first, then arrivals in order; nobody jumps the queue
+    order = [p.request.id for plan in plans[1:] for p in plan.prefill]
+    assert order == sorted(order)
+    assert firsts[handles[0].id] <= min(firsts[h.id] for h in handles[1:])
+    assert all(plan.prefill_tokens <= 4 for plan in plans[1:])
+    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 3) for p in [long_prompt, PROMPTS[3], PROMPTS[1], PROMPTS[3]]]
+    assert running.result() == hf_greedy(hf_model, PROMPTS[1], 20)
+
+
+def test_serving_benchmark_dry_run(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import engine_serving
+
+    out = tmp_path / "serving.json"
+    engine_serving.main(["--dry-run", "--json", str(out)])
+    res = json.loads(out.read_text())
+    rates = res["engines"]["engine"]["rates"]
+    assert set(rates) == {"20", "200"}
+    for m in rates.values():
+        assert m["completed"] == m["requests"] > 0
+        assert m["ttft_ms"]["p99"] > 0 and m["tpot_ms"]["p50"] > 0 and m["itl_ms"]["p99"] > 0 and m["output_tok_s"] > 0
+    assert res["transformers_static"]["output_tok_s"] > 0

@@ -58,9 +58,9 @@ class DecodeRunner:
         b, s = self.buckets_for(n, max_len)
         self.tokens[:n].copy_(tokens, non_blocking=True)
         self.pos[:n].copy_(pos, non_blocking=True)
-        if b > n:  # padding slots decode a dummy token at position 0 of their own (unused) row
-            self.tokens[n:b].zero_()
-            self.pos[n:b].zero_()
+        if b > n:  # padding slots decode a dummy token at the last cache position of their row, which no
+            self.tokens[n:b].zero_()  # request uses (a slot there may hold a partly prefilled prompt)
+            self.pos[n:b].fill_(self.model.max_seq_len - 1)
         if not self.use_graphs:
             return self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s)[:n]
         key = (b, s)

@@ -1,9 +1,18 @@
-"""Continuous batching over the static latent cache: one scheduler loop per replica.
+"""Continuous batching over the static latent cache, with chunked prefill: one scheduler loop per replica.
 
-Requests wait in a queue; between decode steps the scheduler admits as many as there are free
-cache slots (a batched, chunked prefill gives each its first token), then runs one decode step for
-every active slot. Finished requests free their slot at once, so new ones join on the next step.
-Tokens are streamed to each request's handle (an iterator) and optional callback as they come.
+Each engine step is decided first and run second (as vLLM v1's scheduler): `schedule()` returns a plain
+`SchedulerOutput` (which running requests decode one token, which prompt pieces are prefilled), and
+`_execute()` runs the model on it. A step runs the whole decode batch plus at most `prefill_budget`
+prompt tokens of waiting requests (Sarathi-Serve's chunked prefill): a long prompt is prefilled over
+several steps, carried across them in its cache slot, while every running request still gets one
+token per step, so an arrival no longer stalls the decode batch for a whole prompt's prefill. With no
+request decoding there is nothing to stall, and waiting prompts are prefilled whole (up to
+`max_prefill_tokens` per step), as before.
+
+Admission is first come, first served: the partially prefilled request is continued before anyone
+else, and the head of the queue is never passed over for a shorter prompt behind it. Slots are taken
+lowest first, so the decode batch (slots 0..highest running) stays dense. Tokens are streamed to each
+request's handle (an iterator) and optional callback as they come.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import itertools
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +60,36 @@ class Request:
     first_token_at: float | None = None
     stream: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class PrefillPiece:
+    """Prompt tokens [start, stop) of one request, prefilled in this step into its cache slot."""
+
+    request: Request
+    start: int
+    stop: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        return self.stop == len(self.request.prompt)
+
+
+@dataclass
+class SchedulerOutput:
+    """What one engine step runs: a plain decision, no tensors."""
+
+    decode: list[Request] = field(default_factory=list)  # running requests, one token each
+    prefill: list[PrefillPiece] = field(default_factory=list)  # FCFS order
+    admitted: list[Request] = field(default_factory=list)  # given a cache slot in this step
+    budget: int = 0  # the prefill-token budget this step was planned under
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(p.stop - p.start for p in self.prefill)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
 
 
 class RequestHandle:
@@ -94,23 +134,30 @@ class Engine:
         max_prefill_tokens: int = 32768,
         seed: int = 0,
         prefill_chunk_continued: int = 8192,
+        prefill_budget: int | None = 2048,
     ):
         self.model, self.max_batch, self.max_seq_len = model, max_batch, model.max_seq_len
         self.device = model.device
         self.prefill_chunk, self.max_prefill_tokens = prefill_chunk, max_prefill_tokens
         self.prefill_chunk_continued = prefill_chunk_continued
+        # prompt tokens per step while requests are decoding; None: whole prompts (no chunking)
+        self.prefill_budget = prefill_budget
         self.cache = model.new_cache(max_batch)
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps decode batches dense
-        self._active: dict[int, Request] = {}
-        self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._active: dict[int, Request] = {}  # slot -> request decoding
+        self._prefilling: list[Request] = []  # holding a slot, prompt not yet all in the cache (FCFS)
+        self._queue: deque[Request] = deque()  # waiting for a slot (FCFS), filled from _waiting
+        self._waiting: queue.SimpleQueue[Request] = queue.SimpleQueue()  # submissions from any thread
         self._ids = itertools.count()
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
-        self.stats = {"decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0}
+        self.stats = {"decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0, "steps": 0,
+                      "prefill_steps": 0, "mixed_steps": 0, "decode_rows": 0, "decode_slots": 0,
+                      "max_step_prefill_tokens": 0}
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -169,6 +216,11 @@ class Engine:
             self._thread.join()
             self._thread = None
 
+    def pending(self) -> dict[str, int]:
+        """Occupancy now: requests decoding, partly prefilled, waiting for a slot."""
+        return {"decoding": len(self._active), "prefilling": len(self._prefilling),
+                "waiting": len(self._queue) + self._waiting.qsize()}
+
     @torch.inference_mode()
     def prefill_hidden(self, token_ids: Sequence[Sequence[int]] | torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
         """Prefill-only forward (no cache, no generation): final-normed hidden states [B, L, H],
@@ -187,7 +239,7 @@ class Engine:
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), torch.as_tensor(lens, device=hidden.device) - 1]
         return self.model.logits(hidden).float()
 
-    # ---- the scheduler ----------------------------------------------------------------------
+    # ---- the scheduler: decide ----------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -197,77 +249,155 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> bool:
-        """Admit waiting requests into free slots, then one decode step. True while work remains."""
+        """Schedule one step and run it. True while work remains."""
         with self._lock:
-            admitted = []
-            while self._free and not self._waiting.empty():
-                req = self._waiting.get()
-                req.slot = heapq.heappop(self._free)
-                admitted.append(req)
-            if admitted:
-                self._prefill(admitted)
-            if self._active:
-                self._decode()
-            return bool(self._active) or not self._waiting.empty()
+            out = self.schedule()
+            if out:
+                self._execute(out)
+            return bool(self._active or self._prefilling or self._queue or not self._waiting.empty())
 
-    def _prefill(self, reqs: list[Request]) -> None:
-        batch: list[Request] = []
-        for req in sorted(reqs, key=lambda r: len(r.prompt)):  # similar lengths together: less padding
-            longest = max([len(r.prompt) for r in batch] + [len(req.prompt)])
-            if batch and longest * (len(batch) + 1) > self.max_prefill_tokens:
-                self._prefill_batch(batch)
-                batch = []
-            batch.append(req)
-        if batch:
-            self._prefill_batch(batch)
+    def schedule(self) -> SchedulerOutput:
+        """Decide the next step: every running request decodes; prompt tokens up to the budget go,
+        first to the partly prefilled request(s), then to waiting requests in arrival order, each
+        given a free slot (the one whose piece does not fit is cut, and carried to the next step)."""
+        while True:
+            try:
+                self._queue.append(self._waiting.get_nowait())
+            except queue.Empty:
+                break
+        out = SchedulerOutput(decode=[self._active[s] for s in sorted(self._active)])
+        chunked = bool(out.decode) and self.prefill_budget is not None
+        budget = self.prefill_budget if chunked else self.max_prefill_tokens
+        out.budget = budget
+        left = budget
+        for req in self._prefilling:
+            if left <= 0:
+                break
+            stop = len(req.prompt) if not chunked else min(len(req.prompt), req.cache_len + left)
+            out.prefill.append(PrefillPiece(req, req.cache_len, stop))
+            left -= stop - req.cache_len
+        while self._queue and self._free and left > 0:
+            req = self._queue[0]
+            if not chunked and out.prefill and len(req.prompt) > left:
+                break  # whole prompts only: this one goes first next step
+            self._queue.popleft()
+            req.slot = heapq.heappop(self._free)
+            self._prefilling.append(req)
+            out.admitted.append(req)
+            stop = len(req.prompt) if not chunked else min(len(req.prompt), left)
+            out.prefill.append(PrefillPiece(req, 0, stop))
+            left -= stop
+        return out
 
-    def _prefill_batch(self, reqs: list[Request]) -> None:
-        tokens, lens = self._pad([r.prompt for r in reqs])
-        b, length = tokens.shape
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        last_index = torch.tensor(lens, device=self.device) - 1
-        rows = torch.arange(b, device=self.device)
-        last_hidden = None
-        for start, stop in self._chunks(length):
-            chunk = tokens[:, start:stop]
-            h = self.model.prefill(chunk, self.cache, slots, start)
-            local = (last_index - start).clamp(0, chunk.shape[1] - 1)
-            picked = h[rows, local]
-            here = ((last_index >= start) & (last_index < start + chunk.shape[1]))[:, None]
-            last_hidden = picked if last_hidden is None else torch.where(here, picked, last_hidden)
-        first = self._sample(self.model.logits(last_hidden), reqs)
-        self.stats["prefill_tokens"] += sum(lens)
-        for req, tok in zip(reqs, first):
-            req.cache_len = len(req.prompt)
-            self._active[req.slot] = req
-            self._emit(req, tok)
+    # ---- the scheduler: run -------------------------------------------------------------------
 
-    def _chunks(self, length: int) -> list[tuple[int, int]]:
-        """Prefill chunk bounds: a first chunk of `prefill_chunk` tokens (plain causal attention), then
-        chunks of `prefill_chunk_continued` (attention to the cached prefix with a lower-right causal
-        mask, which measured faster in 8K pieces: 128K prompt 11.8 s vs 23.4 s in 32K pieces)."""
-        bounds, start = [], 0
-        while start < length:
-            size = self.prefill_chunk if start == 0 else min(self.prefill_chunk, self.prefill_chunk_continued)
-            bounds.append((start, min(length, start + size)))
-            start += size
-        return bounds
-
-    def _decode(self) -> None:
-        n = max(self._active) + 1
-        reqs = [self._active.get(s) for s in range(n)]
-        tokens = [r.output[-1] if r else 0 for r in reqs]
-        pos = [r.cache_len if r else 0 for r in reqs]
-        inputs = torch.tensor([tokens, pos], device=self.device)  # one host-to-device copy
-        logits = self.runner.step(inputs[0], inputs[1], max(pos) + 1)
-        nxt = self._sample(logits, reqs)
-        self.stats["decode_steps"] += 1
-        for req, tok in zip(reqs, nxt):
-            if req is not None:
-                req.cache_len += 1
+    def _execute(self, out: SchedulerOutput) -> None:
+        """Run a scheduled step: launch the decode batch, then the prefill pieces (their host-side
+        launches overlap the decode on the GPU), then read every sampled token back at once."""
+        dec_tokens = None
+        if out.decode:
+            dec_reqs, dec_tokens = self._launch_decode(out.decode)
+        first_reqs, first_tokens = [], []
+        for group in self._prefill_groups(out.prefill, out.budget):
+            done, toks = self._launch_prefill(group)
+            first_reqs += done
+            if toks is not None:
+                first_tokens.append(toks)
+        tp = out.prefill_tokens
+        self.stats["steps"] += 1
+        self.stats["prefill_tokens"] += tp
+        self.stats["max_step_prefill_tokens"] = max(self.stats["max_step_prefill_tokens"], tp)
+        if out.prefill:
+            self.stats["prefill_steps"] += 1
+            self.stats["mixed_steps"] += bool(out.decode)
+        for piece in out.prefill:
+            piece.request.cache_len = piece.stop
+        # read back: one sync for the whole step
+        if dec_tokens is not None:
+            self.stats["decode_steps"] += 1
+            self.stats["decode_rows"] += len(dec_reqs)
+            self.stats["decode_slots"] += sum(r is not None for r in dec_reqs)
+            for req, tok in zip(dec_reqs, dec_tokens.tolist()):
+                if req is not None:
+                    req.cache_len += 1
+                    self._emit(req, tok)
+        if first_reqs:
+            toks = torch.cat(first_tokens).tolist()
+            for req, tok in zip(first_reqs, toks):
+                self._prefilling.remove(req)
+                self._active[req.slot] = req
                 self._emit(req, tok)
 
-    def _sample(self, logits: torch.Tensor, reqs: Sequence[Request | None]) -> list[int]:
+    def _launch_decode(self, reqs: list[Request]):
+        """One token for each running request: the batch covers slots 0..highest running slot; slots
+        in between that are free or still prefilling decode a dummy row at the cache's last
+        position, which no request ever reads (prompt + new tokens <= max_seq_len leaves it unused)."""
+        by_slot = {r.slot: r for r in reqs}
+        n = max(by_slot) + 1
+        rows = [by_slot.get(s) for s in range(n)]
+        dummy = self.max_seq_len - 1
+        tokens = [r.output[-1] if r else 0 for r in rows]
+        pos = [r.cache_len if r else dummy for r in rows]
+        inputs = self._tensor([tokens, pos])  # one host-to-device copy
+        logits = self.runner.step(inputs[0], inputs[1], max(r.cache_len for r in reqs) + 1)
+        return rows, self._sample(logits, rows)
+
+    def _prefill_groups(self, pieces: list[PrefillPiece], cap: int) -> list[list[PrefillPiece]]:
+        """Pieces that run as one padded [B, C] forward: same start, padded size <= cap (else alone);
+        fresh pieces are grouped by length (less padding), each continued piece runs alone."""
+        groups = [[p] for p in pieces if p.start > 0]
+        fresh = sorted((p for p in pieces if p.start == 0), key=lambda p: p.stop)
+        batch: list[PrefillPiece] = []
+        for p in fresh:
+            if batch and p.stop * (len(batch) + 1) > cap:
+                groups.append(batch)
+                batch = []
+            batch.append(p)
+        if batch:
+            groups.append(batch)
+        return groups
+
+    def _launch_prefill(self, pieces: list[PrefillPiece]):
+        """Prefill pieces sharing one start into their slots; sampled first tokens (on the device) of
+        the requests whose prompt this completes."""
+        start = pieces[0].start
+        lens = [p.stop - p.start for p in pieces]
+        width = max(lens)
+        # token ids were checked at submit; no _pad (its checks would sync with the running decode)
+        tokens = self._tensor([p.request.prompt[p.start : p.stop] + [0] * (width - n) for p, n in zip(pieces, lens)])
+        slots = self._tensor([p.request.slot for p in pieces])
+        last = [i for i, p in enumerate(pieces) if p.completes_prompt]
+        last_index = self._tensor([start + n - 1 for n in lens])
+        rows = torch.arange(len(pieces), device=self.device)
+        last_hidden = None
+        for lo, hi in self._chunks(width, start):
+            h = self.model.prefill(tokens[:, lo - start : hi - start], self.cache, slots, lo)
+            if not last:
+                continue
+            local = (last_index - lo).clamp(0, hi - lo - 1)
+            picked = h[rows, local]
+            here = ((last_index >= lo) & (last_index < hi))[:, None]
+            last_hidden = picked if last_hidden is None else torch.where(here, picked, last_hidden)
+        if not last:
+            return [], None
+        reqs = [pieces[i].request for i in last]
+        hidden = last_hidden if len(last) == len(pieces) else last_hidden[self._tensor(last)]
+        return reqs, self._sample(self.model.logits(hidden), reqs)
+
+    def _chunks(self, length: int, start: int = 0) -> list[tuple[int, int]]:
+        """Prefill chunk bounds over positions start..start+length-1: a first chunk (from position 0)
+        of `prefill_chunk` tokens (plain causal attention), then chunks of `prefill_chunk_continued`
+        (attention to the cached prefix with a lower-right causal mask, which measured faster in 8K
+        pieces: 128K prompt 11.8 s vs 23.4 s in 32K pieces)."""
+        bounds, pos, end = [], start, start + length
+        while pos < end:
+            size = self.prefill_chunk if pos == 0 else min(self.prefill_chunk, self.prefill_chunk_continued)
+            bounds.append((pos, min(end, pos + size)))
+            pos += size
+        return bounds
+
+    def _sample(self, logits: torch.Tensor, reqs: Sequence[Request | None]) -> torch.Tensor:
+        """Next token per row, left on the device (read back once per step)."""
         processed = [i for i, r in enumerate(reqs) if r is not None and r.logits_processor is not None]
         if processed:  # on a copy in fp32 (as transformers' generate): the runner's logits are a graph buffer
             logits = logits.to(torch.float32, copy=True)
@@ -286,7 +416,7 @@ class Engine:
             drawn = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=self._gen)[:, 0]
             out = out.clone()
             out[rows] = drawn
-        return out.tolist()
+        return out
 
     def _emit(self, req: Request, tok: int) -> None:
         if req.first_token_at is None:
@@ -307,6 +437,13 @@ class Engine:
             req.done.set()
 
     # ---- helpers ----------------------------------------------------------------------------
+
+    def _tensor(self, data) -> torch.Tensor:
+        """A long tensor on the device without waiting for the GPU (a pageable copy would)."""
+        t = torch.tensor(data, dtype=torch.long)
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _pad(self, token_ids, lengths=None) -> tuple[torch.Tensor, list[int]]:
         if isinstance(token_ids, torch.Tensor):

@@ -36,6 +36,7 @@ _GUIDANCE = re.compile(r"(?=[egoafptr])\b(?:expect\w*|guidance|outlook|anticipat
 _RISK = re.compile(r"(?=[ruhavilspc])\b(?:risks?|uncertaint\w*|headwinds?|adverse\w*|volatil\w*|impairment|litigation|inflation\w*|supply chain|shortage\w*|pandemic|covid)\b", re.IGNORECASE)
 
 _START = attrgetter("start")
+_BLANKS = re.compile(r"\s*")
 
 MAX_FIGURES, MAX_GUIDANCE, MAX_RISKS, MAX_FINDINGS, MAX_IMPRESSION = 12, 5, 5, 10, 10
 
@@ -45,12 +46,13 @@ def _span(s: Sentence) -> Span:
 
 
 def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[KeyFact]:
-    """`sentences`: `split_sentences(text)` when the caller has it (spans into `text`, in order)."""
-    sentences = sentences if sentences is not None else split_sentences(text)
+    """`sentences`: `split_sentences(text)` when the caller has it (spans into `text`, in order); without
+    it only the lines that hold a match are split."""
+    located = _Sentences(text, sentences)
     facts: list[KeyFact] = []
     read: Sentence | None = None
     period: re.Match | None = None
-    for s, f in islice(_key_figures(text, sentences), MAX_FIGURES):
+    for s, f in islice(_key_figures(text, located), MAX_FIGURES):
         if s is not read:  # searched once per sentence with a key figure
             read, period = s, _PERIOD.search(s.text)
         spans = [Span(start=s.start + f.start, end=s.start + f.end)]
@@ -59,11 +61,11 @@ def finance_facts(text: str, sentences: list[Sentence] | None = None) -> list[Ke
             spans.append(Span(start=s.start + period.start(), end=s.start + period.end()))
             label = f"{f.text} ({period.group(0)})"
         facts.append(KeyFact(kind="figure", text=label, spans=spans))
-    guidance = _matching(_GUIDANCE, text, sentences)
+    guidance = _matching(_GUIDANCE, text, located)
     facts += [KeyFact(kind="guidance", text=s.text, spans=[_span(s)]) for s in islice(guidance, MAX_GUIDANCE)]
     risk_section = find_section(split_sections(text), "item 1a", "risk factors", "risks")
     risks = (first_sentences(text[risk_section.body:risk_section.end], MAX_RISKS, risk_section.body)
-             if risk_section else _matching(_RISK, text, sentences))
+             if risk_section else _matching(_RISK, text, located))
     facts += [KeyFact(kind="risk_factor", text=s.text, spans=[_span(s)]) for s in islice(risks, MAX_RISKS)]
     return facts
 
@@ -73,14 +75,43 @@ def _containing(sentences: list[Sentence], pos: int) -> Sentence | None:
     return sentences[i] if i >= 0 and pos < sentences[i].end else None
 
 
-def _matching(rx: re.Pattern, text: str, sentences: list[Sentence]) -> Iterator[Sentence]:
+class _Sentences:
+    """The sentences of `text` by position: the caller's `split_sentences(text)`, or, without it, those
+    of the one line asked about, split on its own. A sentence never spans a line break, and a line splits
+    alone as in the whole text given the blanks after it and two characters more (all that the boundary
+    at its end reads). Finance facts of a million one-word lines split none of them."""
+
+    def __init__(self, text: str, sentences: list[Sentence] | None):
+        self.text, self.listed = text, sentences
+        self._lo = self._hi = 0
+        self._line: list[Sentence] = []
+
+    def at(self, pos: int) -> Sentence | None:
+        if self.listed is not None:
+            return _containing(self.listed, pos)
+        if not self._lo <= pos < self._hi:
+            t = self.text
+            lo, hi = t.rfind("\n", 0, pos) + 1, t.find("\n", pos)
+            hi = len(t) if hi < 0 else hi
+            context = _BLANKS.match(t, hi).end() + 2
+            self._line = [s for s in split_sentences(t[lo:context], lo) if s.start < hi]
+            self._lo, self._hi = lo, hi + 1
+        return _containing(self._line, pos)
+
+    def all(self) -> list[Sentence]:
+        if self.listed is None:
+            self.listed = split_sentences(self.text)
+        return self.listed
+
+
+def _matching(rx: re.Pattern, text: str, sentences: _Sentences) -> Iterator[Sentence]:
     """`(s for s in sentences if rx.search(s.text))`, by one scan of the whole text: a match never spans
     two sentences (these patterns hold no stop or line break) and reads the same at a sentence's edges
     (the characters around a sentence are blanks or stops). A million one-word sentences cost a search
     each before."""
     pos = 0
     while m := rx.search(text, pos):
-        s = _containing(sentences, m.start())
+        s = sentences.at(m.start())
         if s is None:  # outside the sentences (not with split_sentences' own)
             pos = m.start() + 1
             continue
@@ -89,14 +120,14 @@ def _matching(rx: re.Pattern, text: str, sentences: list[Sentence]) -> Iterator[
         pos = s.end
 
 
-def _key_figures(text: str, sentences: list[Sentence]) -> Iterator[tuple[Sentence, Figure]]:
+def _key_figures(text: str, located: _Sentences) -> Iterator[tuple[Sentence, Figure]]:
     """`((s, f) for s in sentences for f in iter_figures(s.text, key_only=True))`, by one scan of the
     whole text for key figures: a text of bare numbers or of numbered headings ('ITEM 1.') costs no
     Python step per number or sentence. A match that is not within one sentence (a unit or currency
     sign across a line break) has the sentences it touches read one by one, as before."""
     pos = 0
     while m := _KEY_FIGURE.search(text, pos):
-        s = _containing(sentences, m.start())
+        s = located.at(m.start())
         if s is not None and m.end() <= s.end:
             f = _figure(m, text, s.start)
             if f is not None:
@@ -104,6 +135,7 @@ def _key_figures(text: str, sentences: list[Sentence]) -> Iterator[tuple[Sentenc
             pos = m.end()
             continue
         # Across a sentence edge: read each sentence the match touches on its own.
+        sentences = located.all()
         i = bisect_right(sentences, m.start(), key=_START) - 1
         i = max(i, 0)
         while i < len(sentences) and sentences[i].start < m.end():

@@ -264,11 +264,11 @@ def serve_cmd(
     """Start the REST scoring endpoint on a local Ray Serve; prints the URL and blocks until Ctrl-C."""
     import shutil
     import signal
-    import tempfile
     import time
 
     from pipelines.settings import get_settings
     from services import local_serve
+    from services.local_ray import short_temp_dir
 
     from pipelines.store import Store
 
@@ -280,7 +280,7 @@ def serve_cmd(
     with Store.from_url(store_url) as store:
         store.create_schema()
     settings.home.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir=settings.home))  # short: Ray's socket paths must fit
+    temp_dir = short_temp_dir()  # not under settings.home: from a deep checkout Ray's socket paths would not fit
     with console.status("starting Ray Serve (models load in the background)...") as status:
         handle = local_serve.start(config, num_cpus=num_cpus, temp_dir=temp_dir, ha_proxy=ha_proxy,
                                    progress=lambda msg: status.update(msg))

@@ -19,13 +19,20 @@ def quiet_ray_auth() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def short_temp_dir(prefix: str = "ar") -> Path:
+    """A fresh temp dir for one Ray under /tmp, whatever the checkout's path: Ray's unix sockets
+    (<temp>/session_<date>_<pid>/sockets/plasma_store, ~70 characters below it) must fit in 107 bytes,
+    and HAProxy's (another 70 below) in 97."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
 def ensure_ray(num_cpus: int | None = None) -> Any:
     """Use the Ray already initialised (a cluster, a test fixture), else start a local one with the
     dashboard off and a short temp dir. Returns a function that undoes what was started here."""
     if ray.is_initialized():
         return lambda: None
     quiet_ray_auth()
-    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must fit
+    temp = short_temp_dir("rb")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)

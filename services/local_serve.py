@@ -67,11 +67,56 @@ def override(config: dict[str, Any], *, host: str | None = None, port: int | Non
     return config
 
 
+# HAProxy refuses a unix socket path over 97 characters, and Ray Serve puts each node's HAProxy files
+# under <the configured folder>/<56-hex node id>/: the folder itself must stay short.
+HAPROXY_SOCKET_PATH_MAX = 97
+_RAY_NODE_SUBDIR = 1 + 56
+_LONGEST_HAPROXY_FILE = "/metrics.sock"
+
+
+def haproxy_files_dir(temp: Path) -> tuple[Path, bool]:
+    """Where this Ray's HAProxy keeps its config, sockets and state: beside Ray's temp files when the
+    socket paths fit HAProxy's limit there, else a short private folder under /tmp. Returns the folder
+    and whether it is a separate one (to remove on stop)."""
+    beside = temp / "haproxy"
+    if len(str(beside)) + _RAY_NODE_SUBDIR + len(_LONGEST_HAPROXY_FILE) <= HAPROXY_SOCKET_PATH_MAX:
+        beside.mkdir(parents=True, exist_ok=True)
+        return beside, False
+    return Path(tempfile.mkdtemp(prefix="argus-hap-", dir="/tmp")), True
+
+
+def stop_haproxy(files: Path, timeout_s: float = 5.0) -> int:
+    """Stop the HAProxy processes that read their config under `files`. Ray Serve starts HAProxy as a
+    child of its proxy actor; when the controller does not shut down in time (a loaded machine), Ray
+    kills the actor and HAProxy is left running, holding the port. Returns how many were stopped."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if cmd and os.path.basename(cmd[0]) == "haproxy" and any(str(files) in arg for arg in cmd):
+            mine.append(proc)
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(mine)
+
+
 @dataclass
 class LocalServe:
     url: str
     temp_dir: Path
     own_ray: bool
+    haproxy_dir: Path | None = None  # a separate short folder for HAProxy's sockets, removed on stop
+    haproxy_files: Path | None = None  # where this Ray's HAProxy reads its config (to find the process)
 
     def stop(self) -> None:
         import ray
@@ -82,7 +127,11 @@ class LocalServe:
         finally:
             if self.own_ray:
                 ray.shutdown()
+                if self.haproxy_files is not None:
+                    stop_haproxy(self.haproxy_files)
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
+                if self.haproxy_dir is not None:
+                    shutil.rmtree(self.haproxy_dir, ignore_errors=True)
 
 
 def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str | Path | None = None,
@@ -90,6 +139,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     """Start (or join) a local Ray, deploy `config`, wait until the app is RUNNING; return its URL."""
     import ray
     from ray.serve._private import api as serve_api
+
+    from services.local_ray import short_temp_dir
     from ray.serve.schema import ServeDeploySchema
 
     try:
@@ -110,16 +161,20 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
 
     own_ray = not ray.is_initialized()
-    temp = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="argus-ray-"))
+    temp = Path(temp_dir) if temp_dir else short_temp_dir()
+    haproxy_dir = hap = None
     if own_ray:
         temp.mkdir(parents=True, exist_ok=True)
-        if ha_proxy:  # keep HAProxy's files with the rest of this Ray's temp files
+        if ha_proxy:  # this Ray's own HAProxy files (the defaults are one shared /tmp/haproxy-serve);
+            # set, not setdefault: a second start in one process must not reuse a removed folder
+            hap, separate = haproxy_files_dir(temp)
+            haproxy_dir = hap if separate else None
             for var, name in [("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "haproxy.cfg"),
                               ("RAY_SERVE_HAPROXY_SOCKET_PATH", "admin.sock"),
+                              ("RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", "metrics.sock"),
                               ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", ""),
                               ("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", "server-state")]:
-                os.environ.setdefault(var, str(temp / "haproxy" / name))
-            (temp / "haproxy").mkdir(exist_ok=True)
+                os.environ[var] = str(hap / name) if name else str(hap)
         from services.local_ray import quiet_ray_auth
 
         quiet_ray_auth()
@@ -128,7 +183,8 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
     http = schema.http_options
     client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=schema.proxy_location)
     client.deploy_apps(schema)
-    handle = LocalServe(url=f"http://{http.host}:{http.port}", temp_dir=temp, own_ray=own_ray)
+    handle = LocalServe(url=f"http://{http.host}:{http.port}", temp_dir=temp, own_ray=own_ray, haproxy_dir=haproxy_dir,
+                        haproxy_files=hap if own_ray and ha_proxy else None)
     try:
         for app in schema.applications:
             wait_running(app.name, timeout_s, progress)

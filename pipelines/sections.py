@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pipelines.sentences import Sentence, split_sentences
 
@@ -55,12 +56,17 @@ class Section:
         return split_sentences(source[self.body : self.end], offset=self.body)
 
 
+_ITEM_NUMBER = re.compile(r"item\s+(\d{1,2}[a-c]?)\.")
+_BLANK_RUN = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=4096)  # headings repeat (a 10-K's 'Item 1A.' lines, a hostile text's thousands)
 def _normalise(title: str) -> str:
     t = title.strip().rstrip(":").strip().lower()
-    m = re.match(r"item\s+(\d{1,2}[a-c]?)\.", t)
+    m = _ITEM_NUMBER.match(t)
     if m:
         return f"item {m.group(1)}"
-    return re.sub(r"\s+", " ", t)
+    return _BLANK_RUN.sub(" ", t)
 
 
 def _markdown_title(line: str) -> str | None:
@@ -114,7 +120,4 @@ def split_sections(text: str) -> list[Section]:
 
 def find_section(sections: list[Section], *names: str) -> Section | None:
     """The first section whose normalised name starts with one of `names`."""
-    for s in sections:
-        if any(s.name.startswith(n) for n in names):
-            return s
-    return None
+    return next((s for s in sections if s.name.startswith(names)), None)

@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps medspacy==1.3.1 PyRuSH==1.0.13 medspacy_quickumls==3.2
 	$(BIN)/python -m infra.broker_binary --check
+	# HAProxy: the fast REST ingress `argus serve` uses when present (installed when run as root on Debian)
+	command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
+	  || echo "haproxy not installed: argus serve will use Ray Serve's Python proxy"
 	touch $(STAMP)
 
 setup: $(STAMP)

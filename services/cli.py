@@ -258,7 +258,7 @@ def serve_cmd(
     serve_config: Optional[Path] = typer.Option(None, "--config", "--serve-config", help="Serve config YAML (default: serve.config_path, infra/serve.yaml)."),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the YAML's http_options.host)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default: the YAML's http_options.port)."),
-    ha_proxy: bool = typer.Option(False, "--ha-proxy/--no-ha-proxy", help="HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1; needs haproxy)."),
+    ha_proxy: Optional[bool] = typer.Option(None, "--ha-proxy/--no-ha-proxy", help="HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1; several times faster on small machines). Default: on when the haproxy binary is installed."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for the local Ray (default: all)."),
 ) -> None:
     """Start the REST scoring endpoint on a local Ray Serve; prints the URL and blocks until Ctrl-C."""
@@ -279,6 +279,11 @@ def serve_cmd(
     store_url = config["applications"][0].get("args", {}).get("store_url") or settings.store.url.get_secret_value()
     with Store.from_url(store_url) as store:
         store.create_schema()
+    if ha_proxy is None:
+        ha_proxy = shutil.which("haproxy") is not None
+        if not ha_proxy:
+            console.print("[yellow]haproxy not installed: serving through Ray Serve's Python proxy (several times "
+                          "slower; `apt-get install haproxy` for the fast ingress)[/]")
     settings.home.mkdir(parents=True, exist_ok=True)
     temp_dir = short_temp_dir()  # not under settings.home: from a deep checkout Ray's socket paths would not fit
     with console.status("starting Ray Serve (models load in the background)...") as status:

@@ -19,7 +19,7 @@ import re
 from contextlib import contextmanager
 from functools import partial
 from itertools import accumulate, compress, repeat
-from operator import add, contains, itemgetter, mul, not_
+from operator import add, and_, contains, eq, itemgetter, mul, not_, or_
 from typing import NamedTuple
 
 # Abbreviations after which a full stop does not end a sentence (lower-case, without the dot).
@@ -119,16 +119,16 @@ def sentence_texts(text: str) -> list[str]:
 
 
 def first_sentences(text: str, n: int, offset: int = 0) -> list[Sentence]:
-    """`split_sentences(text, offset)[:n]`, from the shortest prefix (growing 4x) that fixes them: once
+    """`split_sentences(text, offset)[:n]`, from the shortest prefix (growing 8x) that fixes them: once
     a prefix holds two sentences more, the first n (and the boundaries after them, which read two
     characters ahead at most) are those of the whole text. A caller that needs a few sentences of a
     huge text splits about what it needs."""
     size = 4096
-    while size < len(text):
+    while size < len(text) // 2:  # past half the text, the whole text
         sentences = split_sentences(text[:size], offset)
         if len(sentences) >= n + 2:
             return sentences[:n]
-        size *= 4
+        size *= 8  # the prefixes tried before the one that answers cost at most half of it more
     return split_sentences(text, offset)[:n]
 
 
@@ -146,9 +146,12 @@ def _pieces(text: str) -> tuple[list[str], list[int], list[int]]:
         # The piece before a soft boundary ends with its stop; its last word (read in bulk) is the word the
         # abbreviation test reads, unless the boundary before the piece was a dropped one without a blank
         # ('xx.Yy.'): then the word may reach back over it, and `_ends_with_abbreviation` reads it.
-        words = map(str.lower, map(str.lstrip, map(itemgetter(-1), map(str.rsplit, map(
-            parts.__getitem__, map(mul, soft, repeat(2))))), repeat(_QUOTES)))
-        abbreviated = [w in _ABBREVIATED or (len(w) == 2 and w[1] == "." and w[0].isalpha()) for w in words]
+        words = list(map(str.lower, map(str.lstrip, map(itemgetter(-1), map(str.rsplit, map(
+            parts.__getitem__, map(mul, soft, repeat(2))))), repeat(_QUOTES))))  # never empty: the stop ends it
+        # a known abbreviation, or one letter and '.'
+        one_letter = map(and_, map(and_, map(eq, map(len, words), repeat(2)), map(str.endswith, words, repeat("."))),
+                         map(str.isalpha, map(itemgetter(0), words)))
+        abbreviated = list(map(or_, map(_ABBREVIATED.__contains__, words), one_letter))
         pending = last = -2
         for k, abbrev in zip(soft, abbreviated):
             if last != k - 1:

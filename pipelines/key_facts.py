@@ -36,6 +36,7 @@ _GUIDANCE = re.compile(r"(?=[egoafptr])\b(?:expect\w*|guidance|outlook|anticipat
 _RISK = re.compile(r"(?=[ruhavilspc])\b(?:risks?|uncertaint\w*|headwinds?|adverse\w*|volatil\w*|impairment|litigation|inflation\w*|supply chain|shortage\w*|pandemic|covid)\b", re.IGNORECASE)
 
 _START = attrgetter("start")
+_DIGIT = re.compile(r"\d")  # what _KEY_FIGURE's number needs (\d, as there)
 _BLANKS = re.compile(r"\s*")
 
 MAX_FIGURES, MAX_GUIDANCE, MAX_RISKS, MAX_FINDINGS, MAX_IMPRESSION = 12, 5, 5, 10, 10
@@ -126,7 +127,12 @@ def _key_figures(text: str, located: _Sentences) -> Iterator[tuple[Sentence, Fig
     Python step per number or sentence. A match that is not within one sentence (a unit or currency
     sign across a line break) has the sentences it touches read one by one, as before."""
     pos = 0
-    while m := _KEY_FIGURE.search(text, pos):
+    while True:
+        # A match holds a digit at most 4 characters after its start ('-$ .5'): the search starts near
+        # the next digit, found by the engine's fast scan (a text without digits is not read for figures).
+        digit = _DIGIT.search(text, pos)
+        if digit is None or (m := _KEY_FIGURE.search(text, max(pos, digit.start() - 4))) is None:
+            return
         s = located.at(m.start())
         if s is not None and m.end() <= s.end:
             f = _figure(m, text, s.start)

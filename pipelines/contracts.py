@@ -188,6 +188,34 @@ class ReportSummary(Contract):
         return [s for sent in self.sentences for s in sent.spans]
 
 
+class DispositionKind(StrEnum):
+    fraud = "fraud"
+    legitimate = "legitimate"
+    unsure = "unsure"
+
+
+#: The longest note an investigator may leave on a disposition (characters).
+MAX_NOTE_CHARS = 1000
+
+
+class Disposition(Contract):
+    """An investigator's verdict on an alert, as stored with it (`alert_dispositions`) and published
+    on the dispositions topic, keyed by `customer_id` (the same partition as that customer's
+    transactions). Disposing again overwrites: the latest disposition of a transaction stands."""
+
+    transaction_id: Id
+    disposition: DispositionKind
+    disposed_by: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control)]
+    disposed_at: EventTime
+    note: Annotated[str, Field(max_length=MAX_NOTE_CHARS), AfterValidator(_no_control)] | None = None
+    customer_id: Id | None = None  # of the alerted transaction (None when the store has no score row for it)
+    terminal_id: Id | None = None
+
+    @property
+    def kafka_key(self) -> str:
+        return self.customer_id or self.transaction_id
+
+
 class ContractError(ValueError):
     """A record that does not meet its contract; `reason` is what goes to the dead-letter table."""
 

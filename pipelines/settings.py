@@ -23,10 +23,11 @@ class TopicSettings(BaseModel):
     reports: str = "argus.reports"
     alerts: str = "argus.alerts"
     dead_letter: str = "argus.dead-letter"
+    dispositions: str = "argus.dispositions"  # investigators' verdicts on alerts, keyed by customer_id
     partitions: int = Field(4, ge=1)
 
     def all(self) -> list[str]:
-        return [self.transactions, self.labels, self.reports, self.alerts, self.dead_letter]
+        return [self.transactions, self.labels, self.reports, self.alerts, self.dead_letter, self.dispositions]
 
 
 class KafkaSettings(BaseModel):

@@ -31,7 +31,8 @@ The stream jobs use it like this::
 
 The schema is versioned by this module itself (no Alembic): ``MIGRATIONS`` lists (version,
 description, function) and is only ever appended to (v1 tables, v2 ``fraud_scores.amount`` +
-indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication);
+indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication, v4
+``stream_positions``, v5 ``owner``, v6 ``content_hash``, v7 ``alert_dispositions``);
 ``schema_version`` holds one row per applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
 under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
 
@@ -56,6 +57,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -82,7 +84,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from pipelines.contracts import FraudScore, KeyFact, Reason, ReportSummary, SummarySentence, Transaction
+from pipelines.contracts import (
+    ContractError,
+    Disposition,
+    FraudScore,
+    KeyFact,
+    Reason,
+    ReportSummary,
+    SummarySentence,
+    Transaction,
+    describe,
+)
 from pipelines.errors import StoreError, StoreRejected
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -195,8 +207,21 @@ stream_positions = Table(
     PrimaryKeyConstraint("stream", "topic", "partition", name="stream_positions_pkey"),
 )
 
+# schema v7: an investigator's verdict per alert (the review loop). A table of its own keyed by
+# transaction_id, so the stream's `write_batch` (alerts insert-once) never touches it; disposing again
+# overwrites the row (one row per alert, whatever the number of dispositions).
+alert_dispositions = Table(
+    "alert_dispositions",
+    metadata,
+    Column("transaction_id", String(128), primary_key=True),
+    Column("disposition", String(16), nullable=False),  # fraud | legitimate | unsure
+    Column("disposed_by", String(64), nullable=False),  # the API key's tenant or the CLI's --by
+    Column("disposed_at", Timestamp, nullable=False),
+    Column("note", Text),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_summaries, dead_letters, runs,
-                                                 stream_positions)}
+                                                 stream_positions, alert_dispositions)}
 
 
 # --- migrations -----------------------------------------------------------------------------------
@@ -240,6 +265,12 @@ def _v6_summary_content_hash(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE report_summaries ADD COLUMN content_hash VARCHAR(64)"))
 
 
+def _v7_alert_dispositions(conn: Connection) -> None:
+    alert_dispositions.create(conn, checkfirst=True)
+    # the open queue reads alerts by score (highest first), paged by (score, transaction_id)
+    conn.execute(text("CREATE INDEX IF NOT EXISTS alerts_queue_idx ON alerts (score, transaction_id)"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
@@ -247,6 +278,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (4, "stream_positions (offsets + fencing epochs written with the results)", _v4_stream_positions),
     (5, "fraud_scores.owner and report_summaries.owner (REST tenant)", _v5_result_owner),
     (6, "report_summaries.content_hash (batch resume keyed on id and content)", _v6_summary_content_hash),
+    (7, "alert_dispositions (investigators' verdicts) and the alerts queue index", _v7_alert_dispositions),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -701,6 +733,72 @@ class Store:
                     found[tid] = (cust, term, _utc(ts))
         return found
 
+    # -- the review loop (alert dispositions) --------------------------------------------------------
+
+    def _visible_alerts(self, tenant: str | None) -> Any:
+        """alerts joined with their score row (customer, terminal, owner); with `tenant`, only the
+        alerts of that tenant's scores (a stream's alerts have no owner: admin only)."""
+        a, s = alerts.c, fraud_scores.c
+        query = (select(a.transaction_id, a.score, a.reasons, a.model_version, a.created_at, s.customer_id,
+                        s.terminal_id, s.timestamp, s.amount)
+                 .select_from(alerts.outerjoin(fraud_scores, s.transaction_id == a.transaction_id)))
+        if tenant is not None:
+            query = query.where(s.owner == tenant)
+        return query
+
+    def open_alerts(self, limit: int = 50, after: str | None = None,
+                    tenant: str | None = None) -> list[dict[str, Any]] | None:
+        """The open review queue: alerts without a disposition, highest score first (ties by
+        transaction_id), each with its reasons, model version, customer and terminal ids (plus the
+        transaction's timestamp and amount when known). Paged by keyset: `after` is the
+        transaction_id of the last alert of the previous page (disposed since or not). With `tenant`,
+        only that tenant's alerts. None when `after` is not an alert the caller may see."""
+        a, d = alerts.c, alert_dispositions.c
+        query = self._visible_alerts(tenant).where(~select(d.transaction_id).where(
+            d.transaction_id == a.transaction_id).exists())
+        with self.engine.connect() as conn:
+            if after is not None:
+                cursor = conn.execute(self._visible_alerts(tenant).where(a.transaction_id == after)).mappings().first()
+                if cursor is None:
+                    return None
+                score = cursor["score"]
+                query = query.where((a.score < score) | ((a.score == score) & (a.transaction_id > after)))
+            rows = conn.execute(query.order_by(a.score.desc(), a.transaction_id.asc())
+                                .limit(max(1, int(limit)))).mappings()
+            return [{**r, "created_at": _utc(r["created_at"]), "timestamp": _utc(r["timestamp"])} for r in rows]
+
+    def dispose(self, transaction_id: str, disposition: str, disposed_by: str, note: str | None = None,
+                tenant: str | None = None, disposed_at: datetime | None = None) -> Disposition | None:
+        """Record an investigator's verdict on an alert (overwriting an earlier one: one row per
+        alert, so the same disposition twice is one row). Returns the stored `Disposition` (with the
+        alert's customer and terminal, for the dispositions topic), or None when there is no such
+        alert (with `tenant`: none of that tenant's). A bad disposition, reviewer or note raises
+        ContractError (one line)."""
+        try:
+            record = Disposition(transaction_id=transaction_id, disposition=disposition, disposed_by=disposed_by,
+                                 disposed_at=disposed_at or _now(), note=note or None)
+        except ValidationError as exc:
+            raise ContractError(describe(exc)) from None
+
+        def work(conn: Connection) -> Disposition | None:
+            found = conn.execute(self._visible_alerts(tenant).where(alerts.c.transaction_id == transaction_id)
+                                 ).mappings().first()
+            if found is None:
+                return None
+            row = {"transaction_id": transaction_id, "disposition": record.disposition.value,
+                   "disposed_by": record.disposed_by, "disposed_at": record.disposed_at, "note": record.note}
+            self._upsert(conn, alert_dispositions, [row], ("transaction_id",), update=True, method="executemany")
+            return record.model_copy(update={"customer_id": found["customer_id"], "terminal_id": found["terminal_id"]})
+
+        return self._transact(work)
+
+    def get_disposition(self, transaction_id: str) -> dict[str, Any] | None:
+        """The stored disposition row of an alert (None: not disposed)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(alert_dispositions).where(
+                alert_dispositions.c.transaction_id == transaction_id)).mappings().first()
+            return None if row is None else {**row, "disposed_at": _utc(row["disposed_at"])}
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
@@ -715,7 +813,8 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def count(self, table: str) -> int:
-        """Rows in one of `TABLES` (fraud_scores, alerts, report_summaries, dead_letters, runs)."""
+        """Rows in one of `TABLES` (fraud_scores, alerts, report_summaries, dead_letters, runs,
+        stream_positions, alert_dispositions)."""
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
         try:

@@ -31,6 +31,9 @@ fraud_app = typer.Typer(help="Offline fraud tools.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluation.", no_args_is_help=True)
 store_app = typer.Typer(help="The results store (PostgreSQL or SQLite).", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+alerts_app = typer.Typer(help="The fraud review queue: open alerts and investigators' dispositions.",
+                         no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 for sub, name in [(infra_app, "infra"), (config_app, "config"), (simulate_app, "simulate"), (train_app, "train"),
                   (stream_app, "stream"), (fraud_app, "fraud"), (eval_app, "eval")]:
     app.add_typer(sub, name=name)
@@ -245,6 +248,77 @@ def store_stats(url: Optional[str] = typer.Option(None, "--url", help="Store URL
         for name, n in store.stats().items():
             table.add_row(name, f"{n:,}")
         console.print(table)
+
+
+# --- alerts (the review loop) --------------------------------------------------------------------
+
+@alerts_app.command("list")
+def alerts_list(limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000, help="How many alerts."),
+                after: Optional[str] = typer.Option(None, "--after", help="Start after this transaction id (the last one of the previous page)."),
+                url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """The open review queue: alerts without a disposition, highest score first."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        store.create_schema()
+        rows = store.open_alerts(limit=limit, after=after)
+        if rows is None:
+            raise ArgusError(f"no alert {after!r} to start after")
+        table = Table(title=f"open alerts ({len(rows)}{'+' if len(rows) == limit else ''})", caption=store.url)
+        for name, justify in (("transaction", "left"), ("score", "right"), ("customer", "left"), ("terminal", "left"),
+                              ("amount", "right"), ("model", "left"), ("reasons", "left")):
+            table.add_column(name, justify=justify, overflow="fold")
+        for r in rows:
+            reasons = ", ".join(f"{x.get('feature')} ({x.get('weight', 0):+.2f})" for x in (r["reasons"] or [])[:3])
+            cells = (r["transaction_id"], f"{r['score']:.3f}", r["customer_id"] or "-", r["terminal_id"] or "-",
+                     "-" if r["amount"] is None else f"{r['amount']:,.2f}", r["model_version"], reasons)
+            table.add_row(*(Text(c) for c in cells))  # ids are data, never rich markup
+        console.print(table)
+
+
+@alerts_app.command("dispose")
+def alerts_dispose(transaction_id: str = typer.Argument(..., help="The alerted transaction."),
+                   as_: str = typer.Option(..., "--as", help="fraud | legitimate | unsure."),
+                   by: str = typer.Option(..., "--by", help="Who disposes it (the reviewer)."),
+                   note: Optional[str] = typer.Option(None, "--note", help="A short note (no control characters)."),
+                   url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting)."),
+                   bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers (default: config / embedded broker)."),
+                   publish: bool = typer.Option(True, "--publish/--no-publish", help="Also produce it to the dispositions topic."),
+                   timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds to wait for the broker.")) -> None:
+    """Record a disposition of an alert in the store (overwriting an earlier one), then publish it on
+    the dispositions topic; a broker that cannot be reached is said in one line, the disposition stays stored."""
+    from pipelines.contracts import ContractError
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        store.create_schema()
+        try:
+            record = store.dispose(transaction_id, as_, by, note=note)
+        except ContractError as exc:
+            raise ArgusError(f"invalid disposition: {exc.reason}") from None
+        if record is None:
+            raise ArgusError(f"no alert for transaction {transaction_id!r}")
+        from rich.markup import escape
+
+        console.print(f"[green]{record.disposition.value}[/] {escape(record.transaction_id)} by "
+                      f"{escape(record.disposed_by)} at {record.disposed_at:%Y-%m-%d %H:%M:%S}Z "
+                      f"(stored at {escape(store.url)})", highlight=False, soft_wrap=True)
+    if not publish:
+        return
+    from pipelines.alert_review import publish_disposition
+    from pipelines.errors import BrokerError
+
+    settings = _kafka_settings(bootstrap)
+    try:
+        publish_disposition(settings, record, timeout_s=timeout)
+    except BrokerError as exc:
+        console.print(f"[yellow]not published (stored only):[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return
+    console.print(f"[green]published[/] to {escape(settings.topics.dispositions)} (key {escape(record.kafka_key)})",
+                  highlight=False, soft_wrap=True)
 
 
 # --- serve / keys (REST scoring endpoint) --------------------------------------------------------

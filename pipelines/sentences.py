@@ -152,8 +152,10 @@ def _pieces(text: str) -> tuple[list[str], list[int], list[int]]:
         one_letter = map(and_, map(and_, map(eq, map(len, words), repeat(2)), map(str.endswith, words, repeat("."))),
                          map(str.isalpha, map(itemgetter(0), words)))
         abbreviated = list(map(or_, map(_ABBREVIATED.__contains__, words), one_letter))
+        if "" not in bounds:  # no zero-width boundary ('apex.There'): the bulk test is the whole test
+            dropped = list(compress(soft, abbreviated))
         pending = last = -2
-        for k, abbrev in zip(soft, abbreviated):
+        for k, abbrev in zip(soft, abbreviated) if "" in bounds else ():
             if last != k - 1:
                 pending = offs[2 * k]  # boundary k-1 (or the text start) was kept: the sentence starts after it
             elif not bounds[k - 1]:
@@ -163,9 +165,9 @@ def _pieces(text: str) -> tuple[list[str], list[int], list[int]]:
                 last = k
     if dropped:
         gone = set(dropped)
-        kept = [k for k in range(len(bounds)) if k not in gone]
-        starts = [0, *(offs[2 * k + 2] for k in kept)]
-        ends = [*(offs[2 * k + 1] for k in kept), len(text)]
+        kept = list(compress(range(len(bounds)), map(not_, map(gone.__contains__, range(len(bounds))))))
+        starts = [0, *map(offs.__getitem__, map(add, map(mul, kept, repeat(2)), repeat(2)))]  # after boundary k
+        ends = [*map(offs.__getitem__, map(add, map(mul, kept, repeat(2)), repeat(1))), len(text)]  # before it
         pieces = list(map(text.__getitem__, map(slice, starts, ends)))
     else:
         starts, ends, pieces = offs[0::2], offs[1::2], parts[0::2]

@@ -19,7 +19,7 @@ import re
 from contextlib import contextmanager
 from functools import partial
 from itertools import accumulate, compress, repeat
-from operator import add, and_, contains, eq, itemgetter, mul, not_, or_
+from operator import add, contains, itemgetter, mul, not_
 from typing import NamedTuple
 
 # Abbreviations after which a full stop does not end a sentence (lower-case, without the dot).
@@ -148,10 +148,9 @@ def _pieces(text: str) -> tuple[list[str], list[int], list[int]]:
         # ('xx.Yy.'): then the word may reach back over it, and `_ends_with_abbreviation` reads it.
         words = list(map(str.lower, map(str.lstrip, map(itemgetter(-1), map(str.rsplit, map(
             parts.__getitem__, map(mul, soft, repeat(2))))), repeat(_QUOTES))))  # never empty: the stop ends it
-        # a known abbreviation, or one letter and '.'
-        one_letter = map(and_, map(and_, map(eq, map(len, words), repeat(2)), map(str.endswith, words, repeat("."))),
-                         map(str.isalpha, map(itemgetter(0), words)))
-        abbreviated = list(map(or_, map(_ABBREVIATED.__contains__, words), one_letter))
+        # a known abbreviation, or one letter and '.'; decided once per distinct word (stops repeat words)
+        known = {w: w in _ABBREVIATED or (len(w) == 2 and w[1] == "." and w[0].isalpha()) for w in set(words)}
+        abbreviated = list(map(known.__getitem__, words))
         if "" not in bounds:  # no zero-width boundary ('apex.There'): the bulk test is the whole test
             dropped = list(compress(soft, abbreviated))
         pending = last = -2

@@ -12,6 +12,7 @@ the alerts flush). Latency = commit time - send time, per transaction; throughpu
     python benchmarks/stream_fraud.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
+ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: t
 def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, out_path: str, seconds: float,
                  idle_exit_s: float) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ.get("ARGUS_BENCH_LOG"):  # the job's JSON log lines on stderr (rebalances, claims, retries)
+        from pipelines.fraud_stream import configure_json_logging
+
+        configure_json_logging()
     from pipelines.fraud_stream import build_job
     from pipelines.settings import Settings
 
@@ -51,7 +56,22 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, ou
 
     counts = job.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
     with open(out_path, "w") as f:
-        json.dump({"counts": counts.as_dict(), "commits": commits}, f)
+        json.dump({"counts": counts.as_dict(), "commits": commits, "steps_ms": _step_means(job)}, f)
+
+
+def _step_means(job) -> dict[str, float]:
+    """Mean milliseconds per batch in each named step of the runtime (its step histogram)."""
+    metrics = getattr(job, "metrics", None)
+    if metrics is None or not hasattr(metrics, "step_latency"):
+        return {}
+    sums: dict[str, list[float]] = {}
+    for fam in metrics.registry.collect():
+        if fam.name != "argus_stream_step_seconds":
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_sum") or s.name.endswith("_count"):
+                sums.setdefault(s.labels["step"], [0.0, 0.0])[s.name.endswith("_count")] += s.value
+    return {k: round(1000 * v[0] / v[1], 2) for k, v in sums.items() if v[1]}
 
 
 def main() -> None:
@@ -155,6 +175,7 @@ def main() -> None:
         "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "consumers": args.consumers, "producer": args.producer,
         "job_counts": [r["counts"] for r in results],
+        "job_steps_ms": [r.get("steps_ms", {}) for r in results],
         "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
     }
     print(json.dumps(report, indent=1))

@@ -115,9 +115,36 @@ def warm(engine, vocab, args):
                     runner.step(tok, pos, s)
         sync()
     capture_s = time.perf_counter() - t0
+    static = static_figures(engine, vocab, args)
     engine.start()
     serve(engine, workload(min(16, 2 * args.max_batch), 1e3, args, vocab, seed=12345), min(16, args.new_tokens), 600)
-    return {"capture_s": capture_s, "warm_s": time.perf_counter() - t0}
+    return {"capture_s": capture_s, "warm_s": time.perf_counter() - t0, **static}
+
+
+def static_figures(engine, vocab, args):
+    """Driven step by step (no background loop): decode ms/step of one request, and one static batch
+    of max_batch prompts from the serving distribution (output tok/s end to end, decode ms/step)."""
+    def timed(prompts, n):
+        stamps = []
+        handles = [engine.submit(p, n) for p in prompts]
+        sync()
+        t0 = time.perf_counter()
+        while engine.step():
+            sync()
+            stamps.append(time.perf_counter())
+        assert all(h.request.done.is_set() for h in handles)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        return t0, stamps, gaps
+
+    one = workload(1, 1.0, args, vocab, seed=args.seed + 5)[0][0][: args.prompt_min]
+    _, _, gaps = timed([one], min(64, args.new_tokens))
+    out = {"decode_b1_ms_step": statistics.median(gaps[2:] or gaps) * 1e3}
+    prompts = [p for p, _ in workload(args.max_batch, 1.0, args, vocab, seed=args.seed + 6)]
+    t0, stamps, gaps = timed(prompts, args.new_tokens)
+    n_out = len(prompts) * args.new_tokens
+    out["static_batch"] = {"batch": len(prompts), "output_tok_s": n_out / (stamps[-1] - t0),
+                           "decode_ms_step_median": statistics.median(gaps) * 1e3, "steps": len(stamps)}
+    return out
 
 
 def bench_engine(name, spec, hf, vocab, args, rates):
@@ -132,7 +159,8 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     tokens = engine.generate(check, min(16, args.new_tokens))
     res = {"module": module, "prefill_budget": getattr(engine, "prefill_budget", "none (whole prompts)"),
            "check_tokens": tokens, **warm(engine, vocab, args), "rates": {}}
-    print(f"== {name} ({spec}): warm {res['warm_s']:.1f} s", flush=True)
+    print(f"== {name} ({spec}): warm {res['warm_s']:.1f} s, decode b1 {res['decode_b1_ms_step']:.2f} ms/step, "
+          f"static batch {res['static_batch']}", flush=True)
     for rate in rates:
         n = max(args.min_requests, min(args.max_requests, int(rate * args.duration)))
         work = workload(n, rate, args, vocab, seed=args.seed + int(rate * 1000))
@@ -199,6 +227,10 @@ def table(results):
                          f"{m['ttft_ms']['p50']:.0f} / {m['ttft_ms']['p99']:.0f}",
                          f"{m['tpot_ms']['p50']:.1f} / {m['tpot_ms']['p99']:.1f}",
                          f"{m['itl_ms']['p50']:.1f} / {m['itl_ms']['p99']:.1f}", f"{mb:.1f}" if mb else "-"))
+    for name, res in results["engines"].items():
+        sb = res["static_batch"]
+        rows.append((f"{name} static", f"b{sb['batch']}", "-", f"{sb['output_tok_s']:.0f}", "-",
+                     f"{sb['decode_ms_step_median']:.1f}", f"b1 {res['decode_b1_ms_step']:.2f}", str(sb["batch"])))
     hf = results.get("transformers_static")
     if hf:
         rows.append(("transformers static", f"b{hf['batch']}", "-", f"{hf['output_tok_s']:.0f}", f"{hf['ttft_ms']:.0f}",
@@ -255,8 +287,14 @@ def main(argv=None):
     results["build_model_s"] = time.perf_counter() - t0
     for spec in engines:
         name, _, target = spec.partition("=")
-        results["engines"][name] = bench_engine(name, target or name, hf, cfg.vocab_size, args, rates)
-    first = next(iter(results["engines"].values()))["check_tokens"]
+        try:
+            results["engines"][name] = bench_engine(name, target or name, hf, cfg.vocab_size, args, rates)
+        except Exception as exc:  # keep the other engines' numbers
+            import traceback
+
+            traceback.print_exc()
+            results.setdefault("errors", {})[name] = repr(exc)[:500]
+    first = next(iter(results["engines"].values()), {}).get("check_tokens")
     results["check_tokens_equal"] = {n: r["check_tokens"] == first for n, r in results["engines"].items()}
     print(f"greedy tokens of an idle batch equal to the first engine's: {results['check_tokens_equal']}", flush=True)
     if not args.skip_hf:

@@ -47,6 +47,9 @@ class AppArgs(BaseModel):
     rate_limit_storage: str | None = None  # redis://host:6379/0 shares the limits across Ingress replicas
     cors_origins: list[str] | None = None
     model_timeout_s: float = 60.0
+    # POST /v1/alerts/{id}/disposition also produces to settings.topics.dispositions at
+    # settings.kafka.bootstrap_servers (in the background; the store is the truth)
+    publish_dispositions: bool = True
     scorer_class: str = "models.fraud_scorer:FraudScorer"
     summarizer_class: str = "pipelines.report_summariser:Summarizer"
 
@@ -94,6 +97,8 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         rate_limit_storage=a.rate_limit_storage or s.serve.rate_limit_storage,
         cors_origins=a.cors_origins if a.cors_origins is not None else s.serve.cors_origins,
         store_url=a.store_url or s.store.url.get_secret_value(), model_timeout_s=a.model_timeout_s,
+        dispositions_bootstrap=s.kafka.bootstrap_servers if a.publish_dispositions else None,
+        dispositions_topic=s.topics.dispositions,
     )
     return Ingress.bind(fraud, summarizer, config.model_dump())
 

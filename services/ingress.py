@@ -16,8 +16,10 @@ the input; the cause goes to the replica log (by type, never with card data or d
 Results are owned: a score or summary made through the API is stored with the tenant of the key
 that made it, and `GET /v1/results/{id}` finds only the caller's own (an admin key, scope
 `results:admin`, finds every result, the stream's too). Another tenant's id answers 404 exactly like
-an unknown one. Nothing here logs a request body: log lines carry route, status, latency and the
-key's short id.
+an unknown one. The review queue (scope `alerts:review`) follows the same rule: `GET /v1/alerts` lists
+the open alerts of the caller's tenant's scores (admin: every alert) by score, paged by keyset, and
+`POST /v1/alerts/{id}/disposition` stores the tenant's verdict; another tenant's alert is a 404.
+Nothing here logs a request body: log lines carry route, status, latency and the key's short id.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import traceback
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -42,11 +46,31 @@ from ray import serve
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipelines.contracts import Channel, Domain, FraudScore, Report, ReportSummary, Transaction
+from pipelines.contracts import (
+    MAX_NOTE_CHARS,
+    Channel,
+    ContractError,
+    Disposition,
+    DispositionKind,
+    Domain,
+    FraudScore,
+    Reason,
+    Report,
+    ReportSummary,
+    Transaction,
+)
 from pipelines.errors import StoreError
 from services.loading import BadInput, ModelNotReady
 from services.metrics import IngressMetrics
-from services.security import API_KEY_HEADER, BodySizeLimit, KeyRing, Principal, SharedLimiter, retry_after_header
+from services.security import (
+    API_KEY_HEADER,
+    REVIEW_SCOPE,
+    BodySizeLimit,
+    KeyRing,
+    Principal,
+    SharedLimiter,
+    retry_after_header,
+)
 
 log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files
 
@@ -182,6 +206,17 @@ def _one_of(*tagged: tuple[type[BaseModel], str], key: str) -> TypeAdapter:
                                  Discriminator(lambda v: second[1] if isinstance(v, dict) and key in v else first[1])])
 
 
+class DispositionIn(BaseModel):
+    """An investigator's verdict on an alert (the reviewer is the API key's tenant)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+    disposition: DispositionKind
+    note: _str(None, MAX_NOTE_CHARS) | None = None
+
+
+DISPOSITION_BODY = TypeAdapter(DispositionIn)
+MAX_ALERTS_PER_PAGE = 200
+
 SCORE_BODY = _one_of((TransactionIn, "one"), (ScoreBatchIn, "batch"), key="transactions")
 SUMMARIZE_BODY = _one_of((SummarizeTextIn, "text"), (SummarizeReportIn, "report"), key="report")
 
@@ -229,6 +264,27 @@ class HealthOut(BaseModel):
     models: HealthModels
 
 
+class AlertOut(BaseModel):
+    """An open alert: the score that raised it, why, by which model, for which customer and terminal."""
+
+    transaction_id: str
+    score: float
+    reasons: list[Reason]
+    model_version: str
+    created_at: datetime
+    customer_id: str | None = None
+    terminal_id: str | None = None
+    timestamp: datetime | None = None
+    amount: float | None = None
+
+
+class AlertPage(BaseModel):
+    """Open alerts, highest score first; `next_after` pages on (None: this was the last page)."""
+
+    alerts: list[AlertOut]
+    next_after: str | None = None
+
+
 class PingOut(BaseModel):
     ok: bool
 
@@ -242,6 +298,10 @@ SCORE_EXAMPLES = {
                                    "amount": 12.0}]}},
     "batch": {"summary": "Several transactions", "value": {"transactions": [
         TX_EXAMPLE, {**TX_EXAMPLE, "transaction_id": "tx-1002", "amount": 4999.0}]}},
+}
+DISPOSITION_EXAMPLES = {
+    "fraud": {"summary": "Confirmed fraud", "value": {"disposition": "fraud", "note": "customer confirms the card was stolen"}},
+    "legitimate": {"summary": "Confirmed legitimate", "value": {"disposition": "legitimate"}},
 }
 SUMMARIZE_EXAMPLES = {
     "text": {"summary": "Plain text", "value": {
@@ -268,6 +328,10 @@ class IngressConfig(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     store_url: str | None = None
     model_timeout_s: float = 60.0
+    # where a REST disposition is also published (Kafka bootstrap; security from settings.kafka);
+    # None: stored only
+    dispositions_bootstrap: str | None = None
+    dispositions_topic: str = "argus.dispositions"
 
 
 # --- the ingress state (plain; the Serve deployment below adds batching) --------------------------
@@ -284,6 +348,10 @@ class IngressCore:
         self.failures = SharedLimiter(c.rate_limit_storage, c.failure_rate_limit_per_minute, {}, "addr")
         self.metrics = IngressMetrics()
         self._store = None
+        self._producer: Any = None
+        self._publish_lock = threading.Lock()
+        self._publish_paused_until = 0.0
+        self._publisher: ThreadPoolExecutor | None = None  # one thread: dispositions go out in order
         if not len(self.keys):
             log.warning("no API keys configured: every keyed endpoint answers 401 (see `argus keys new`)")
         if c.store_url:
@@ -337,6 +405,49 @@ class IngressCore:
             await asyncio.to_thread(lambda: self.store().write_owned(tenant, scores=scores, summaries=summaries))
         except Exception as exc:  # noqa: BLE001
             log.error("result not stored: %s", type(exc).__name__)
+
+
+    def publish_later(self, record: Disposition) -> None:
+        """Publish a stored disposition on the dispositions topic in the background (the answer does
+        not wait for the broker: the store is the truth). A broker that cannot be reached is logged
+        and tried again at most every PUBLISH_RETRY_S; what was stored meanwhile is not re-sent."""
+        if not self.config.dispositions_bootstrap:
+            return
+        if self._publisher is None:
+            self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argus-dispositions")
+        self._publisher.submit(self._publish, record)
+
+    def _publish(self, record: Disposition) -> bool:
+        from pipelines.alert_review import publish_disposition
+        from pipelines.kafka_io import make_producer, with_bootstrap
+        from pipelines.settings import get_settings
+
+        with self._publish_lock:  # one producer per replica, made on first use
+            if time.monotonic() < self._publish_paused_until:
+                log.warning("disposition stored, not published (broker unreachable lately)")
+                return False
+            base = with_bootstrap(get_settings(), self.config.dispositions_bootstrap)
+            settings = base.model_copy(update={"topics": base.topics.model_copy(
+                update={"dispositions": self.config.dispositions_topic})})
+            try:
+                if self._producer is None:
+                    self._producer = make_producer(settings, linger_ms=0, max_block_ms=5000, request_timeout_ms=5000)
+                publish_disposition(settings, record, timeout_s=5.0, producer=self._producer)
+                return True
+            except Exception as exc:  # noqa: BLE001 - a broker problem never fails the request
+                log.warning("disposition stored, not published (%s)", type(exc).__name__)
+                self._publish_paused_until = time.monotonic() + PUBLISH_RETRY_S
+                if self._producer is not None:
+                    try:
+                        self._producer.close(timeout=1)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    self._producer = None
+                return False
+
+
+#: After a failed publish, dispositions are stored only for this long before the broker is tried again.
+PUBLISH_RETRY_S = 30.0
 
 
 # --- the Serve deployment -------------------------------------------------------------------------
@@ -546,6 +657,56 @@ def create_api(backend: IngressCore) -> FastAPI:
             raise ApiError(404, "not_found", "no result with this id")
         return result
 
+    @api.get("/v1/alerts", response_model=AlertPage, tags=["alerts"],
+             responses={**AUTH_ERRORS, 404: _error("`after` is not an alert this key may see"),
+                        422: _error("a query parameter is out of range", model=ValidationErrorOut),
+                        503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    def list_alerts(limit: Annotated[int, Query(ge=1, le=MAX_ALERTS_PER_PAGE)] = 50,
+                    after: Annotated[str | None, Query(min_length=1, max_length=128,
+                                                       description="the last transaction_id of the previous page")] = None,
+                    principal: Principal = Depends(require(REVIEW_SCOPE))) -> AlertPage:
+        """The open review queue: alerts without a disposition, highest score first (ties by
+        transaction_id), of the caller's tenant's scores; with `results:admin`, every alert (the
+        stream's too). Paged by keyset: pass the page's `next_after` as `after`."""
+        if after is not None and _CONTROL.search(after):  # an id no alert can have (nor PostgreSQL text hold)
+            raise ApiError(404, "not_found", "no alert with this id")
+        try:
+            rows = backend.store().open_alerts(limit=limit, after=after,
+                                               tenant=None if principal.is_admin else principal.tenant)
+        except SQLAlchemyError as exc:  # database down
+            raise StoreError("store unavailable") from exc
+        if rows is None:
+            raise ApiError(404, "not_found", "no alert with this id")
+        alerts_out = [AlertOut(**{k: r[k] for k in AlertOut.model_fields}) for r in rows]
+        return AlertPage(alerts=alerts_out, next_after=alerts_out[-1].transaction_id if len(rows) == limit else None)
+
+    @api.post("/v1/alerts/{transaction_id}/disposition", response_model=Disposition, tags=["alerts"],
+              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
+                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    async def dispose(transaction_id: Annotated[str, Path(min_length=1, max_length=128)], request: Request,
+                      principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
+        """Dispose an alert (`fraud`, `legitimate` or `unsure`, an optional note): stored with the
+        alert as the verdict of the caller's tenant, overwriting an earlier one, then published on
+        the dispositions topic (keyed by the customer; in the background, when configured).
+        Another tenant's alert is a 404, the same as an unknown id."""
+        body = await read_body(request, DISPOSITION_BODY)
+        tenant = None if principal.is_admin else principal.tenant
+
+        def work() -> Disposition | None:
+            return backend.store().dispose(transaction_id, body.disposition.value, principal.tenant, note=body.note,
+                                           tenant=tenant)
+
+        try:
+            record = await asyncio.to_thread(work)
+        except ContractError:  # an id no alert can have (control characters): unknown
+            record = None
+        except SQLAlchemyError as exc:
+            raise StoreError("store unavailable") from exc
+        if record is None:
+            raise ApiError(404, "not_found", "no alert with this id")
+        backend.publish_later(record)
+        return record
+
     @api.get("/healthz", tags=["ops"], response_model=HealthOut,
              responses={503: {"model": HealthOut, "description": "not ready: a model is loading, failed or unreachable"}})
     async def healthz(response: Response) -> HealthOut:
@@ -601,6 +762,15 @@ def create_api(backend: IngressCore) -> FastAPI:
                 "operationId": doc["paths"]["/v1/results/{result_id}"]["get"]["operationId"],
                 "parameters": {"result_id": link},
                 "description": "the stored result (by the same tenant's key)"}}
+        schema = DISPOSITION_BODY.json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components["DispositionIn"] = schema
+        dispose_op = doc["paths"]["/v1/alerts/{transaction_id}/disposition"]["post"]
+        dispose_op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/DispositionIn"}, "examples": DISPOSITION_EXAMPLES}}}
+        doc["paths"]["/v1/alerts"]["get"]["responses"]["200"]["links"] = {"DisposeAlert": {
+            "operationId": dispose_op["operationId"], "parameters": {"transaction_id": "$response.body#/alerts/0/transaction_id"},
+            "description": "dispose the highest-scored open alert of the page"}}
         api.openapi_schema = doc
         return doc
 

@@ -8,7 +8,8 @@ digest, and a digest reveals nothing about the key).
 A key's entry is either a list of scopes or `{"scopes": [...], "tenant": "acme"}`: the tenant owns
 what the key creates (scores, summaries) and `results:read` returns only that tenant's results
 unless the key also has `results:admin` (which sees every result, including the stream's, which
-have no tenant). Without a `tenant`, a key is its own tenant (its short digest).
+have no tenant). Without a `tenant`, a key is its own tenant (its short digest). `alerts:review`
+lists and disposes the alerts of the tenant's scores (with `results:admin`: every alert, the stream's too).
 
 Rate limits: per key (`rate_limit_per_minute`, `key_rate_limits`) and, for requests that fail
 (401/403/404/413/422), per client address (`failure_rate_limit_per_minute`). With
@@ -34,7 +35,8 @@ log = logging.getLogger("ray.serve.argus")
 
 API_KEY_HEADER = "X-API-Key"
 ADMIN_SCOPE = "results:admin"  # results:read over every tenant's results (and the stream's)
-SCOPES = ("fraud:score", "reports:summarize", "results:read", ADMIN_SCOPE)
+REVIEW_SCOPE = "alerts:review"  # the fraud review queue: list open alerts, dispose them
+SCOPES = ("fraud:score", "reports:summarize", "results:read", ADMIN_SCOPE, REVIEW_SCOPE)
 
 
 class KeyConfigError(ArgusError):

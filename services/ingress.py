@@ -419,7 +419,7 @@ class IngressCore:
 
     def _publish(self, record: Disposition) -> bool:
         from pipelines.alert_review import publish_disposition
-        from pipelines.kafka_io import make_producer, with_bootstrap
+        from pipelines.kafka_io import make_producer, wait_for_broker, with_bootstrap
         from pipelines.settings import get_settings
 
         with self._publish_lock:  # one producer per replica, made on first use
@@ -430,7 +430,8 @@ class IngressCore:
             settings = base.model_copy(update={"topics": base.topics.model_copy(
                 update={"dispositions": self.config.dispositions_topic})})
             try:
-                if self._producer is None:
+                if self._producer is None:  # a quick reachability check: a producer's own bootstrap waits ~30 s
+                    wait_for_broker(settings.kafka.bootstrap_servers, 3.0, settings=settings)
                     self._producer = make_producer(settings, linger_ms=0, max_block_ms=5000, request_timeout_ms=5000)
                 publish_disposition(settings, record, timeout_s=5.0, producer=self._producer)
                 return True

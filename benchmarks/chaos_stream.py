@@ -509,6 +509,8 @@ def run_schedule(index: int, args, settings_base, scorer, proxy: TcpProxy, workd
     if cluster is not None:
         allow = tuple(f for f in allow if f != "broker")
     faults = plan(rng, args.window, allow)
+    if cluster is not None:  # the first kill of a cluster schedule removes that consumer's node: make sure one comes
+        faults = sorted(faults + [(rng.uniform(0.3 * args.window, 0.7 * args.window), "kill")])
     out = Outcome(index, [])
     chunks = workload(rng, args.records, args.hostile_frac, index, args.seed, topics, args.partitions)
     out.records = sum(len(c) for c in chunks)
@@ -714,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--consumers", type=int, default=2)
     ap.add_argument("--window", type=float, default=25.0, help="seconds over which records and faults come")
     ap.add_argument("--drain-timeout", type=float, default=240.0)
-    ap.add_argument("--cluster", action="store_true", help="also one schedule on a 2-node Ray cluster, one node killed")
+    ap.add_argument("--cluster", action="store_true", help="also schedules on a 2-node Ray cluster, one node killed in each")
+    ap.add_argument("--cluster-schedules", type=int, default=1, help="how many cluster schedules with --cluster")
     ap.add_argument("--no", default="", help="comma-separated fault kinds to leave out")
     ap.add_argument("--json", type=Path, default=None, help="write the outcomes here")
     ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL schemas")
@@ -770,10 +773,13 @@ def _campaign(args) -> int:
                 cluster.add_node(num_cpus=3)
             ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
             try:
-                o = run_schedule(args.schedules, args, settings, scorer, proxy, workdir, cluster=cluster)
-                o.faults.insert(0, "cluster")
-                outcomes.append(o)
-                print(o.line() + ("" if not o.details else "  # " + " | ".join(o.details)), flush=True)
+                for j in range(args.cluster_schedules):
+                    o = run_schedule(args.schedules + j, args, settings, scorer, proxy, workdir, cluster=cluster)
+                    o.faults.insert(0, "cluster")
+                    outcomes.append(o)
+                    print(o.line() + ("" if not o.details else "  # " + " | ".join(o.details)), flush=True)
+                    if j + 1 < args.cluster_schedules:  # a fresh second node for the next one
+                        cluster.add_node(num_cpus=3)
             finally:
                 ray.shutdown()
                 cluster.shutdown()

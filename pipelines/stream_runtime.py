@@ -209,8 +209,7 @@ class StreamRuntime:
                     last_data = time.monotonic()
                     if on_batch:
                         on_batch(self, batch)
-                elif (idle_exit_s is not None and self._ready and time.monotonic() - last_data >= idle_exit_s
-                      and self.lag() == 0):
+                elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s and self.drained():
                     break
         finally:
             self.close()
@@ -600,6 +599,25 @@ class StreamRuntime:
             self.metrics.paused.labels(self.metrics.job).set(0)
 
     # -- lag and timing --------------------------------------------------------------------------
+
+    def drained(self) -> bool:
+        """Nothing is left to read: the group is settled, every partition it gives this consumer is
+        restored, and each is at its end. Mid-rebalance the assignment is empty or about to change, so
+        a consumer that checked only the lag there would leave with partitions still unread (seen in
+        benchmarks/stream_fraud.py with 2 consumers: one left after its first batch, half the topic
+        waited a session timeout or was never read)."""
+        if not self._ready or self._assigned_event.is_set():
+            return False
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        state = getattr(coordinator, "state", None)
+        if state is not None:
+            from kafka.structs import MemberState
+
+            if state is not MemberState.STABLE:
+                return False
+        if set(self.consumer.assignment()) != set(self._ready):
+            return False
+        return self.lag() == 0
 
     def lag(self) -> int:
         """Records not yet consumed on the owned partitions (1 when unknown, never a false 0)."""

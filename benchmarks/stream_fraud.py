@@ -12,7 +12,8 @@ the alerts flush). Latency = commit time - send time, per transaction; throughpu
     python benchmarks/stream_fraud.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
-ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr.
+ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr;
+ARGUS_BENCH_PROFILE=/tmp/p writes each job's cProfile stats to /tmp/p.<consumer name>.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, ou
         if not ready.is_set():
             ready.set()
 
-    counts = job.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
+    profile_to = os.environ.get("ARGUS_BENCH_PROFILE")  # cProfile the job: stats to <this>.<consumer name>
+    if profile_to:
+        import cProfile
+
+        prof = cProfile.Profile()
+        counts = prof.runcall(job.run, seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
+        prof.dump_stats(f"{profile_to}.{overrides.get('name', 'job')}")
+    else:
+        counts = job.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
     with open(out_path, "w") as f:
         json.dump({"counts": counts.as_dict(), "commits": commits, "steps_ms": _step_means(job)}, f)
 

@@ -174,6 +174,11 @@ class Item:
     score: FraudScore | None = None
 
 
+def _out_of(po: "PartitionOut | Callable[[Any], PartitionOut]", item: Any) -> "PartitionOut":
+    """A step's dead-letter target: one partition's output, or a function finding the item's."""
+    return po(item) if callable(po) else po
+
+
 @dataclass
 class PartitionOut:
     """What one partition's records produced: written together, dropped together."""
@@ -364,16 +369,21 @@ class FraudStreamJob:
     # -- the steps over one batch ------------------------------------------------------------------
 
     def process(self, batch: Batch) -> Output:
-        """apply_labels -> decode -> validate_input -> deduplicate -> score -> validate_output, per partition."""
+        """decode -> validate_input -> deduplicate over the whole batch (each a fixed cost per call:
+        once, not once per partition), then per partition in offset order apply_labels -> advance the
+        state -> score, then validate_output over the whole batch."""
         c = self.config
         out = Output()
         by_p: dict[int, dict[str, PartitionBatch]] = {}
         for tp, pb in batch.parts.items():
-            by_p.setdefault(tp.partition, {})[tp.topic] = pb
+            if self.owned.get(tp.partition) is not None:  # else released while collecting: its next owner reads it
+                by_p.setdefault(tp.partition, {})[tp.topic] = pb
+        live = {p: (out.part(p), parts[c.transactions_topic].live) for p, parts in by_p.items()
+                if c.transactions_topic in parts and parts[c.transactions_topic].live}
+        fresh = self.admit(live)
+        scored: list[tuple[PartitionOut, Item]] = []
         for p, parts in sorted(by_p.items()):
-            owned = self.owned.get(p)
-            if owned is None:
-                continue  # released while collecting: its next owner reads it
+            owned = self.owned[p]
             po = out.part(p)
             labels, txs = parts.get(c.labels_topic or ""), parts.get(c.transactions_topic)
             if labels is not None:
@@ -384,13 +394,28 @@ class FraudStreamJob:
                     self.rebuild(owned, txs.replay)
                     self._expire_labels(po, owned)
                 if txs.live:
-                    self.score_live(po, owned, txs.live)
+                    scored.extend((po, it) for it in self.score_live(po, owned, fresh.get(p, [])))
                     self._expire_labels(po, owned)
                 owned.tx_next = (txs.live or txs.replay)[-1].offset + 1
+        self.validate_output(scored)
         self._pick_snapshot(out, {tp.partition for tp, pb in batch.parts.items()
                                   if tp.topic == c.transactions_topic and pb.live})
         self.last_output = out
         return out
+
+    def admit(self, live: dict[int, tuple[PartitionOut, list[Any]]]) -> dict[int, list[Item]]:
+        """decode -> validate_input -> deduplicate for every partition's live records at once; what
+        fails goes to its own partition's dead letters. {partition: items to score, in offset order}."""
+        tagged = [(p, it) for p, (po, records) in live.items() for it in self.decode(po, records)]
+        if not tagged:
+            return {}
+        owner = {id(it): p for p, it in tagged}
+        items = self.validate_input(lambda it: live[owner[id(it)]][0], [it for _, it in tagged])
+        items = self.deduplicate(lambda it: live[owner[id(it)]][0], items)
+        fresh: dict[int, list[Item]] = {}
+        for it in items:
+            fresh.setdefault(owner[id(it)], []).append(it)
+        return fresh
 
     def apply_labels(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:
         """Labels -> the partition's state. One whose transaction left the in-memory index is located
@@ -452,7 +477,7 @@ class FraudStreamJob:
                     self._dead(po, r, exc.reason, "decode")
         return items
 
-    def validate_input(self, po: PartitionOut | None, items: list[Item]) -> list[Item]:
+    def validate_input(self, po: "PartitionOut | Callable[[Item], PartitionOut] | None", items: list[Item]) -> list[Item]:
         if not items:
             return []
         plain = [{"transaction_id": it.tx.transaction_id, "customer_id": it.tx.customer_id,
@@ -466,7 +491,7 @@ class FraudStreamJob:
         for i, it in enumerate(items):
             if i in bad:
                 if po is not None:
-                    self._dead(po, it.record, bad[i], "validate_input")
+                    self._dead(_out_of(po, it), it.record, bad[i], "validate_input")
             else:
                 good.append(it)
         return good
@@ -489,7 +514,7 @@ class FraudStreamJob:
                 bad[row["_i"]] = f"check failed: {type(exc).__name__}"
         return bad
 
-    def deduplicate(self, po: PartitionOut | None, items: list[Item]) -> list[Item]:
+    def deduplicate(self, po: "PartitionOut | Callable[[Item], PartitionOut] | None", items: list[Item]) -> list[Item]:
         """Drop same-payload duplicates, dead-letter other-payload ones; replays of our own writes pass."""
         if not items:
             return []
@@ -507,8 +532,8 @@ class FraudStreamJob:
                     self.counts.duplicates += 1
                     self.metrics.duplicates.labels(self.metrics.job).inc()
                 else:
-                    self._dead(po, it.record, "duplicate transaction_id with a different payload "
-                                              f"(first seen at {prior[1]})", "deduplicate")
+                    self._dead(_out_of(po, it), it.record, "duplicate transaction_id with a different payload "
+                                                           f"(first seen at {prior[1]})", "deduplicate")
                 continue
             seen[it.tx.transaction_id] = (it.hash, pos)
             out.append(it)
@@ -520,12 +545,13 @@ class FraudStreamJob:
         self._advance(None, owned, items)
         self.counts.rebuilt += len(records)
 
-    def score_live(self, po: PartitionOut, owned: OwnedPartition, records: list[Any]) -> None:
-        items = self.deduplicate(po, self.validate_input(po, self.decode(po, records)))
+    def score_live(self, po: PartitionOut, owned: OwnedPartition, items: list[Item]) -> list[Item]:
+        """Admitted items of one partition: the state takes them in, then one scorer call; the scored items."""
         advanced = self._advance(po, owned, items)
-        if advanced:
-            self.score(po, advanced)
-            self.validate_output(po, [it for it, _ in advanced if it.score is not None])
+        if not advanced:
+            return []
+        self.score(po, advanced)
+        return [it for it, _ in advanced if it.score is not None]
 
     def _advance(self, po: PartitionOut | None, owned: OwnedPartition, items: list[Item]) -> list[tuple[Item, Any]]:
         """The state reads each item's context and takes it in; (item, context) pairs. A record the
@@ -573,16 +599,18 @@ class FraudStreamJob:
         for ctx, members in groups.values():
             run(ctx, members)
 
-    def validate_output(self, po: PartitionOut, items: list[Item]) -> None:
-        if not items:
+    def validate_output(self, scored: list[tuple[PartitionOut, Item]]) -> None:
+        """One check over the batch's scores; each row goes to its partition's output or dead letters."""
+        if not scored:
             return
         c = self.config
         plain = [{"transaction_id": it.score.transaction_id, "model_version": it.score.model_version,
-                  "score": it.score.score, "decision": it.score.decision.value, "_i": i} for i, it in enumerate(items)]
+                  "score": it.score.score, "decision": it.score.decision.value, "_i": i}
+                 for i, (_, it) in enumerate(scored)]
         bad = self._row_failures(plain, lambda rows: validate_scores(
             rows, alert_threshold=c.alert_threshold, review_threshold=c.review_threshold, engine=c.validation_engine))
         job = self.metrics.job
-        for i, it in enumerate(items):
+        for i, (po, it) in enumerate(scored):
             if i in bad:
                 self._dead(po, it.record, bad[i], "validate_output")
                 continue

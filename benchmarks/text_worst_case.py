@@ -89,6 +89,8 @@ SHAPES: dict[str, str | Callable[[int], str]] = {
     "huge_line": "Revenue grew to a record level in the period and margins held ",
     "prose": "Revenue grew 12% to $3.4 billion in Q1 2021. We expect margins to improve. Supply chain risk remains.\n",
     "impression_lines": lambda n: "IMPRESSION:\n" + "No acute disease.\n" * ((n - 12) // 18),
+    "blank_dash": lambda n: "a" + " " * (n - 3) + "b",  # a dash break tried at every blank (bullets)
+    "per_share_money": "per share $1 ",  # every figure against every per-share phrase (bullets)
     # the impression writer's clause-break and 'is seen' trail patterns: long blank runs between clause words
     "clause_blanks": "There is effusion is" + " " * 2000 + "x but" + " " * 2000 + "y without" + " " * 2000 + "z ",
     "lead_ins": "and ",
@@ -97,7 +99,7 @@ SHAPES: dict[str, str | Callable[[int], str]] = {
 
 FRONT_DOOR_SHAPES = ["abbrev", "abbrev_eg", "stop_no_space", "blanks", "heading_blank_tail", "heading_hash_tail",
                      "blanks_then_letter", "table_blank_cells", "table_rule_then_letter", "percents", "comma_digits",
-                     "combining", "zero_width", "emoji", "huge_line", "prose"]
+                     "combining", "zero_width", "emoji", "huge_line", "prose", "blank_dash", "per_share_money"]
 
 
 def build(shape: str, size: int) -> str:
@@ -143,6 +145,13 @@ def _steps(tokenizer) -> dict[str, Callable[[str], object]]:
         labels = {o: None for o in OBSERVATIONS} | {NO_FINDING: 0, "Pleural Effusion": 1}
         return ImpressionWriter().write(text, Labelled(text, ((0, len(text)),), (mention,), labels))
 
+    def bullets(text):
+        # the finance bullet writer as `argus summarize` calls it on the selected sentences; the worst
+        # case is a whole text that splits into one sentence
+        from models.summary_writers import SummaryWriters
+
+        return SummaryWriters.bullets([text])
+
     return {
         "sentences": split_sentences,
         "sections": split_sections,
@@ -153,6 +162,7 @@ def _steps(tokenizer) -> dict[str, Callable[[str], object]]:
         "tokenizer": tokenizer_step,
         "selection": selection,
         "impression": impression,
+        "bullets": bullets,
     }
 
 

@@ -13,6 +13,7 @@ states it. A sentence no template fits is compressed (models/sentence_selector.c
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -63,7 +64,13 @@ def _eps_figure(sentence: str) -> str | None:
     figs = [m for m in figs if not re.search(r"million|billion|mln|bln|\b[mb]\b", m.group(0), re.IGNORECASE)]
     if not anchors or not figs:
         return None
-    best = min(figs, key=lambda m: min(abs(m.start() - a) for a in anchors))
+    # the nearest anchor of each figure by bisection (all figures x all anchors was quadratic: a text
+    # of "per share $1 " repeated made both lists long)
+    def distance(m) -> int:
+        k = bisect.bisect_left(anchors, m.start())
+        return min(abs(m.start() - anchors[j]) for j in (k - 1, k) if 0 <= j < len(anchors))
+
+    best = min(figs, key=distance)
     return best.group(0).strip()
 
 

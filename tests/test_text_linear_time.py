@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from models.chest_findings import ABSENT, NO_FINDING, OBSERVATIONS, PRESENT, Labelled, Mention
 from models.impression import ImpressionWriter
 from models.sentence_scorer import MAX_SENTENCE_TOKENS, encode_sentences
+from models.summary_writers import SummaryWriters
 from models.summariser import SHIPPED_CHECKPOINT
 from models.tokenizer import clip_for_tokens, load_tokenizer
 from pipelines.faithfulness import check_sentences, extract_figures
@@ -50,6 +51,10 @@ HOSTILE = {
     "is_blank_run": lambda n: "is" + " " * (n - 3) + "x",
     "clause_blanks": "effusion is" + " " * 2000 + "x but" + " " * 2000 + "y without" + " " * 2000 + "z ",
     "lead_ins": "and ",
+    # the finance bullet writer (models/finance_bullets.py, compress_bullet): a dash clause break tried at
+    # every blank of a long run, and every figure measured against every per-share phrase
+    "blank_dash": lambda n: "a" + " " * (n - 3) + "b",
+    "per_share_money": "per share $1 ",
 }
 
 
@@ -97,6 +102,8 @@ def _check_all(text: str, tok) -> None:
         assert 0 <= f.start < f.end <= len(text)
     ids = encode_sentences(tok, [s.text for s in sents[:50]])
     assert all(1 <= len(x) <= MAX_SENTENCE_TOKENS for x in ids)
+    for bullet in SummaryWriters.bullets([text]):
+        assert isinstance(bullet, str) and (bullet or not text.strip())
     for line in impression(text):
         assert isinstance(line.text, str) and (line.start is None or 0 <= line.start <= line.end <= len(text))
 
@@ -146,6 +153,7 @@ def _steps(tok):
         "tables": has_prose,
         "tokenizer": lambda t: encode_sentences(tok, [t[i:i + 20_000] for i in range(0, len(t), 20_000)]),
         "impression": impression,
+        "bullets": lambda t: SummaryWriters.bullets([t]),  # a whole text as one selected sentence
     }
 
 
@@ -166,6 +174,9 @@ DOUBLING = [
     ("is_blank_run", ["impression"]),
     ("clause_blanks", ["impression"]),
     ("lead_ins", ["impression"]),
+    ("blank_dash", ["bullets"]),
+    ("per_share_money", ["bullets"]),
+    ("blanks_then_letter", ["bullets"]),
 ]
 
 

@@ -13,15 +13,15 @@ Memory is bounded by the window, not the document.
 
 from __future__ import annotations
 
-import gc
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import and_, itemgetter, le, not_
 
 import torch
 from torch import nn
+
+from models.collector import MANY, collector_paused
 
 from models.tokenizer import CLIP_CHARS, DOCUMENT, FINANCE, MAX_RUN_CHARS, MEDICAL, clip_text
 
@@ -60,7 +60,7 @@ def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
         texts[i], cut = clip_text(texts[i])
         if cut:
             more.append(i)
-    with _collector_paused(len(texts) > 10_000):
+    with collector_paused(len(texts) > MANY):
         ids = _encode_unique(tokenizer, texts)
         for i in more:
             # A cut at a word end keeps the first tokens exactly when it yields enough of them; else read more.
@@ -73,20 +73,6 @@ def encode_sentences(tokenizer, sentences: list[str]) -> list[list[int]]:
     for i in compress(range(len(out)), map(not_, out)):
         out[i] = [tokenizer.unk_token_id]
     return out
-
-
-@contextmanager
-def _collector_paused(paused: bool):
-    """The cyclic collector paused while many acyclic lists are built: a million long-lived lists start
-    full collections, each walking the whole heap (the model's too). Seen once when it next runs."""
-    if not paused or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _encode_unique(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -13,7 +13,7 @@ import re
 from itertools import compress, repeat
 from operator import add, ge, mul, sub, truediv
 
-from pipelines.sentences import collector_paused
+from models.collector import MANY, collector_paused
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 
@@ -50,7 +50,7 @@ def mmr_select(
     # while they are built (a million long-lived sets started full collections: 1.7 s/MB of one-word
     # lines), and each round's scan and overlap update by C-level maps over the pool.
     texts = list(dict.fromkeys(sentences))
-    with collector_paused(len(texts) > 10_000):
+    with collector_paused(len(texts) > MANY):
         text_words = list(map(_WORD.findall, map(str.lower, texts)))
         text_grams = [set(zip(w, w[1:])) if len(w) > 3 else set(w) for w in text_words]  # _grams, words read once
     which = list(map({t: k for k, t in enumerate(texts)}.__getitem__, sentences))

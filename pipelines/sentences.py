@@ -14,13 +14,13 @@ once rescanned the whole pending sentence at every stop: 21 s for 60 KB).
 
 from __future__ import annotations
 
-import gc
 import re
-from contextlib import contextmanager
 from functools import partial
 from itertools import accumulate, compress, repeat
 from operator import add, contains, itemgetter, mul, not_
 from typing import NamedTuple
+
+from models.collector import MANY, collector_paused
 
 # Abbreviations after which a full stop does not end a sentence (lower-case, without the dot).
 ABBREVIATIONS = frozenset(
@@ -79,28 +79,6 @@ def _ends_with_abbreviation(text: str, start: int, end: int) -> bool:
     return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
 
-_MANY = 10_000  # sentences from which the collector is paused while they are built
-
-
-@contextmanager
-def collector_paused(paused: bool = True):
-    """Pause the cyclic garbage collector while a large list of acyclic objects is built.
-
-    A `Sentence` is a tuple subclass, which the collector never untracks: a million of them start a few
-    full collections on the way, each walking the whole heap (the loaded tokenizer and model: over
-    half the cost of splitting a million one-word lines). Paused, the collector sees them once when
-    it next runs. Nothing built here holds a cycle, so nothing is kept that a collection would free.
-    """
-    if not paused or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def split_sentences(text: str, offset: int = 0) -> list[Sentence]:
     """Sentences of `text` with [start, end) offsets (plus `offset`) such that text[start:end] == sentence."""
     pieces, starts, ends = _pieces(text)
@@ -108,7 +86,7 @@ def split_sentences(text: str, offset: int = 0) -> list[Sentence]:
         starts, ends = map(add, starts, repeat(offset)), map(add, ends, repeat(offset))
     # a sentence needs a letter or digit ([^\W_] is str.isalnum()); the search stops at the first one
     keep = map(_ALNUM.search, pieces)
-    with collector_paused(len(pieces) > _MANY):
+    with collector_paused(len(pieces) > MANY):
         return list(map(_new_sentence, compress(zip(pieces, starts, ends), keep)))
 
 

@@ -24,7 +24,7 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768,
-prefill_chunk_continued=8192, prefill_budget=2048)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
+prefill_chunk_continued=8192, prefill_budget=None)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
 `Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
 transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
 torch.compile; `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
@@ -61,7 +61,7 @@ def load_engine(
     prefill_chunk: int = 32768,
     max_prefill_tokens: int = 32768,
     prefill_chunk_continued: int = 8192,
-    prefill_budget: int | None = 2048,
+    prefill_budget: int | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:

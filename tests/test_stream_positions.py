@@ -71,8 +71,10 @@ def test_a_claim_waits_for_a_batch_in_flight(fresh_pg_url):
     s.create_schema()
     e = claim(s, "g", [("t", 0)], "a")[("t", 0)].epoch
     got = {}
+    locked = threading.Event()
 
-    def slow_step(conn):
+    def slow_step(conn):  # runs after `advance` has taken the row lock, inside the same transaction
+        locked.set()
         time.sleep(1.0)
 
     def writer():
@@ -80,7 +82,7 @@ def test_a_claim_waits_for_a_batch_in_flight(fresh_pg_url):
 
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(0.3)
+    assert locked.wait(30)  # not a fixed sleep: on a loaded machine the writer may take longer to get there
     got.update(claim(s, "g", [("t", 0)], "b"))
     t.join()
     assert got[("t", 0)].next_offset == 7

@@ -62,6 +62,8 @@ def test_schemathesis_finds_nothing(serve_app):
     assert result.returncode == 0, (f"schemathesis failed:\n{out[-6000:]}\nreplica errors:\n{serve_app.errors()}")
     assert "0 failures" in summary or "passed" in summary, summary
     links = re.search(r"(\d+) covered / (\d+) selected", out)
-    # the document's three links were followed (GetResult from both POSTs, DisposeAlert from GET
-    # /v1/alerts); schemathesis may infer one more of its own, which it need not cover
-    assert "Stateful" in out and links and int(links[1]) >= 3, (links and links[0], summary)
+    # the document has three links (GetResult from both POSTs, DisposeAlert from GET /v1/alerts) and
+    # schemathesis may infer one more; how many its stateful phase follows varies between runs even
+    # with a fixed seed (a fresh-clone CI run covered 2 of 4, this machine 3), so at least two are
+    # required here; every operation, DisposeAlert's included, is exercised by the other phases anyway
+    assert "Stateful" in out and links and int(links[1]) >= 2, (links and links[0], summary)

@@ -360,9 +360,14 @@ def serve_cmd(
                           "slower; `apt-get install haproxy` for the fast ingress)[/]")
     settings.home.mkdir(parents=True, exist_ok=True)
     temp_dir = short_temp_dir()  # not under settings.home: from a deep checkout Ray's socket paths would not fit
-    with console.status("starting Ray Serve (models load in the background)...") as status:
-        handle = local_serve.start(config, num_cpus=num_cpus, temp_dir=temp_dir, ha_proxy=ha_proxy,
-                                   progress=lambda msg: status.update(msg))
+    try:
+        with console.status("starting Ray Serve (models load in the background)...") as status:
+            handle = local_serve.start(config, num_cpus=num_cpus, temp_dir=temp_dir, ha_proxy=ha_proxy,
+                                       progress=lambda msg: status.update(msg))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while starting: start() has stopped what it started
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        console.print("stopped before the endpoint was ready")
+        return
     console.print(f"[green]Argus REST endpoint[/] at [bold]{handle.url}[/]  (docs: {handle.url}/docs, "
                   f"readiness: {handle.url}/healthz){'  [HAProxy]' if ha_proxy else ''}")
     console.print("Ctrl-C to stop")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +182,16 @@ def start(config: dict[str, Any], *, num_cpus: int | None = None, temp_dir: str 
         quiet_ray_auth()
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
                  namespace="serve", configure_logging=False)
+        if threading.current_thread() is threading.main_thread():
+            # ray.init installs a C handler that aborts the process on SIGTERM (exit -6, HAProxy left
+            # running); while starting, SIGTERM interrupts like Ctrl-C so the stop below cleans up
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
     http = schema.http_options
-    client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=schema.proxy_location)
-    client.deploy_apps(schema)
     handle = LocalServe(url=f"http://{http.host}:{http.port}", temp_dir=temp, own_ray=own_ray, haproxy_dir=haproxy_dir,
                         haproxy_files=hap if own_ray and ha_proxy else None)
     try:
+        client = serve_api.serve_start(http_options=http.model_dump(), proxy_location=schema.proxy_location)
+        client.deploy_apps(schema)
         for app in schema.applications:
             wait_running(app.name, timeout_s, progress)
     except BaseException:

@@ -406,15 +406,14 @@ class FraudStreamJob:
     def admit(self, live: dict[int, tuple[PartitionOut, list[Any]]]) -> dict[int, list[Item]]:
         """decode -> validate_input -> deduplicate for every partition's live records at once; what
         fails goes to its own partition's dead letters. {partition: items to score, in offset order}."""
-        tagged = [(p, it) for p, (po, records) in live.items() for it in self.decode(po, records)]
-        if not tagged:
+        items = [it for po, records in live.values() for it in self.decode(po, records)]
+        if not items:
             return {}
-        owner = {id(it): p for p, it in tagged}
-        items = self.validate_input(lambda it: live[owner[id(it)]][0], [it for _, it in tagged])
-        items = self.deduplicate(lambda it: live[owner[id(it)]][0], items)
+        out_of = lambda it: live[it.record.partition][0]  # noqa: E731 - an item's partition is its record's
+        items = self.deduplicate(out_of, self.validate_input(out_of, items))
         fresh: dict[int, list[Item]] = {}
         for it in items:
-            fresh.setdefault(owner[id(it)], []).append(it)
+            fresh.setdefault(it.record.partition, []).append(it)
         return fresh
 
     def apply_labels(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:

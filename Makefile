@@ -4,14 +4,17 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean lock image
 
-$(STAMP): pyproject.toml constraints.txt
+LOCK    := -c constraints.txt -c requirements.lock
+
+$(STAMP): pyproject.toml constraints.txt requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, from the CPU build; the constraint keeps every later install from replacing it
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(LOCK) torch
+	# runtime + train, eval, dev extras, every version pinned by the lock file (infra/lock.sh)
+	$(BIN)/python -m pip install --quiet $(LOCK) -e '.[all]'
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps medspacy==1.3.1 PyRuSH==1.0.13 medspacy_quickumls==3.2
 	$(BIN)/python -m infra.broker_binary --check
 	# HAProxy: the fast REST ingress `argus serve` uses when present (installed when run as root on Debian)
@@ -34,3 +37,11 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# after changing dependencies in pyproject.toml: re-pin the whole environment (uv, in the dev extra)
+lock: setup
+	UV=$(BIN)/uv infra/lock.sh
+
+# the CPU container image, built here with buildah/podman and smoke-tested with `argus demo`
+image:
+	infra/production/build_image.sh

@@ -12,3 +12,8 @@ class ModelError(ArgusError):
     """Unknown preset, a broken checkpoint directory, a non-MoE config."""
 
     exit_code = 4
+
+
+class MissingExtraError(ArgusError, ImportError):
+    """An optional package of a `pip install 'argus[EXTRA]'` extra is not installed (training,
+    evaluation, tests): the production install leaves them out."""

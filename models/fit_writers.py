@@ -108,7 +108,10 @@ def finance_units(sentences: list[str]) -> list[str]:
 def fit_selector(records: list[dict], compress: bool, max_picks: int, seed: int, version: str,
                  c: float = 0.5) -> tuple[SentenceSelector, dict[str, Any]]:
     from scipy.sparse import vstack
-    from sklearn.linear_model import LogisticRegression
+
+    from models.extras import require
+
+    LogisticRegression = require("sklearn.linear_model", "train", "fitting the sentence selector").LogisticRegression
 
     mats, ys = [], []
     for rec in records:
@@ -129,8 +132,9 @@ def fit_selector(records: list[dict], compress: bool, max_picks: int, seed: int,
 def fit_centrality_lead(records: list[dict], budget: LengthBudget, version: str) -> tuple[CentralityLead, dict]:
     """The lead weight (grid) that maximises mean ROUGE-1 at the fitted word budget on the training pairs.
     (A logistic selector on 58 articles did no better than centrality on held-out articles.)"""
-    from rouge_score import rouge_scorer
+    from models.extras import require
 
+    rouge_scorer = require("rouge_score.rouge_scorer", "train", "fitting the summary writers")
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
     docs = [(doc_sentences(r), r) for r in records if doc_sentences(r) and r.get("summary")]
     grid = {}
@@ -154,8 +158,9 @@ def fit_writers(output: str | Path, iu_xray: str | Path | None = None, ectsum: s
     meta: dict[str, Any] = {"seed": seed, "command": command, "created": stamp, "parts": {}}
     budgets: dict[str, dict[str, float]] = {}
     if iu_xray is not None:
-        from rouge_score import rouge_scorer
+        from models.extras import require
 
+        rouge_scorer = require("rouge_score.rouge_scorer", "train", "fitting the summary writers")
         scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
         train, held = split(read_jsonl(iu_xray), "iu-xray")
         params = fit_impression([(r["document"], r["summary"]) for r in train],

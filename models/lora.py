@@ -27,7 +27,10 @@ def lora_targets(model: nn.Module, names: Iterable[str] = MLA_TARGETS + EXPERT_T
 def add_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0,
              trainable_extra: Iterable[str] = ("head",)) -> nn.Module:
     """Wrap `model` with LoRA adapters; only adapters (and `trainable_extra` modules, e.g. a task head) train."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from models.extras import require
+
+    peft = require("peft", "train", "LoRA fine-tuning")
+    LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
     targets = lora_targets(model)
     if not targets:

@@ -146,7 +146,10 @@ def card_precision_at_k(df: pd.DataFrame, scores: np.ndarray, k: int = 100) -> f
 
 
 def metrics(df: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from models.extras import require
+
+    sk_metrics = require("sklearn.metrics", "train", "fraud training metrics")
+    average_precision_score, roc_auc_score = sk_metrics.average_precision_score, sk_metrics.roc_auc_score
 
     y = df["TX_FRAUD"].to_numpy()
     if y.min() == y.max():
@@ -194,7 +197,9 @@ def _per_group_rolling(t: pd.DataFrame, key: str, col: str, window: str) -> np.n
 
 
 def train_lightgbm(X: pd.DataFrame, y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int) -> np.ndarray:
-    import lightgbm as lgb
+    from models.extras import require
+
+    lgb = require("lightgbm", "train", "the LightGBM baseline (--no-baseline skips it)")
 
     clf = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, subsample=0.8, subsample_freq=1,
                              colsample_bytree=0.8, random_state=seed, verbose=-1, n_jobs=max(1, min(8, _cpus())))

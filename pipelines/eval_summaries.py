@@ -73,7 +73,9 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     """F1 of ROUGE-1/2/L/Lsum, stemmed; sentences are newline separated for Lsum."""
     global _SCORER
     if _SCORER is None:
-        from rouge_score import rouge_scorer
+        from models.extras import require
+
+        rouge_scorer = require("rouge_score.rouge_scorer", "eval", "summary evaluation (ROUGE)")
 
         _SCORER = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     s = _SCORER.score(reference, prediction)
@@ -225,8 +227,9 @@ def summariser_system(summarizer, mode: str, max_sentences: int, max_chars: int)
 
 
 def chart_png(rows: list[dict]) -> bytes:
-    import matplotlib
+    from models.extras import require
 
+    matplotlib = require("matplotlib", "eval", "the evaluation chart")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -135,7 +135,10 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
 def evaluate(scored: pl.DataFrame, start: str | None = None, end: str | None = None) -> dict[str, Any]:
     """AP and AUC-ROC over [start, end) (dates, UTC); default: the last 28 days of the data (the
     validation weeks of the fraud model card)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from models.extras import require
+
+    sk_metrics = require("sklearn.metrics", "eval", "argus fraud replay (AP / AUC-ROC)")
+    average_precision_score, roc_auc_score = sk_metrics.average_precision_score, sk_metrics.roc_auc_score
 
     ts = scored["timestamp"]
     last = ts.max()

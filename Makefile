@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml constraints.txt requirements.lock
 	command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
 	  || echo "haproxy not installed: argus serve will use Ray Serve's Python proxy"
+	# Chromium: the headless browser tests/test_review_page.py drives through Playwright (Debian's package,
+	# found on PATH; Playwright's own browser download is not used)
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium not installed: tests/test_review_page.py needs it (apt-get install chromium)"
 	touch $(STAMP)
 
 setup: $(STAMP)

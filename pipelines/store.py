@@ -767,6 +767,38 @@ class Store:
                                 .limit(max(1, int(limit)))).mappings()
             return [{**r, "created_at": _utc(r["created_at"]), "timestamp": _utc(r["timestamp"])} for r in rows]
 
+    def alert_history(self, transaction_id: str, limit: int = 20,
+                      tenant: str | None = None) -> dict[str, list[dict[str, Any]]] | None:
+        """What an investigator reads beside an alert: the most recent scores (newest first, at most
+        `limit` each) of the alert's customer and of its terminal, up to the alert's own transaction
+        time and without the alert itself, each with its disposition (and note) when it was an alert
+        that was disposed. With `tenant`, only that tenant's alert and scores. None when the alert is not
+        one the caller may see. (The scores table has no index on customer or terminal: a scan,
+        acceptable for one analyst's page, not for a hot path.)"""
+        s, d = fraud_scores.c, alert_dispositions.c
+        limit = max(1, min(int(limit), 200))
+        with self.engine.connect() as conn:
+            found = conn.execute(self._visible_alerts(tenant).where(alerts.c.transaction_id == transaction_id)
+                                 ).mappings().first()
+            if found is None:
+                return None
+            out: dict[str, list[dict[str, Any]]] = {"customer": [], "terminal": []}
+            for side, column, value in (("customer", s.customer_id, found["customer_id"]),
+                                        ("terminal", s.terminal_id, found["terminal_id"])):
+                if value is None:
+                    continue
+                query = (select(s.transaction_id, s.timestamp, s.amount, s.score, s.decision, s.model_version,
+                                s.customer_id, s.terminal_id, d.disposition, d.note)
+                         .select_from(fraud_scores.outerjoin(alert_dispositions, d.transaction_id == s.transaction_id))
+                         .where(column == value, s.transaction_id != transaction_id))
+                if tenant is not None:
+                    query = query.where(s.owner == tenant)
+                if found["timestamp"] is not None:
+                    query = query.where(s.timestamp <= found["timestamp"])
+                rows = conn.execute(query.order_by(s.timestamp.desc(), s.transaction_id.desc()).limit(limit)).mappings()
+                out[side] = [{**r, "timestamp": _utc(r["timestamp"])} for r in rows]
+            return out
+
     def dispose(self, transaction_id: str, disposition: str, disposed_by: str, note: str | None = None,
                 tenant: str | None = None, disposed_at: datetime | None = None) -> Disposition | None:
         """Record an investigator's verdict on an alert (overwriting an earlier one: one row per

@@ -18,7 +18,9 @@ that made it, and `GET /v1/results/{id}` finds only the caller's own (an admin k
 `results:admin`, finds every result, the stream's too). Another tenant's id answers 404 exactly like
 an unknown one. The review queue (scope `alerts:review`) follows the same rule: `GET /v1/alerts` lists
 the open alerts of the caller's tenant's scores (admin: every alert) by score, paged by keyset, and
-`POST /v1/alerts/{id}/disposition` stores the tenant's verdict; another tenant's alert is a 404.
+`POST /v1/alerts/{id}/disposition` stores the tenant's verdict, `GET /v1/alerts/{id}/history` shows
+the customer's and terminal's latest scores beside an alert; another tenant's alert is a 404. The
+analysts' page at `/review` (services/review_page.py) is static files that call these routes.
 Nothing here logs a request body: log lines carry route, status, latency and the key's short id.
 """
 
@@ -62,6 +64,7 @@ from pipelines.contracts import (
 from pipelines.errors import StoreError
 from services.loading import BadInput, ModelNotReady
 from services.metrics import IngressMetrics
+from services.review_page import add_review_page
 from services.security import (
     API_KEY_HEADER,
     REVIEW_SCOPE,
@@ -216,6 +219,7 @@ class DispositionIn(BaseModel):
 
 DISPOSITION_BODY = TypeAdapter(DispositionIn)
 MAX_ALERTS_PER_PAGE = 200
+MAX_ALERT_HISTORY = 50  # recent scores per side (customer, terminal) beside an alert
 
 SCORE_BODY = _one_of((TransactionIn, "one"), (ScoreBatchIn, "batch"), key="transactions")
 SUMMARIZE_BODY = _one_of((SummarizeTextIn, "text"), (SummarizeReportIn, "report"), key="report")
@@ -283,6 +287,31 @@ class AlertPage(BaseModel):
 
     alerts: list[AlertOut]
     next_after: str | None = None
+
+
+class HistoryEntry(BaseModel):
+    """One earlier score of the alert's customer or terminal, with its disposition when it was a
+    disposed alert."""
+
+    transaction_id: str
+    timestamp: datetime | None = None
+    amount: float | None = None
+    score: float
+    decision: str
+    model_version: str
+    customer_id: str | None = None
+    terminal_id: str | None = None
+    disposition: DispositionKind | None = None
+    note: str | None = None
+
+
+class AlertHistory(BaseModel):
+    """The recent history beside an alert: its customer's and its terminal's latest scores up to the
+    alert's transaction time, newest first."""
+
+    transaction_id: str
+    customer: list[HistoryEntry]
+    terminal: list[HistoryEntry]
 
 
 class PingOut(BaseModel):
@@ -708,6 +737,30 @@ def create_api(backend: IngressCore) -> FastAPI:
         backend.publish_later(record)
         return record
 
+    @api.get("/v1/alerts/{transaction_id}/history", response_model=AlertHistory, tags=["alerts"],
+             responses={**AUTH_ERRORS, 404: _error("no alert with this id that this key may review"),
+                        422: _error("the id or `limit` is out of range", model=ValidationErrorOut),
+                        503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    def alert_history(transaction_id: Annotated[str, Path(min_length=1, max_length=128)],
+                      limit: Annotated[int, Query(ge=1, le=MAX_ALERT_HISTORY)] = 20,
+                      principal: Principal = Depends(require(REVIEW_SCOPE))) -> AlertHistory:
+        """What an investigator reads beside an alert: the latest scores (at most `limit` each, newest
+        first) of its customer and of its terminal up to the alert's transaction time, each with its
+        disposition and note when it was a disposed alert. Only the caller's tenant's scores (admin:
+        all). Another tenant's alert is a 404, the same as an unknown id."""
+        if _CONTROL.search(transaction_id):  # an id no alert can have (nor PostgreSQL text hold)
+            raise ApiError(404, "not_found", "no alert with this id")
+        try:
+            found = backend.store().alert_history(transaction_id, limit=limit,
+                                                  tenant=None if principal.is_admin else principal.tenant)
+        except SQLAlchemyError as exc:  # database down
+            raise StoreError("store unavailable") from exc
+        if found is None:
+            raise ApiError(404, "not_found", "no alert with this id")
+        return AlertHistory(transaction_id=transaction_id,
+                            customer=[HistoryEntry(**r) for r in found["customer"]],
+                            terminal=[HistoryEntry(**r) for r in found["terminal"]])
+
     @api.get("/healthz", tags=["ops"], response_model=HealthOut,
              responses={503: {"model": HealthOut, "description": "not ready: a model is loading, failed or unreachable"}})
     async def healthz(response: Response) -> HealthOut:
@@ -776,6 +829,7 @@ def create_api(backend: IngressCore) -> FastAPI:
         return doc
 
     api.openapi = openapi
+    add_review_page(api)  # the analysts' page (static files, outside the OpenAPI document)
     api.add_middleware(BodySizeLimit, max_bytes=backend.config.max_request_bytes)
     if backend.config.cors_origins:
         api.add_middleware(CORSMiddleware, allow_origins=backend.config.cors_origins, allow_methods=["GET", "POST"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import DeepseekV3ForCausalLM
 
 from models.engine import RequestError, load_engine
@@ -152,8 +154,9 @@ def _recorded(engine):
     return plans
 
 
-def test_long_prefill_is_chunked_over_steps_while_running_requests_get_a_token_each_step(hf_model):
-    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=4)
+@pytest.mark.parametrize("mixed_step", [False, True])
+def test_long_prefill_is_chunked_over_steps_while_running_requests_get_a_token_each_step(hf_model, mixed_step):
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=4, mixed_step=mixed_step)
     plans = _recorded(engine)
     short = engine.submit(PROMPTS[0], 12)
     engine.step()  # nothing decoding: the whole prompt, first token
@@ -169,6 +172,7 @@ def test_long_prefill_is_chunked_over_steps_while_running_requests_get_a_token_e
         assert [(p.start, p.stop) for p in plan.prefill] == [(4 * i, 4 * i + 4)]
         assert len(longer.request.output) == (1 if i == 3 else 0)
     assert max(p.prefill_tokens for p in plans[1:]) <= 4
+    assert engine.stats["mixed_forwards"] == (4 if mixed_step else 0)  # each piece rode with the decode row
     assert short.result() == hf_greedy(hf_model, PROMPTS[0], 12)
     assert longer.result() == hf_greedy(hf_model, long_prompt, 6)
 
@@ -214,3 +218,79 @@ def test_serving_benchmark_dry_run(tmp_path):
         assert m["completed"] == m["requests"] > 0
         assert m["ttft_ms"]["p99"] > 0 and m["tpot_ms"]["p50"] > 0 and m["itl_ms"]["p99"] > 0 and m["output_tok_s"] > 0
     assert res["transformers_static"]["output_tok_s"] > 0
+
+
+# ---- the mixed step: decode rows and prefill pieces in one forward ---------------------------------
+
+@st.composite
+def mixed_layouts(draw):
+    """A random mixed step on a 6-slot, 64-position cache: decode slots 0..n-1 (some dummies), then
+    prefill pieces in distinct slots (a dummy's slot or one above n), fresh or continuing a prefix."""
+    n = draw(st.integers(0, 4))
+    real = [draw(st.booleans()) for _ in range(n)]
+    if n:
+        real[draw(st.integers(0, n - 1))] = True
+    pos = [draw(st.integers(0, 40)) if r else 63 for r in real]
+    free = [s for s in range(6) if s >= n or not real[s]]
+    k = draw(st.integers(0 if n else 1, min(3, len(free))))
+    slots = draw(st.permutations(free))[:k]
+    pieces = [(slot, draw(st.sampled_from([0, 0, 1, 7, 20])), draw(st.integers(1, 12))) for slot in slots]
+    return pos, pieces, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=mixed_layouts())
+def test_mixed_step_equals_separate_decode_and_prefill(hf_model, layout):
+    """One packed forward (decode rows + prefill pieces, one expert pass) gives the logits and the
+    cache rows that the decode step and each piece's prefill give when run apart."""
+    from models.engine.mixed_batch import MixedBatch
+
+    pos, pieces, seed = layout
+    engine = load_engine(hf_model, max_batch=6, max_seq_len=64)
+    model = engine.model
+    gen = torch.Generator().manual_seed(seed)
+    cache = torch.randn(engine.cache.shape, generator=gen)  # any prefix: both paths must read it alike
+    vocab = model.args.vocab_size
+    dec_tokens = torch.randint(0, vocab, (len(pos),), generator=gen)
+    piece_tokens = [torch.randint(0, vocab, (length,), generator=gen) for _, _, length in pieces]
+    dec_pos = torch.tensor(pos, dtype=torch.long)
+    keys = max([p + 1 for p in pos if p != 63] or [1])
+
+    apart = cache.clone()
+    ref = []
+    if pos:
+        ref.append(model.decode(dec_tokens, dec_pos, apart, keys))
+    for (slot, start, _), toks in zip(pieces, piece_tokens):
+        ref.append(model.logits(model.prefill(toks[None], apart, torch.tensor([slot]), start)[0]))
+
+    packed = cache.clone()
+    batch = MixedBatch(len(pos), dec_pos, keys, tuple((torch.tensor([s]), st_, n) for s, st_, n in pieces))
+    tokens = torch.cat([dec_tokens, *piece_tokens])
+    positions = torch.cat([dec_pos, *[torch.arange(s, s + n) for _, s, n in pieces]])
+    assert batch.num_tokens == tokens.numel()
+    logits = model.logits(model.mixed(tokens, positions, packed, batch))
+
+    real = [i for i, p in enumerate(pos) if p != 63]  # dummy rows' logits are never read
+    expected = torch.cat(ref)
+    torch.testing.assert_close(logits[real], expected[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[len(pos):], expected[len(pos):], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed, apart, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget,chunk", [(None, 32768), (3, 32768), (4, 32768), (None, 4)])
+def test_mixed_steps_give_transformers_tokens_under_every_budget(hf_model, budget, chunk):
+    """Requests arriving while others decode, served with mixed steps (and, with a 4-token chunk, the
+    separate path for the pieces too long for one plain chunk): transformers' greedy tokens."""
+    engine = load_engine(hf_model, max_batch=3, max_seq_len=64, prefill_budget=budget, mixed_step=True,
+                         prefill_chunk=chunk, prefill_chunk_continued=min(chunk, 8192))
+    plans = _recorded(engine)
+    handles = []
+    for p in PROMPTS:
+        handles.append(engine.submit(p, 8))
+        engine.step()
+    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 8) for p in PROMPTS]
+    runs_mixed = [plan for plan in plans if plan.decode and plan.prefill
+                  and max(p.stop for p in plan.prefill) <= chunk and plan.prefill_tokens <= chunk]
+    assert engine.stats["mixed_forwards"] == len(runs_mixed) > 0
+    if chunk == 4:
+        assert any(plan.decode and plan.prefill_tokens > 4 for plan in plans)  # these went the separate way

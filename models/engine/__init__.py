@@ -24,7 +24,7 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768,
-prefill_chunk_continued=8192, prefill_budget=None)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
+prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
 `Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
 transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
 torch.compile; `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
@@ -62,6 +62,7 @@ def load_engine(
     max_prefill_tokens: int = 32768,
     prefill_chunk_continued: int = 8192,
     prefill_budget: int | None = None,
+    mixed_step: bool = False,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -89,4 +90,5 @@ def load_engine(
         max_prefill_tokens=max_prefill_tokens,
         prefill_chunk_continued=prefill_chunk_continued,
         prefill_budget=prefill_budget,
+        mixed_step=mixed_step,
     )

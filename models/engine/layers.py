@@ -3,7 +3,8 @@
 Weights are taken from a transformers `DeepseekV3ForCausalLM` (shared, not copied, except where two
 projections that read the same input are concatenated into one GEMM). Every layer has two entry
 points: `prefill` for [B, C] chunks (SDPA over expanded per-head K/V, exactly transformers' math)
-and `decode` for one token per sequence (MLA with absorbed weights over the compressed cache).
+and `decode` for one token per sequence (MLA with absorbed weights over the compressed cache), and
+`mixed` runs both kinds of token packed in one step, sharing every token-wise GEMM and the expert pass.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from . import kernels as K
 from . import triton_moe
 from .config import EngineArgs
+from .mixed_batch import MixedBatch
 
 
 def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
@@ -95,9 +97,14 @@ class MLAAttention(nn.Module):
     def prefill(self, x, cos, sin, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int) -> torch.Tensor:
         """x [B, C, H] at positions start..start+C-1. With a cache, the chunk's rows are written to
         cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
-        a = self.args
-        bsz, c, _ = x.shape
         q_nope, q_rope, rows = self._project(x, cos, sin, K.eager)
+        return self._out(self._attend_prefill(q_nope, q_rope, rows, cache, slots, start))
+
+    def _attend_prefill(self, q_nope, q_rope, rows, cache, slots, start: int) -> torch.Tensor:
+        """Per-head attention of a [B, C] chunk (SDPA over K/V expanded from the latent, transformers'
+        arithmetic); writes the chunk's cache rows. Returns [B, C, heads * dv], before o_proj."""
+        a = self.args
+        bsz, c = rows.shape[:2]
         if cache is not None:
             cache[slots, start : start + c] = rows
             kv = cache[slots, : start + c] if start > 0 else rows
@@ -112,33 +119,35 @@ class MLAAttention(nn.Module):
         k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         pad = 0
-        if PAD_V_FOR_FLASH and x.is_cuda and a.v_head_dim < a.qk_head_dim:
+        if PAD_V_FOR_FLASH and rows.is_cuda and a.v_head_dim < a.qk_head_dim:
             pad = a.qk_head_dim - a.v_head_dim  # flash attention wants one head dim for q, k and v
             v = F.pad(v, (0, pad))
         if p == c:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-        elif x.is_cuda:
+        elif rows.is_cuda:
             from torch.nn.attention.bias import causal_lower_right
 
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, p), scale=self.scale)
         else:
-            keep = torch.arange(p, device=x.device)[None, :] <= (start + torch.arange(c, device=x.device))[:, None]
+            keep = torch.arange(p, device=rows.device)[None, :] <= (start + torch.arange(c, device=rows.device))[:, None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=self.scale)
         if pad:
             o = o[..., : a.v_head_dim]
-        return self._out(o.transpose(1, 2).reshape(bsz, c, a.num_heads * a.v_head_dim))
+        return o.transpose(1, 2).reshape(bsz, c, a.num_heads * a.v_head_dim)
 
     def decode(self, x, cos, sin, cache: torch.Tensor, pos: torch.Tensor, seq_bucket: int) -> torch.Tensor:
-        """x [B, H], one token per cache slot 0..B-1 at positions pos [B]; attends to cache[:B, :seq_bucket].
-
-        Absorbed MLA: q_nope @ W_UK gives a query in latent space, scores are taken against the cached
-        [latent | rope key] rows directly, and W_UV is applied to the attention-weighted latent.
-        """
-        a = self.args
-        bsz = x.shape[0]
+        """x [B, H], one token per cache slot 0..B-1 at positions pos [B]; attends to cache[:B, :seq_bucket]."""
         q_nope, q_rope, rows = self._project(x, cos, sin, K.decode)
+        return self._out(self._attend_decode(q_nope, q_rope, rows, cache, pos, seq_bucket, K.decode))
+
+    def _attend_decode(self, q_nope, q_rope, rows, cache, pos, seq_bucket: int, kk) -> torch.Tensor:
+        """Absorbed MLA for one token per slot 0..B-1: q_nope @ W_UK gives a query in latent space,
+        scores are taken against the cached [latent | rope key] rows directly, and W_UV is applied to
+        the attention-weighted latent. Writes the B cache rows. Returns [B, heads * dv], before o_proj."""
+        a = self.args
+        bsz = rows.shape[0]
         max_seq = cache.shape[1]
-        flat = torch.arange(bsz, device=x.device) * max_seq + pos
+        flat = torch.arange(bsz, device=rows.device) * max_seq + pos
         cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
         q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [B, heads, r]
         q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
@@ -146,11 +155,29 @@ class MLAAttention(nn.Module):
         scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
         # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
         # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
-        softmax = K.decode.masked_softmax if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax
+        softmax = kk.masked_softmax if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax
         probs = softmax(scores, self.scale, pos + 1)
         o_lat = _weighted_latent(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
-        return self._out(o.reshape(bsz, a.num_heads * a.v_head_dim))
+        return o.reshape(bsz, a.num_heads * a.v_head_dim)
+
+    def mixed(self, x, cos, sin, cache: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
+        """A packed step: x [T, H] holds batch.n_decode decode tokens (slots 0..n-1) and then each
+        prefill piece's tokens. The projections and o_proj run once over all T tokens; attention is
+        the absorbed decode form for the decode rows and per-head SDPA for each piece (as `prefill`)."""
+        q_nope, q_rope, rows = self._project(x, cos, sin, K.eager)
+        n = batch.n_decode
+        parts = []
+        if n:
+            parts.append(self._attend_decode(q_nope[:n], q_rope[:n], rows[:n], cache, batch.decode_pos,
+                                             batch.decode_keys, K.eager))
+        lo = n
+        for slot, start, length in batch.pieces:
+            hi = lo + length
+            o = self._attend_prefill(q_nope[None, lo:hi], q_rope[None, lo:hi], rows[None, lo:hi], cache, slot, start)
+            parts.append(o[0])
+            lo = hi
+        return self._out(torch.cat(parts) if len(parts) > 1 else parts[0])
 
 
 class DenseMLP(nn.Module):
@@ -243,6 +270,12 @@ class Block(nn.Module):
 
     def prefill(self, x, cos, sin, cache, slots, start):
         h = self.attn.prefill(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
+        h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return h + self.mlp(normed, K.eager)
+
+    def mixed(self, x, cos, sin, cache, batch):
+        """Decode rows and prefill pieces packed in one [T, H]: one expert pass for all of them."""
+        h = self.attn.mixed(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, batch)
         h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
         return h + self.mlp(normed, K.eager)
 

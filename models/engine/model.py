@@ -9,6 +9,7 @@ from torch import nn
 from . import kernels as K
 from .config import EngineArgs
 from .layers import Block
+from .mixed_batch import MixedBatch
 
 
 class RopeTables(nn.Module):
@@ -71,3 +72,13 @@ class EngineModel(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block.decode(h, cos, sin, cache[i], pos, seq_bucket)
         return self.logits(self._final(h, K.decode))
+
+    @torch.no_grad()
+    def mixed(self, tokens: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
+        """One step over decode rows and prefill pieces packed as `batch` says (tokens, pos: [T]);
+        final-normed hidden [T, H]. Eager (the token count changes every step), one expert pass."""
+        cos, sin = self.rope.cos[pos], self.rope.sin[pos]
+        h = F.embedding(tokens, self.embed)
+        for i, block in enumerate(self.blocks):
+            h = block.mixed(h, cos, sin, cache[i], batch)
+        return self._final(h)

@@ -31,6 +31,7 @@ import torch
 from models.errors import ModelError
 
 from .cuda_graphs import DecodeRunner
+from .mixed_batch import MixedBatch
 from .model import EngineModel
 
 TokenCallback = Callable[[int, int], None]  # (request id, token id)
@@ -135,6 +136,7 @@ class Engine:
         seed: int = 0,
         prefill_chunk_continued: int = 8192,
         prefill_budget: int | None = None,
+        mixed_step: bool = False,
     ):
         self.model, self.max_batch, self.max_seq_len = model, max_batch, model.max_seq_len
         self.device = model.device
@@ -145,6 +147,9 @@ class Engine:
         # ~100 tokens reads all routed experts again: on an H100 (lite, bf16) a 2,048 budget served 8.4
         # req/s at saturation against 12.8 without (benchmarks/results/engine_serving_budgets_h100.json)
         self.prefill_budget = prefill_budget
+        # a step with both decode rows and prompt tokens runs them as one packed forward (one expert pass)
+        # when its prompt tokens fit one plain chunk; else the decode graph, then the prefill behind it
+        self.mixed_step = mixed_step
         self.cache = model.new_cache(max_batch)
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps decode batches dense
@@ -160,7 +165,7 @@ class Engine:
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         self.stats = {"decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0, "steps": 0,
                       "prefill_steps": 0, "mixed_steps": 0, "decode_rows": 0, "decode_slots": 0,
-                      "max_step_prefill_tokens": 0}
+                      "max_step_prefill_tokens": 0, "mixed_forwards": 0}
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -295,17 +300,25 @@ class Engine:
     # ---- the scheduler: run -------------------------------------------------------------------
 
     def _execute(self, out: SchedulerOutput) -> None:
-        """Run a scheduled step: launch the decode batch, then the prefill pieces (their host-side
-        launches overlap the decode on the GPU), then read every sampled token back at once."""
-        dec_tokens = None
-        if out.decode:
-            dec_reqs, dec_tokens = self._launch_decode(out.decode)
+        """Run a scheduled step, then read every sampled token back at once. A step with decode rows
+        and prompt tokens runs as one mixed forward when `mixed_step` is on and the pieces fit one
+        plain chunk; otherwise the decode graph is launched first and the prefill pieces behind it
+        (their host-side launches overlap the decode on the GPU)."""
+        dec_reqs, dec_tokens = [], None
         first_reqs, first_tokens = [], []
-        for group in self._prefill_groups(out.prefill, out.budget):
-            done, toks = self._launch_prefill(group)
-            first_reqs += done
-            if toks is not None:
-                first_tokens.append(toks)
+        if self._runs_mixed(out):
+            dec_reqs, first_reqs, toks = self._launch_mixed(out)
+            dec_tokens = toks[: len(dec_reqs)]
+            first_tokens.append(toks[len(dec_reqs):])
+            self.stats["mixed_forwards"] += 1
+        else:
+            if out.decode:
+                dec_reqs, dec_tokens = self._launch_decode(out.decode)
+            for group in self._prefill_groups(out.prefill, out.budget):
+                done, toks = self._launch_prefill(group)
+                first_reqs += done
+                if toks is not None:
+                    first_tokens.append(toks)
         tp = out.prefill_tokens
         self.stats["steps"] += 1
         self.stats["prefill_tokens"] += tp
@@ -331,16 +344,47 @@ class Engine:
                 self._active[req.slot] = req
                 self._emit(req, tok)
 
-    def _launch_decode(self, reqs: list[Request]):
-        """One token for each running request: the batch covers slots 0..highest running slot; slots
-        in between that are free or still prefilling decode a dummy row at the cache's last
-        position, which no request ever reads (prompt + new tokens <= max_seq_len leaves it unused)."""
+    def _runs_mixed(self, out: SchedulerOutput) -> bool:
+        """Mixed only where it pays and stays plain: decode rows and prompt tokens both present, every
+        piece within one first chunk (plain causal attention), all of them within one continued chunk."""
+        return (self.mixed_step and bool(out.decode) and bool(out.prefill)
+                and out.prefill_tokens <= min(self.prefill_chunk, self.prefill_chunk_continued)
+                and all(p.stop <= self.prefill_chunk for p in out.prefill))
+
+    def _decode_rows(self, reqs: list[Request]):
+        """The decode batch covers slots 0..highest running slot; slots in between that are free or
+        still prefilling decode a dummy row at the cache's last position, which no request ever reads
+        (prompt + new tokens <= max_seq_len leaves it unused). (rows, token ids, positions)."""
         by_slot = {r.slot: r for r in reqs}
-        n = max(by_slot) + 1
-        rows = [by_slot.get(s) for s in range(n)]
+        rows = [by_slot.get(s) for s in range(max(by_slot) + 1)]
         dummy = self.max_seq_len - 1
-        tokens = [r.output[-1] if r else 0 for r in rows]
-        pos = [r.cache_len if r else dummy for r in rows]
+        return rows, [r.output[-1] if r else 0 for r in rows], [r.cache_len if r else dummy for r in rows]
+
+    def _launch_mixed(self, out: SchedulerOutput):
+        """Decode rows and prefill pieces as one packed forward; sampled tokens (on the device) of the
+        decode rows, then of the requests whose prompt this step completes."""
+        rows, tokens, pos = self._decode_rows(out.decode)
+        n = len(rows)
+        last, first_reqs = [], []
+        for piece in out.prefill:
+            tokens += piece.request.prompt[piece.start : piece.stop]
+            pos += range(piece.start, piece.stop)
+            if piece.completes_prompt:
+                last.append(len(tokens) - 1)
+                first_reqs.append(piece.request)
+        # token ids were checked at submit; one host-to-device copy for ids, positions, slots, picks
+        meta = self._tensor(tokens + pos + [p.request.slot for p in out.prefill] + list(range(n)) + last)
+        t, k = len(tokens), len(out.prefill)
+        slots = meta[2 * t : 2 * t + k]
+        batch = MixedBatch(n, meta[t : t + n], max(r.cache_len for r in out.decode) + 1,
+                           tuple((slots[i : i + 1], p.start, p.stop - p.start) for i, p in enumerate(out.prefill)))
+        hidden = self.model.mixed(meta[:t], meta[t : 2 * t], self.cache, batch)
+        picked = hidden.index_select(0, meta[2 * t + k :])
+        return rows, first_reqs, self._sample(self.model.logits(picked), rows + first_reqs)
+
+    def _launch_decode(self, reqs: list[Request]):
+        """One token for each running request, through the decode runner (a CUDA graph on GPU)."""
+        rows, tokens, pos = self._decode_rows(reqs)
         inputs = self._tensor([tokens, pos])  # one host-to-device copy
         logits = self.runner.step(inputs[0], inputs[1], max(r.cache_len for r in reqs) + 1)
         return rows, self._sample(logits, rows)

@@ -74,6 +74,10 @@ class SummariserEngine:
             prompts, max_new_tokens, stop_token_ids=[] if eos is None else [eos],
             logits_processor=_hf_processors(repetition_penalty, no_repeat_ngram_size))
 
+    def occupancy(self) -> dict[str, float | int]:
+        """The engine's queue now and its batch occupancy so far (`Engine.occupancy`)."""
+        return self.engine.occupancy()
+
     def hidden(self, ids: Sequence[int]) -> torch.Tensor:
         """Final-normed hidden states [L, H] of one window (transformers' `last_hidden_state[0]`)."""
         return self.engine.prefill_hidden([list(ids)])[0]

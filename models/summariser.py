@@ -125,6 +125,11 @@ class SummariserModel:
         return self.scorer.score(self.tokenizer, domain, sentences, self.window_tokens, self.overlap_tokens)[0]
 
 
+    def engine_occupancy(self) -> dict[str, float | int] | None:
+        """On the engine backend: requests decoding / prefilling / waiting, slots, steps and the mean
+        decode batch over the slots (batch occupancy); None on the transformers backend."""
+        return None if self.engine is None else self.engine.occupancy()
+
     # --- generative -------------------------------------------------------------------------------
 
     def _prompt(self, domain: str, sentence_ids: list[list[int]]) -> list[int]:

@@ -1,7 +1,9 @@
 """The Summarizer Serve deployment: `@serve.batch` around `Summarizer.summarize`.
 
 Documents are long, so batches are small (user_config max_batch_size, default 4); the batch is
-run off the event loop so the replica keeps accepting requests. `user_config` keys:
+run off the event loop so the replica keeps accepting requests. On the engine backend (GPU) the
+replica's queue and the engine's batch occupancy are Ray gauges (services/engine_metrics.py) and
+part of ready(). `user_config` keys:
 max_batch_size, batch_wait_timeout_s, mode (default summary mode when a request names none),
 max_new_tokens (the generative path's bound per summary: 48 keeps a REST answer near a second on a
 CPU; None lets the summariser choose, several seconds there).
@@ -16,6 +18,7 @@ from typing import Any
 from ray import serve
 
 from pipelines.contracts import Report, ReportSummary
+from services.engine_metrics import EngineGauges
 from services.fraud_deployment import import_attr, resolve_device
 from services.loading import BackgroundLoad, BadInput
 
@@ -32,6 +35,8 @@ class SummarizerDeployment:
         self.warmup = warmup
         self.device = device
         self.mode = mode
+        self.gauges = EngineGauges()  # queue and engine occupancy (GPU replicas), exported by Ray
+        self.queued = 0
         self.model = BackgroundLoad("summarizer", lambda: self._load(checkpoint))
 
     def _load(self, checkpoint: str | None) -> Any:
@@ -62,12 +67,21 @@ class SummarizerDeployment:
             status["model_version"] = self.model.value.model_version
             status["device"] = self.device
             status["backend"] = getattr(self.model.value, "backend", "transformers")  # engine | transformers
+            occupancy = getattr(self.model.value, "engine_occupancy", lambda: None)()
+            if occupancy is not None:  # the engine's queue and batch occupancy (GPU replicas)
+                status["engine"] = occupancy
         return status
 
     async def summarize(self, report: Report, mode: str | None = None) -> tuple[ReportSummary, int]:
         """Summarise one report; returns the summary and the size of the batch it ran in."""
         await self.model.get(wait_s=0.0)
-        summary, batch_size = await self.summarize_batch((report, mode or self.mode))
+        self.queued += 1
+        self.gauges.set_queued(self.queued)
+        try:
+            summary, batch_size = await self.summarize_batch((report, mode or self.mode))
+        finally:
+            self.queued -= 1
+            self.gauges.set_queued(self.queued)
         if isinstance(summary, str):
             raise BadInput(summary)
         return summary, batch_size
@@ -77,6 +91,7 @@ class SummarizerDeployment:
         summarizer = await self.model.get()
         loop = asyncio.get_running_loop()
         summaries = await loop.run_in_executor(None, self._summarize_items, summarizer, items, self.max_new_tokens)
+        self.gauges.report(getattr(summarizer, "engine_occupancy", lambda: None)())
         return [(s, len(items)) for s in summaries]
 
     @staticmethod

@@ -294,3 +294,20 @@ def test_mixed_steps_give_transformers_tokens_under_every_budget(hf_model, budge
     assert engine.stats["mixed_forwards"] == len(runs_mixed) > 0
     if chunk == 4:
         assert any(plan.decode and plan.prefill_tokens > 4 for plan in plans)  # these went the separate way
+
+
+def test_occupancy_reports_the_queue_and_the_mean_decode_batch(hf_model):
+    engine = load_engine(hf_model, max_batch=2, max_seq_len=64)
+    idle = engine.occupancy()
+    assert idle["slots"] == 2 and idle["steps"] == 0 and idle["batch_occupancy"] == 0.0
+    handles = [engine.submit(p, 4) for p in PROMPTS[:3]]
+    assert engine.occupancy()["waiting"] == 3
+    engine.step()  # two prompts take the two slots, the third waits
+    now = engine.occupancy()
+    assert (now["decoding"], now["prefilling"], now["waiting"]) == (2, 0, 1)
+    for h in handles:
+        h.result()
+    done = engine.occupancy()
+    assert (done["decoding"], done["waiting"]) == (0, 0) and done["generated_tokens"] == 12
+    assert done["mean_decode_batch"] == engine.stats["decode_slots"] / engine.stats["decode_steps"]
+    assert 1.0 <= done["mean_decode_batch"] <= 2.0 and done["batch_occupancy"] == done["mean_decode_batch"] / 2

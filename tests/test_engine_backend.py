@@ -58,6 +58,9 @@ def test_engine_generation_gives_the_plain_greedy_tokens(summarizers):
     assert engine._generate_many(prompts, 24) == ref  # batched (continuous batching) in the engine
     assert engine._generate(prompts[0], 24) == ref[0]
     assert any(ref), "the tiny model should generate some text"
+    occupancy = engine.engine_occupancy()  # what the Summarizer deployment reports as ready()["engine"]
+    assert occupancy["decode_steps"] > 0 and occupancy["waiting"] == occupancy["decoding"] == 0
+    assert 0.0 < occupancy["batch_occupancy"] <= 1.0 and plain.engine_occupancy() is None
 
 
 def test_engine_generative_and_extractive_summaries_match_plain(summarizers):

@@ -229,6 +229,15 @@ class Engine:
         return {"decoding": len(self._active), "prefilling": len(self._prefilling),
                 "waiting": len(self._queue) + self._waiting.qsize()}
 
+    def occupancy(self) -> dict[str, float | int]:
+        """What a serving replica reports: the queue now (decoding, prefilling, waiting for a slot) and
+        the batch occupancy so far (mean real rows per decode step, over the slots there are)."""
+        st = self.stats
+        mean_batch = st["decode_slots"] / st["decode_steps"] if st["decode_steps"] else 0.0
+        return {**self.pending(), "slots": self.max_batch, "steps": st["steps"], "decode_steps": st["decode_steps"],
+                "mixed_forwards": st["mixed_forwards"], "generated_tokens": st["generated_tokens"],
+                "mean_decode_batch": mean_batch, "batch_occupancy": mean_batch / self.max_batch}
+
     @torch.inference_mode()
     def prefill_hidden(self, token_ids: Sequence[Sequence[int]] | torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
         """Prefill-only forward (no cache, no generation): final-normed hidden states [B, L, H],

@@ -299,3 +299,15 @@ def test_logs_hold_no_document_text_or_card_data(client, serve_app):
     assert "/v1/fraud/score -> 422" in logs  # our log line for the bad request is there...
     assert "ZEBRAMARKER" not in logs and CARD_NUMBER not in logs and "cust-SECRET-9" not in logs  # ...its data not
     assert serve_app.keys["all"] not in logs  # plain keys never; their sha256 digests are config, not secrets
+
+
+def test_the_review_page_is_served_through_serve(client):
+    """The analysts' page and its files through the Serve proxy, under the root and under another
+    app's route prefix (the page asks for its files and the API by relative URLs)."""
+    for prefix in ("", "/broken"):
+        page = client.get(f"{prefix}/review")
+        assert page.status_code == 200 and 'src="review/app.js"' in page.text, (prefix, page.status_code)
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        js = client.get(f"{prefix}/review/app.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert '"v1/alerts' in js.text  # relative: the same prefix as the page

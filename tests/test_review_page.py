@@ -208,9 +208,17 @@ def reset(store_url: str) -> None:
                 conn.execute(delete(table))
 
 
+# waits for the page are generous (a loaded 2-core machine); a passing run takes well under a second each
+WAIT_MS = 20_000
+
+
 @pytest.fixture
 def page(browser, live):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
     context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
     pg = context.new_page()
     pg.requests = []
     pg.on("request", lambda r: pg.requests.append(r))

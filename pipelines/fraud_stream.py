@@ -233,6 +233,7 @@ class FraudStreamJob:
         self.config = c = config or StreamConfig.from_settings(settings)
         self.metrics = metrics or StreamMetrics()
         self.name = name
+        self.metrics.model_info.labels(self.metrics.job, getattr(scorer, "model_version", None) or "unknown").set(1)
         self.counts = StreamCounts()
         store.create_schema()
         self.snapshots = PartitionStateStore(store, f"{c.group}/{c.transactions_topic}")
@@ -757,5 +758,5 @@ def build_job(settings: Settings, store_url: str, checkpoint: str | None = None,
     config = StreamConfig.from_settings(settings, **config_overrides)
     metrics = StreamMetrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, settings.metrics.host)
     return FraudStreamJob(settings, store, load_scorer(checkpoint), config, metrics, name=name)

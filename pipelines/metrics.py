@@ -63,6 +63,8 @@ class StreamMetrics:
         self.paused = Gauge("argus_stream_paused", "1 while consumption is paused (backpressure)", ["job"], registry=r)
         self.snapshots = Counter("argus_stream_state_snapshots_total", "Partition state snapshots saved", ["job"],
                                  registry=r)
+        self.model_info = Gauge("argus_stream_model_info", "1 for the model version this consumer scores with",
+                                ["job", "version"], registry=r)
         self.job = job
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:

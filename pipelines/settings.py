@@ -128,6 +128,12 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class MetricsSettings(BaseModel):
+    # the stream jobs' Prometheus endpoints (`--metrics-port`): loopback by default; in a container or
+    # a pod set 0.0.0.0 (ARGUS_METRICS__HOST) so Prometheus can reach them
+    host: str = "127.0.0.1"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARGUS_", env_nested_delimiter="__", extra="ignore")
 
@@ -140,6 +146,7 @@ class Settings(BaseSettings):
     fraud: FraudSettings = FraudSettings()
     summariser: SummariserSettings = SummariserSettings()
     serve: ServeSettings = ServeSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -53,7 +53,7 @@ class FraudStreamActor:
         self.scorer = load_scorer(checkpoint)
         self.metrics = StreamMetrics()
         if metrics_port:
-            self.metrics.serve(metrics_port)
+            self.metrics.serve(metrics_port, self.settings.metrics.host)
         self.job = None
         self._stop = threading.Event()
 

@@ -651,6 +651,7 @@ def create_api(backend: IngressCore) -> FastAPI:
             backend.metrics.scores.observe(fraud_score.score)
             backend.metrics.decisions.labels(fraud_score.decision.value).inc()
             backend.metrics.batch_size.labels("fraud").observe(batch_size)
+            backend.metrics.model_results.labels("fraud", fraud_score.model_version or "unknown").inc()
         # Serialised once here (pydantic-core), not re-validated against response_model by FastAPI.
         return Response(ScoreOut.model_construct(scores=[s for s, _ in results]).model_dump_json(),
                         media_type="application/json")
@@ -667,6 +668,7 @@ def create_api(backend: IngressCore) -> FastAPI:
         summary, batch_size = await asyncio.wait_for(
             backend.summarizer.summarize.remote(report, body.mode), backend.config.model_timeout_s)
         backend.metrics.batch_size.labels("summarizer").observe(batch_size)
+        backend.metrics.model_results.labels("summarizer", getattr(summary, "model_version", None) or "unknown").inc()
         await backend.save(principal.tenant, summaries=[summary])
         return summary
 

@@ -26,6 +26,9 @@ class IngressMetrics:
         # served it (so it is weighted by requests, not by batches).
         self.batch_size = Histogram("argus_model_batch_size", "Size of the model batch that served a request",
                                     ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        # which model versions answer (a rollout shows as two versions side by side on the dashboard)
+        self.model_results = Counter("argus_model_results_total", "Results returned, by model and model version",
+                                     ["model", "version"], registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml constraints.txt requirements.lock
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium not installed: tests/test_review_page.py needs it (apt-get install chromium)"
+	# promtool (Debian's prometheus package): tests/test_observability.py checks the alert rules with it
+	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || echo "promtool not installed: tests/test_observability.py needs it (apt-get install prometheus)"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,13 +11,25 @@ from pipelines.settings import Settings
 PROD = Path(__file__).resolve().parent.parent / "infra" / "production"
 
 
+COMPOSE = "docker-compose.yaml"
+
+
 def _rayservice() -> dict:
-    return yaml.safe_load((PROD / "rayservice.yaml").read_text())
+    return next(d for d in yaml.safe_load_all((PROD / "rayservice.yaml").read_text()) if d["kind"] == "RayService")
+
+
+def _pod_templates(doc: dict) -> list[dict]:
+    """The pod templates of a workload: a Job/Deployment's, or a RayCluster's head and worker groups."""
+    spec = doc["spec"]
+    if doc["kind"] == "RayCluster":
+        return [spec["headGroupSpec"]["template"]] + [w["template"] for w in spec.get("workerGroupSpecs", [])]
+    return [spec["template"]]
 
 
 def test_every_file_is_marked_production_only():
-    for path in PROD.iterdir():
-        assert "PRODUCTION ONLY" in path.read_text()[:300], path.name
+    for path in PROD.rglob("*"):
+        if path.is_file():
+            assert "PRODUCTION ONLY" in path.read_text()[:400], path.relative_to(PROD)
 
 
 def test_rayservice_env_names_are_real_settings(monkeypatch):
@@ -53,7 +65,7 @@ def test_topics_match_settings():
     topics = set(Settings().topics.all())
     strimzi = [d for d in yaml.safe_load_all((PROD / "kafka-strimzi.yaml").read_text()) if d["kind"] == "KafkaTopic"]
     assert {d["metadata"]["name"] for d in strimzi} == topics
-    compose = (PROD / "docker-compose.kafka.yaml").read_text()
+    compose = (PROD / COMPOSE).read_text()
     assert all(t in compose for t in topics)
 
 
@@ -66,7 +78,7 @@ def _docs(name: str) -> list[dict]:
 def _all_docs() -> list[dict]:
     out = []
     for path in sorted(PROD.glob("*.yaml")):
-        if path.name != "docker-compose.kafka.yaml":
+        if path.name != COMPOSE and not path.name.startswith("serve-"):
             out += _docs(path.name)
     return out
 
@@ -95,7 +107,7 @@ def test_kafka_listeners_are_tls_with_scram_and_acls_are_on():
         assert listener["authentication"]["type"] == "scram-sha-512", listener["name"]
         assert listener.get("networkPolicyPeers"), listener["name"]
     assert kafka["authorization"]["type"] == "simple" and not kafka["authorization"].get("superUsers")
-    env = {k: str(v) for k, v in yaml.safe_load((PROD / "docker-compose.kafka.yaml").read_text())["x-kafka-env"].items()}
+    env = {k: str(v) for k, v in yaml.safe_load((PROD / COMPOSE).read_text())["x-kafka-env"].items()}
     protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     assert protocols["EXTERNAL"] == "SASL_SSL" and set(protocols.values()) <= {"SSL", "SASL_SSL"}
     assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512" and env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
@@ -118,7 +130,7 @@ def _acls(user: str) -> dict[str, set[str]]:
 def _compose_acls(user: str) -> dict[str, set[str]]:
     import re
 
-    init = yaml.safe_load((PROD / "docker-compose.kafka.yaml").read_text())["services"]["kafka-init"]["command"][0]
+    init = yaml.safe_load((PROD / COMPOSE).read_text())["services"]["kafka-init"]["command"][0]
     out: dict[str, set[str]] = {}
     for line in init.splitlines():
         if f"--allow-principal User:{user} " not in line:
@@ -154,21 +166,22 @@ def test_every_kafka_client_pod_uses_tls_scram_and_its_own_user():
     jobs = {d["metadata"]["name"]: d for d in _docs("stream-jobs.yaml")}
     assert set(jobs) == {"argus-fraud-stream", "argus-report-stream", "argus-simulator"}
     for name, job in jobs.items():
-        pod = job["spec"]["template"]
+        [pod] = _pod_templates(job)  # one pod kind per stream: the consumers run beside the driver
         assert pod["metadata"]["labels"]["argus.io/kafka-client"] == "true"
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         assert env["ARGUS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL" and env["ARGUS_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
         assert env["ARGUS_KAFKA__SASL_USERNAME"] == name and env["ARGUS_KAFKA__BOOTSTRAP_SERVERS"].endswith(":9093")
         assert "ARGUS_KAFKA__SASL_PASSWORD" not in env  # the password comes from the user's secret, as a file
-        secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"]}
+        secrets = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
         assert {name, "argus-kafka-cluster-ca-cert"} == secrets
         Settings.model_validate({"kafka": {k.removeprefix("ARGUS_KAFKA__").lower(): v for k, v in env.items()
                                            if k.startswith("ARGUS_KAFKA__")}})  # real settings, valid values
 
 
 def test_postgres_is_not_published():
-    compose = yaml.safe_load((PROD / "docker-compose.kafka.yaml").read_text())
+    compose = yaml.safe_load((PROD / COMPOSE).read_text())
     assert "ports" not in compose["services"]["postgres"]
+    assert "ports" not in compose["services"]["prometheus"]
     for doc in _all_docs():
         if doc["kind"] == "Service":
             assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", doc["metadata"]["name"]
@@ -192,7 +205,7 @@ def test_network_policies_deny_by_default_and_admit_only_clients():
     serve = pols["serve-from-ingress-controller"]["ingress"]
     assert [p["port"] for r in serve for p in r["ports"]] == [8000]
     # the pods the policies select carry the labels they are selected by
-    labels = [d["spec"]["template"]["metadata"]["labels"] for d in _docs("stream-jobs.yaml")]
+    labels = [t["metadata"]["labels"] for d in _docs("stream-jobs.yaml") for t in _pod_templates(d)]
     assert sum(lab.get("argus.io/store-client") == "true" for lab in labels) == 2  # the two streams write the store
     head = _rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
     assert head["argus.io/store-client"] == "true"

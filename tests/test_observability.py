@@ -41,6 +41,16 @@ def _argus_exported() -> set[str]:
     return names
 
 
+def _argus_ray_exported() -> set[str]:
+    """Argus metrics recorded through Ray's metrics API (services/engine_metrics.py): Ray's agent
+    exports them with its ray_ prefix."""
+    from services.engine_metrics import EngineGauges
+
+    names: list[str] = []
+    EngineGauges(gauge=lambda name, description: names.append(name))
+    return {"ray_" + n for n in names}
+
+
 @lru_cache(maxsize=1)
 def _ray_source() -> str:
     import ray
@@ -92,7 +102,7 @@ def test_metric_name_extraction():
 
 
 def test_dashboards_and_alerts_use_only_exported_metrics():
-    argus = _argus_exported()
+    argus = _argus_exported() | _argus_ray_exported()
     assert {"argus_stream_consumer_lag", "argus_stream_dead_letters_total", "argus_http_requests_total",
             "argus_model_results_total", "argus_stream_model_info"} <= argus
     used: set[str] = set()

@@ -283,6 +283,7 @@ def test_metrics_and_openapi(client, serve_app):
     assert 'argus_http_requests_total{method="POST",route="/v1/fraud/score",status="200"}' in text
     assert 'status="401"' in text and 'status="413"' in text
     assert "argus_fraud_score_bucket" in text and 'argus_model_batch_size_count{model="fraud"}' in text
+    assert 'argus_model_results_total{model="fraud",version="fraud-' in text  # which model version answered
     spec = client.get("/openapi.json").json()
     assert {"/v1/fraud/score", "/v1/reports/summarize", "/v1/results/{result_id}", "/healthz"} <= set(spec["paths"])
     examples = spec["paths"]["/v1/fraud/score"]["post"]["requestBody"]["content"]["application/json"]["examples"]

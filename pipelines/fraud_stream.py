@@ -48,6 +48,7 @@ from pipelines.errors import ArgusError, BrokerError, StoreRejected
 from pipelines.fraud_state_store import PartitionStateStore
 from pipelines.kafka_io import DeadLetterPublisher, make_producer, topic_partitions
 from pipelines.metrics import StreamMetrics, reason_kind
+from pipelines.model_holder import ModelHolder
 from pipelines.settings import Settings
 from pipelines.store import DeadLetter, Store
 from pipelines.stream_positions import Claim, fence
@@ -228,8 +229,9 @@ class FraudStreamJob:
     """One consumer of the fraud stream. `run()` loops until stopped (the runtime's loop)."""
 
     def __init__(self, settings: Settings, store: Store, scorer: Any, config: StreamConfig | None = None,
-                 metrics: StreamMetrics | None = None, name: str = "fraud-0"):
+                 metrics: StreamMetrics | None = None, name: str = "fraud-0", models: ModelHolder | None = None):
         self.settings, self.store, self.scorer = settings, store, scorer
+        self.models = models  # follows the registry's champion: asked once per batch, before its steps
         self.config = c = config or StreamConfig.from_settings(settings)
         self.metrics = metrics or StreamMetrics()
         self.name = name
@@ -374,6 +376,8 @@ class FraudStreamJob:
         once, not once per partition), then per partition in offset order apply_labels -> advance the
         state -> score, then validate_output over the whole batch."""
         c = self.config
+        if self.models is not None:  # between batches: the whole batch is scored by one model version
+            self.scorer = self.models.current()
         out = Output()
         by_p: dict[int, dict[str, PartitionBatch]] = {}
         for tp, pb in batch.parts.items():
@@ -752,6 +756,13 @@ def load_scorer(checkpoint: str | None = None, threads: int | None = None) -> An
     return FraudScorer.load(checkpoint, threads=threads or default_threads())
 
 
+def follow_registry(settings: Settings, store: Store, scorer: Any, checkpoint: str | None, name: str) -> ModelHolder | None:
+    """A holder following the registry's champion, unless a checkpoint is pinned or polling is off."""
+    if checkpoint is not None or settings.model.registry_poll_s <= 0:
+        return None
+    return ModelHolder(store, scorer, settings.model.registry_poll_s, name=name)
+
+
 def build_job(settings: Settings, store_url: str, checkpoint: str | None = None, name: str = "fraud-0",
               metrics_port: int | None = None, **config_overrides: Any) -> FraudStreamJob:
     store = Store.from_url(store_url)
@@ -759,4 +770,6 @@ def build_job(settings: Settings, store_url: str, checkpoint: str | None = None,
     metrics = StreamMetrics()
     if metrics_port:
         metrics.serve(metrics_port, settings.metrics.host)
-    return FraudStreamJob(settings, store, load_scorer(checkpoint), config, metrics, name=name)
+    scorer = load_scorer(checkpoint)
+    return FraudStreamJob(settings, store, scorer, config, metrics, name=name,
+                          models=follow_registry(settings, store, scorer, checkpoint, name))

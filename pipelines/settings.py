@@ -86,6 +86,13 @@ class ModelSettings(BaseModel):
     summariser_checkpoint: Path | None = None
     device: str = "auto"  # auto | cpu | cuda
     engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
+    # the fraud stream and the REST deployment, unless given a checkpoint, serve the registry's
+    # champion and look for a new one every this many seconds (0: never; pipelines/model_holder.py)
+    registry_poll_s: float = Field(10.0, ge=0.0)
+    # `argus models retrain --every-hours` default schedule and windows (pipelines/retrain.py)
+    retrain_every_hours: float = Field(24.0, gt=0.0)
+    retrain_window_days: int = Field(28, ge=1)
+    retrain_eval_days: int = Field(7, ge=1)
 
 
 class FraudSettings(BaseModel):

@@ -46,6 +46,14 @@ TYPOLOGIES = ["card_testing", "account_takeover", "compromised_terminal", "veloc
               "merchant_category_shift"]
 # share of the fraud budget per typology
 TYPOLOGY_WEIGHTS = np.array([0.18, 0.17, 0.25, 0.15, 0.10, 0.15])
+# Named typology mixes (shares in TYPOLOGIES order), for drift scenarios: `mix` before the drift,
+# `drift_to` after `drift_after_s` simulated seconds (e.g. large-amount fraud, then compromised
+# terminals and cards spending ordinary amounts).
+MIXES: dict[str, np.ndarray] = {
+    "all": TYPOLOGY_WEIGHTS,
+    "large_amounts": np.array([0.0, 0.5, 0.0, 0.0, 0.0, 0.5]),  # account takeover, merchant-category shift
+    "normal_amounts": np.array([0.0, 0.0, 0.7, 0.3, 0.0, 0.0]),  # compromised terminals, velocity bursts
+}
 
 EVERYDAY_CATEGORIES = ["grocery", "restaurant", "fuel", "retail", "pharmacy", "transport", "travel", "electronics"]
 HIGH_RISK_CATEGORIES = ["jewelry", "gambling", "money_transfer", "crypto"]
@@ -75,6 +83,14 @@ class SimulatorConfig:
     seed: int = 0
     id_prefix: str | None = None  # transaction id prefix; default "t<seed>-"
     start: datetime = datetime(2018, 4, 1, tzinfo=timezone.utc)  # simulated clock origin (days mode, CSV)
+    mix: str = "all"  # the typology mix (MIXES)
+    drift_to: str | None = None  # the mix after the drift (None: no drift)
+    drift_after_s: float = 0.0  # simulated seconds after the first transaction at which the mix switches
+
+    def __post_init__(self) -> None:
+        for name in (self.mix, self.drift_to):
+            if name is not None and name not in MIXES:
+                raise ValueError(f"unknown typology mix {name!r}; known: {', '.join(MIXES)}")
 
 
 @dataclass
@@ -166,6 +182,7 @@ class TransactionSimulator:
         self.counter = 0
         self.prefix = self.config.id_prefix if self.config.id_prefix is not None else f"t{self.config.seed}-"
         self.compromised: dict[int, float] = {}  # terminal index -> compromised until (epoch seconds)
+        self._first_ts: float | None = None  # the drift clock starts at the first transaction
         self._cust_p = self.pop.cust_rate / self.pop.cust_rate.sum()
 
     # --- base (genuine) transactions ------------------------------------------------------------
@@ -198,7 +215,7 @@ class TransactionSimulator:
             return
         # compromised terminals: every transaction there is fraud while the compromise lasts
         self.compromised = {t: until for t, until in self.compromised.items() if until > b["ts"][0]}
-        budget = cfg.fraud_rate * n * TYPOLOGY_WEIGHTS
+        budget = cfg.fraud_rate * n * self.mix_at(float(b["ts"][0]))
         if self.compromised:
             hit = np.isin(b["terminal"], np.fromiter(self.compromised, dtype=np.int64)) & (b["scenario"] == 0)
             b["scenario"][hit] = SCENARIO_CODES["compromised_terminal"]
@@ -273,6 +290,14 @@ class TransactionSimulator:
                 b["amount"][rows] = np.round(np.maximum(150.0, pop.cust_mean[victim] * rng.uniform(3, 8, k)), 2)
                 b["channel"][rows] = "card_present"
             b["scenario"][rows] = code
+
+    def mix_at(self, ts: float) -> np.ndarray:
+        """The typology shares in force at `ts` (epoch seconds): `mix`, then `drift_to` after the drift."""
+        cfg = self.config
+        if self._first_ts is None:
+            self._first_ts = ts
+        drifted = cfg.drift_to is not None and ts - self._first_ts >= cfg.drift_after_s
+        return MIXES[cfg.drift_to if drifted else cfg.mix]
 
     # --- frames -------------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ The stream jobs use it like this::
 The schema is versioned by this module itself (no Alembic): ``MIGRATIONS`` lists (version,
 description, function) and is only ever appended to (v1 tables, v2 ``fraud_scores.amount`` +
 indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication, v4
-``stream_positions``, v5 ``owner``, v6 ``content_hash``, v7 ``alert_dispositions``);
+``stream_positions``, v5 ``owner``, v6 ``content_hash``, v7 ``alert_dispositions``, v8 ``model_registry``
+and ``model_registry_events``);
 ``schema_version`` holds one row per applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
 under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
 
@@ -220,8 +221,37 @@ alert_dispositions = Table(
     Column("note", Text),
 )
 
+# schema v8: the fraud model registry (pipelines/model_registry.py). One row per registered model
+# version; at most one `champion` (the model the stream and the REST deployment serve). Every
+# promotion, rollback, registration and failed load is one row of `model_registry_events` (who, when).
+model_registry = Table(
+    "model_registry",
+    metadata,
+    Column("version", String(128), primary_key=True),  # = the model_version the scores carry
+    Column("parent", String(128)),  # the champion it was trained to replace (NULL: the first)
+    Column("checkpoint", Text, nullable=False),  # the checkpoint directory
+    Column("data_window", JsonType, nullable=False),  # {"train": "d0 .. d1", "evaluation": "...", "source": ...}
+    Column("metrics", JsonType, nullable=False),  # {"challenger": {ap, auc, cp100}, "champion": {...}, ...}
+    Column("status", String(16), nullable=False),  # champion | challenger | retired
+    Column("created_at", Timestamp, nullable=False),
+    Column("promoted_at", Timestamp),  # when it last became champion by a promotion
+)
+
+model_registry_events = Table(
+    "model_registry_events",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("action", String(32), nullable=False),  # register | promote | rollback | load_failed
+    Column("version", String(128), nullable=False),  # the version acted on (the new champion)
+    Column("previous", String(128)),  # the champion before (promote / rollback)
+    Column("actor", String(128), nullable=False),  # who: --by, the trainer, a consumer's name
+    Column("at", Timestamp, nullable=False),
+    Column("detail", Text),  # why (a failed load's one-line error, a retrain's decision)
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (fraud_scores, alerts, report_summaries, dead_letters, runs,
-                                                 stream_positions, alert_dispositions)}
+                                                 stream_positions, alert_dispositions, model_registry,
+                                                 model_registry_events)}
 
 
 # --- migrations -----------------------------------------------------------------------------------
@@ -271,6 +301,12 @@ def _v7_alert_dispositions(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS alerts_queue_idx ON alerts (score, transaction_id)"))
 
 
+def _v8_model_registry(conn: Connection) -> None:
+    model_registry.create(conn, checkfirst=True)
+    model_registry_events.create(conn, checkfirst=True)
+    conn.execute(text("CREATE INDEX IF NOT EXISTS model_registry_status_idx ON model_registry (status)"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
@@ -279,6 +315,7 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (5, "fraud_scores.owner and report_summaries.owner (REST tenant)", _v5_result_owner),
     (6, "report_summaries.content_hash (batch resume keyed on id and content)", _v6_summary_content_hash),
     (7, "alert_dispositions (investigators' verdicts) and the alerts queue index", _v7_alert_dispositions),
+    (8, "model_registry and model_registry_events (champion/challenger, audited promotions)", _v8_model_registry),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -846,7 +883,7 @@ class Store:
 
     def count(self, table: str) -> int:
         """Rows in one of `TABLES` (fraud_scores, alerts, report_summaries, dead_letters, runs,
-        stream_positions, alert_dispositions)."""
+        stream_positions, alert_dispositions, model_registry, model_registry_events)."""
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
         try:

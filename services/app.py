@@ -35,6 +35,9 @@ class AppArgs(BaseModel):
     # (the per-partition snapshots the stream keeps in the store at store_url)
     state_snapshot: str | None = None
     state_refresh_s: float = 30.0
+    # without fraud_checkpoint: serve the registry's champion, polled this often (null: settings'
+    # model.registry_poll_s; 0: never); a fraud_checkpoint pins the model
+    registry_poll_s: float | None = Field(None, ge=0.0)
     summary_mode: str | None = None
     store_url: str | None = None
     # sha256(key) -> [scopes] or {"scopes": [...], "tenant": "..."}; merged over settings.serve.api_key_hashes
@@ -83,6 +86,8 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         review_threshold=a.review_threshold if a.review_threshold is not None else s.fraud.review_threshold,
         state_snapshot=a.state_snapshot, state_refresh_s=a.state_refresh_s, scorer_class=a.scorer_class,
         store_url=a.store_url or s.store.url.get_secret_value(),
+        registry_poll_s=(0.0 if (a.fraud_checkpoint or s.model.fraud_checkpoint)
+                         else a.registry_poll_s if a.registry_poll_s is not None else s.model.registry_poll_s),
     )
     summarizer = summ_d.bind(
         checkpoint=a.summarizer_checkpoint or _opt_path(s.model.summariser_checkpoint), device=device,

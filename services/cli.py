@@ -34,6 +34,9 @@ app.add_typer(store_app, name="store")
 alerts_app = typer.Typer(help="The fraud review queue: open alerts and investigators' dispositions.",
                          no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
+models_app = typer.Typer(help="The fraud model registry: champion, challengers, promotions (audited), retraining.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 for sub, name in [(infra_app, "infra"), (config_app, "config"), (simulate_app, "simulate"), (train_app, "train"),
                   (stream_app, "stream"), (fraud_app, "fraud"), (eval_app, "eval")]:
     app.add_typer(sub, name=name)
@@ -150,6 +153,9 @@ def simulate_transactions(
     negatives: bool = typer.Option(False, "--negatives/--frauds-only", help="Also publish is_fraud=false labels."),
     customers: int = typer.Option(5000, "--customers", min=1),
     terminals: int = typer.Option(10000, "--terminals", min=10),
+    mix: str = typer.Option("all", "--mix", help="Fraud typology mix: all | large_amounts | normal_amounts."),
+    drift_to: Optional[str] = typer.Option(None, "--drift-to", help="Switch to this mix mid-stream (a drift scenario)."),
+    drift_after: float = typer.Option(0.0, "--drift-after", min=0.0, help="Simulated seconds after the first transaction at which --drift-to starts."),
     bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers (default: config / embedded broker)."),
 ) -> None:
     """Produce synthetic card transactions (six tagged fraud typologies) and delayed fraud labels."""
@@ -160,7 +166,11 @@ def simulate_transactions(
 
     from pipelines.simulate_transactions import SimulatorConfig, run_to_file, run_to_kafka
 
-    cfg = SimulatorConfig(n_customers=customers, n_terminals=terminals, fraud_rate=fraud_rate, seed=seed)
+    try:
+        cfg = SimulatorConfig(n_customers=customers, n_terminals=terminals, fraud_rate=fraud_rate, seed=seed, mix=mix,
+                              drift_to=drift_to, drift_after_s=drift_after)
+    except ValueError as exc:
+        raise ArgusError(str(exc)) from None
     if output is not None:
         with console.status(f"writing {output}..."):
             result = run_to_file(output, rate, seconds, cfg, label_delay=timedelta(seconds=label_delay * speedup), negatives=negatives)
@@ -228,11 +238,18 @@ def store_init(url: Optional[str] = typer.Option(None, "--url", help="Store URL 
     """Create the store's tables, or upgrade an older schema; safe to run again."""
     from pipelines.store import Store
 
+    from models.fraud_scorer import SHIPPED_CHECKPOINT
+    from pipelines.model_registry import ModelRegistry
+
     with Store.from_url(_store_url(url)) as store:
         before = store.schema_version()
         after = store.create_schema()
         what = "created" if before == 0 else "upgraded" if after > before else "already current"
         console.print(f"[green]store schema v{after}[/] ({what}) at {store.url}")
+        if (SHIPPED_CHECKPOINT / "config.json").is_file():  # an empty registry gets the shipped model as champion
+            first = ModelRegistry(store).ensure_champion(SHIPPED_CHECKPOINT, actor="argus store init")
+            if first is not None:
+                console.print(f"[green]registered[/] {first.version} (shipped checkpoint) as the champion")
 
 
 @store_app.command("stats")
@@ -321,6 +338,140 @@ def alerts_dispose(transaction_id: str = typer.Argument(..., help="The alerted t
         return
     console.print(f"[green]published[/] to {escape(settings.topics.dispositions)} (key {escape(record.kafka_key)})",
                   highlight=False, soft_wrap=True)
+
+
+# --- models (the registry) -----------------------------------------------------------------------
+
+def _who(by: Optional[str]) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+def _registry_rows_table(versions, title: str, caption: str):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, caption=caption)
+    for name in ("version", "status", "parent", "created", "promoted", "AP", "CP@100", "data window", "checkpoint"):
+        table.add_column(name, overflow="fold")
+    for v in versions:
+        m = (v.metrics or {}).get("challenger") or {k: (x.get("argus-moe") if isinstance(x, dict) else x)
+                                                   for k, x in (v.metrics or {}).items() if k in ("ap", "cp100")}
+        fmt = lambda x: "-" if not isinstance(x, (int, float)) else f"{x:.4f}"  # noqa: E731
+        window = v.data_window.get("train") or v.data_window.get("validation") or "-"
+        cells = (v.version, v.status, v.parent or "-", f"{v.created_at:%Y-%m-%d %H:%M}",
+                 f"{v.promoted_at:%Y-%m-%d %H:%M}" if v.promoted_at else "-", fmt(m.get("ap")), fmt(m.get("cp100")),
+                 str(window), v.checkpoint)
+        table.add_row(*(Text(c) for c in cells), style="bold green" if v.status == "champion" else None)
+    return table
+
+
+@models_app.command("list")
+def models_list(events: int = typer.Option(5, "--events", min=0, max=1000, help="Also show this many audit events."),
+                url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """Registered fraud model versions (the champion in green) and the latest audit events."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from pipelines.model_registry import ModelRegistry
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        store.create_schema()
+        registry = ModelRegistry(store)
+        versions = registry.list()
+        console.print(_registry_rows_table(versions, f"model registry ({len(versions)})", store.url))
+        if events:
+            table = Table(title="audit events (newest first)")
+            for name in ("at", "action", "version", "previous", "by", "detail"):
+                table.add_column(name, overflow="fold")
+            for e in registry.events(events):
+                table.add_row(*(Text(str(x)) for x in (f"{e['at']:%Y-%m-%d %H:%M:%S}Z", e["action"], e["version"],
+                                                      e["previous"] or "-", e["actor"], e["detail"] or "")))
+            console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="The registered version to serve."),
+                   by: Optional[str] = typer.Option(None, "--by", help="Who promotes (default: the OS user)."),
+                   url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """Make VERSION the champion (its checkpoint must load); streams and REST replicas swap to it between batches."""
+    from rich.markup import escape
+
+    from pipelines.model_registry import ModelRegistry
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        store.create_schema()
+        before = ModelRegistry(store).champion()
+        v = ModelRegistry(store).promote(version, actor=_who(by))
+        console.print(f"[green]champion[/] {escape(v.version)} (was {escape(before.version) if before else 'none'})",
+                      highlight=False)
+
+
+@models_app.command("rollback")
+def models_rollback(by: Optional[str] = typer.Option(None, "--by", help="Who rolls back (default: the OS user)."),
+                    url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting).")) -> None:
+    """Return to the champion the current one replaced (checked to load first)."""
+    from rich.markup import escape
+
+    from pipelines.model_registry import ModelRegistry
+    from pipelines.store import Store
+
+    with Store.from_url(_store_url(url)) as store:
+        store.create_schema()
+        before = ModelRegistry(store).champion()
+        v = ModelRegistry(store).rollback(actor=_who(by))
+        console.print(f"[green]rolled back[/] to {escape(v.version)} (was {escape(before.version)})", highlight=False)
+
+
+@models_app.command("retrain")
+def models_retrain(
+    input_path: Path = typer.Option(..., "--input", "-i", help="Labelled transactions known now (handbook-shaped .csv/.csv.gz/.parquet with TX_FRAUD)."),
+    window_days: Optional[int] = typer.Option(None, "--window-days", min=1, help="Train days (default: model.retrain_window_days)."),
+    eval_days: Optional[int] = typer.Option(None, "--eval-days", min=1, help="Latest days both models are evaluated on (default: model.retrain_eval_days)."),
+    gap_days: int = typer.Option(0, "--gap-days", min=0, help="Days between the train window and the evaluation days."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny | small."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    tolerance: float = typer.Option(0.0, "--tolerance", min=0.0, help="Promote when AP and CP@100 are >= the champion's minus this."),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", min=1, help="Train on every fraud of the window and a sample of the rest, this many rows in all."),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Promote a challenger that is not worse."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for challenger checkpoints (default: <home>/models)."),
+    every_hours: Optional[float] = typer.Option(None, "--every-hours", min=0.001, help="Repeat on this schedule until Ctrl-C (re-reading --input)."),
+    url: Optional[str] = typer.Option(None, "--url", help="Store URL (default: store.url setting)."),
+) -> None:
+    """Train a challenger on the latest labelled window, evaluate it beside the champion on the same latest days, register it, promote it if not worse."""
+    import time
+
+    from rich.markup import escape
+
+    from pipelines.retrain import retrain
+    from pipelines.settings import get_settings
+    from pipelines.store import Store
+
+    settings = get_settings()
+    m = settings.model
+    while True:
+        with Store.from_url(_store_url(url)) as store:
+            store.create_schema()
+            with console.status("retraining..."):
+                r = retrain(store, input_path, output or settings.home / "models",
+                            window_days=window_days or m.retrain_window_days, eval_days=eval_days or m.retrain_eval_days,
+                            gap_days=gap_days, preset=preset, epochs=epochs, seed=seed, tolerance=tolerance,
+                            promote=promote, labels_delay_days=settings.fraud.labels_delay_days,
+                            max_train_rows=max_train_rows, log=console.print)
+        fmt = lambda d: "-" if not d else f"AP {d['ap'] if d['ap'] is None else round(d['ap'], 4)}, CP@100 {d['cp100']}"  # noqa: E731
+        console.print(f"challenger {escape(r.version)}: {fmt(r.metrics['challenger'])}; champion "
+                      f"{escape(r.champion or '-')}: {fmt(r.metrics['champion'])} on {r.window['evaluation']}",
+                      highlight=False)
+        console.print(("[green]promoted[/] " if r.promoted else "[yellow]registered as challenger[/] ")
+                      + escape(r.reason) + f" ({r.seconds:.0f} s)", highlight=False)
+        if every_hours is None:
+            return
+        console.print(f"next retrain in {every_hours:g} h (Ctrl-C to stop)")
+        time.sleep(every_hours * 3600)
 
 
 # --- serve / keys (REST scoring endpoint) --------------------------------------------------------

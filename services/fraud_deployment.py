@@ -14,6 +14,12 @@ the batch, read-only, plus that request's own history: never with another reques
 Only the transactions of one request (`{"transactions": [...]}`) see each other, in order.
 With a `store_url`, the replica creates/upgrades the store schema when it loads.
 
+Model registry: with a `store_url` and `registry_poll_s` > 0 (and no pinned `checkpoint`), the replica
+serves the registry's champion (pipelines/model_holder.py): looked up every `registry_poll_s` seconds
+on the scoring thread, before a batch, and loaded there, so a batch is scored by one model version and
+no request is lost or answered twice across a promotion. A champion that does not load leaves the
+old model serving; `ready()` says so (`registry_error`).
+
 `user_config` (hot-reconfigurable from infra/serve.yaml without a restart): max_batch_size,
 batch_wait_timeout_s, alert_threshold, review_threshold, explain_top_k (reasons per flagged score).
 """
@@ -111,7 +117,7 @@ class FraudScorerDeployment:
     def __init__(self, checkpoint: str | None = None, device: str = "auto", alert_threshold: float = 0.5,
                  review_threshold: float = 0.2, state_snapshot: str | None = None, state_refresh_s: float = 30.0,
                  warmup: bool = True, scorer_class: str = "models.fraud_scorer:FraudScorer",
-                 store_url: str | None = None):
+                 store_url: str | None = None, registry_poll_s: float = 0.0):
         self.scorer_class = scorer_class
         self.alert_threshold = alert_threshold
         self.review_threshold = review_threshold
@@ -122,6 +128,8 @@ class FraudScorerDeployment:
         self._state_token: Any = None
         self._state_checked = 0.0
         self.device = device
+        self.registry_poll_s = registry_poll_s if store_url else 0.0
+        self._models: Any = None  # a ModelHolder when following the registry
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fraud-score")
         self.model = BackgroundLoad("fraud scorer", lambda: self._load(checkpoint, warmup))
 
@@ -141,6 +149,14 @@ class FraudScorerDeployment:
                     store.create_schema()
             except Exception as exc:  # noqa: BLE001 - scoring does not need the store; say so and go on
                 log.error("store schema not created: %s", type(exc).__name__)
+        if self.registry_poll_s > 0:  # serve the champion from the start (the configured model if none)
+            from pipelines.model_holder import ModelHolder
+            from pipelines.store import Store
+
+            loader = lambda path: FraudScorer.load(path, device=self.device)  # noqa: E731
+            self._models = ModelHolder(Store.from_url(self.store_url, check=False), scorer, self.registry_poll_s,
+                                       name="rest", load=loader)
+            scorer = self._scorer = self._models.current()
         self._refresh_state(force=True)
         if warmup:  # the first forward pass allocates; keep that out of the first request
             tx = Transaction(transaction_id="warmup", timestamp="2024-01-01T00:00:00Z", customer_id="warmup",
@@ -203,7 +219,9 @@ class FraudScorerDeployment:
     async def ready(self) -> dict[str, Any]:
         status = self.model.status()
         if self.model.ready:
-            status["model_version"] = self.model.value.model_version
+            status["model_version"] = self._serving(self.model.value).model_version
+            if self._models is not None:
+                status["registry_error"] = self._models.error
             status["device"] = self.device
             status["backend"] = getattr(self.model.value, "backend", "transformers")  # engine | transformers
         return status
@@ -249,8 +267,15 @@ class FraudScorerDeployment:
         plus its own history, then all in one forward. No item sees another."""
         return self._score(scorer, items, ordered=False)
 
+    def _serving(self, scorer: Any) -> Any:
+        """The scorer serving now: the registry's champion when following it (else the loaded one)."""
+        return self._models.scorer if self._models is not None else scorer
+
     def _score(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]], ordered: bool) -> list[FraudScore]:
         import numpy as np
+
+        if self._models is not None:  # on the one scoring thread, between batches: one version per batch
+            scorer = self._scorer = self._models.current()
 
         from models.fraud_state import FraudContext
 

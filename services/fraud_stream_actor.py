@@ -51,6 +51,7 @@ class FraudStreamActor:
         self.settings = Settings(**settings_data)
         self.name, self.store_url, self.config = name, store_url, config or {}
         self.scorer = load_scorer(checkpoint)
+        self.checkpoint = checkpoint  # pinned: not following the registry
         self.metrics = StreamMetrics()
         if metrics_port:
             self.metrics.serve(metrics_port, self.settings.metrics.host)
@@ -59,7 +60,7 @@ class FraudStreamActor:
 
     def _build(self) -> bool:
         """Build the job, retrying what the broker or the store refuse; False if stopped meanwhile."""
-        from pipelines.fraud_stream import FraudStreamJob, StreamConfig
+        from pipelines.fraud_stream import FraudStreamJob, StreamConfig, follow_registry
         from pipelines.store import Store
         from pipelines.stream_runtime import TRANSIENT, RetryPolicy
 
@@ -67,8 +68,10 @@ class FraudStreamActor:
         while self.job is None:
             try:
                 config = StreamConfig.from_settings(self.settings, **self.config)
-                self.job = FraudStreamJob(self.settings, Store.from_url(self.store_url), self.scorer, config,
-                                          self.metrics, name=self.name)
+                store = Store.from_url(self.store_url)
+                self.job = FraudStreamJob(self.settings, store, self.scorer, config, self.metrics, name=self.name,
+                                          models=follow_registry(self.settings, store, self.scorer, self.checkpoint,
+                                                                 self.name))
             except TRANSIENT as exc:
                 delay = next(delays)
                 log.warning("consumer %s cannot start yet (%s); retrying in %.1f s", self.name,

@@ -109,12 +109,12 @@ def test_upgrade_from_v6_keeps_alerts(store_url: str):
         assert _migrate(conn, target=6) == 6
     assert "alert_dispositions" not in inspect(store.engine).get_table_names()
     seed(store, [alert(1, 0.9)])  # a v6-era alert
-    assert store.create_schema() == SCHEMA_VERSION == 7
-    assert store.create_schema() == 7
+    assert store.create_schema() == SCHEMA_VERSION
+    assert store.create_schema() == SCHEMA_VERSION
     assert "alert_dispositions" in inspect(store.engine).get_table_names()
     assert "alerts_queue_idx" in {i["name"] for i in inspect(store.engine).get_indexes("alerts")}
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == 7
+        assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == SCHEMA_VERSION
     assert [r["transaction_id"] for r in store.open_alerts()] == ["a1"]
     assert store.dispose("a1", "fraud", "ann").customer_id == "c1"
     store.close()
@@ -146,7 +146,7 @@ def test_two_processes_upgrade_and_dispose_at_once(store_url: str):
     for p in procs:
         p.join(120)
     assert all(p.exitcode == 0 for p in procs) and errors.empty(), errors.get() if not errors.empty() else None
-    assert store.schema_version() == 7 and store.count("alert_dispositions") == 8 and store.open_alerts() == []
+    assert store.schema_version() == SCHEMA_VERSION and store.count("alert_dispositions") == 8 and store.open_alerts() == []
     store.close()
 
 

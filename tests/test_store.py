@@ -39,7 +39,8 @@ def test_create_schema_is_idempotent(store: Store):
     assert store.schema_version() == SCHEMA_VERSION
     assert scalar(store, "SELECT count(*) FROM schema_version") == SCHEMA_VERSION  # one row per migration
     assert store.stats() == {"fraud_scores": 0, "alerts": 0, "report_summaries": 0, "dead_letters": 0, "runs": 0,
-                             "stream_positions": 0, "alert_dispositions": 0}
+                             "stream_positions": 0, "alert_dispositions": 0, "model_registry": 0,
+                             "model_registry_events": 0}
 
 
 def test_create_schema_upgrades_from_v1(store_url: str):
@@ -51,7 +52,7 @@ def test_create_schema_upgrades_from_v1(store_url: str):
     with store.engine.begin() as conn:  # a v1-era row survives the upgrade
         conn.execute(text("INSERT INTO fraud_scores (transaction_id, score, decision, reasons, model_version, scored_at)"
                           " VALUES ('t1', 0.5, 'review', '[]', 'm1', CURRENT_TIMESTAMP)"))
-    assert store.create_schema() == SCHEMA_VERSION == 7
+    assert store.create_schema() == SCHEMA_VERSION
     assert {"amount", "payload_hash", "source_position", "owner"} <= {c["name"] for c in inspect(store.engine).get_columns("fraud_scores")}
     assert "content_hash" in {c["name"] for c in inspect(store.engine).get_columns("report_summaries")}
     assert {"stream_positions", "alert_dispositions"} <= set(inspect(store.engine).get_table_names())

@@ -377,7 +377,12 @@ class FraudStreamJob:
         state -> score, then validate_output over the whole batch."""
         c = self.config
         if self.models is not None:  # between batches: the whole batch is scored by one model version
-            self.scorer = self.models.current()
+            scorer = self.models.current()
+            if scorer is not self.scorer:  # a promotion: the model-info gauge names the version now scoring
+                info = self.metrics.model_info
+                info.labels(self.metrics.job, getattr(self.scorer, "model_version", None) or "unknown").set(0)
+                info.labels(self.metrics.job, scorer.model_version).set(1)
+                self.scorer = scorer
         out = Output()
         by_p: dict[int, dict[str, PartitionBatch]] = {}
         for tp, pb in batch.parts.items():

@@ -98,6 +98,8 @@ def test_stream_swaps_between_batches_without_losing_or_repeating_a_record(kafka
     assert before >= 2 and len(sequence) - before >= 4
     # the broken champion: the new model kept serving, the error is reported and audited once
     assert holder.version == NEW and holder.swaps == 1
+    metrics = job.metrics.render().decode()
+    assert f'version="{NEW}"}} 1.0' in metrics and f'version="{OLD}"}} 0.0' in metrics  # argus_stream_model_info
     assert holder.error.startswith(f"champion {BROKEN} not loaded, still serving {NEW}: ")
     failed = [e for e in registry.events(100) if e["action"] == "load_failed"]
     assert [(e["version"], e["actor"]) for e in failed] == [(BROKEN, "g-swap")]

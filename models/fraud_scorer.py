@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import DeepseekV3Config, DeepseekV3Model
 
+from models.fraud_reviews import REVIEW_FIELDS
 from models.fraud_state import (CURRENT_FIELDS, HIST_FIELDS, ID_BUCKETS, LABEL_FRAUD, LABEL_LEGIT, FraudContext,
                                 FraudState, TxColumns)
 
@@ -59,10 +60,16 @@ class FraudModelConfig:
     hist_fields: list[str] = field(default_factory=lambda: list(HIST_FIELDS))
     current_fields: list[str] = field(default_factory=lambda: list(CURRENT_FIELDS))
     use_ids: bool = False  # hashed customer/terminal id embeddings (they can memorise keys of the training weeks)
+    # investigators' dispositions (FraudContext.review_num) on the current token; empty: not read (checkpoints
+    # from before the review loop load and score exactly as before)
+    review_fields: list[str] = field(default_factory=list)
+    # the state's terminal windows count a label only once event time + delay has passed (FraudState.strict_windows)
+    strict_windows: bool = False
 
     @classmethod
     def from_preset(cls, preset: str, customer_history: int = 8, terminal_history: int = 7,
-                    labels_delay_days: float = 7.0, use_ids: bool = False, **overrides: Any) -> "FraudModelConfig":
+                    labels_delay_days: float = 7.0, use_ids: bool = False, reviews: bool = False,
+                    **overrides: Any) -> "FraudModelConfig":
         from models.presets import UnknownPresetError, preset_config
 
         from models.errors import ModelError
@@ -79,7 +86,8 @@ class FraudModelConfig:
             })
         except UnknownPresetError as exc:
             raise ModelError(str(exc)) from None
-        return cls(preset, customer_history, terminal_history, labels_delay_days, backbone=cfg.to_dict(), use_ids=use_ids)
+        return cls(preset, customer_history, terminal_history, labels_delay_days, backbone=cfg.to_dict(), use_ids=use_ids,
+                   review_fields=list(REVIEW_FIELDS) if reviews else [], strict_windows=reviews)
 
     def backbone_config(self) -> DeepseekV3Config:
         cfg = dict(self.backbone)
@@ -106,6 +114,12 @@ class FraudModel(nn.Module):
         h = bb.hidden_size
         self.hist_num = nn.Linear(len(config.hist_fields), h)
         self.cur_num = nn.Linear(len(config.current_fields), h)
+        if config.review_fields:
+            if list(config.review_fields) != list(REVIEW_FIELDS):
+                from models.errors import ModelError
+
+                raise ModelError(f"checkpoint review fields {config.review_fields} are not this state's {list(REVIEW_FIELDS)}")
+            self.review_num = nn.Linear(len(config.review_fields), h)
         self.label = nn.Embedding(4, h)
         self.customer_id = nn.Embedding(ID_BUCKETS, h)
         self.terminal_id = nn.Embedding(ID_BUCKETS, h)
@@ -133,9 +147,14 @@ class FraudModel(nn.Module):
             "hist_num": self.hist_num(t["hist_num"]),
             "hist_label": self.label(t["hist_label"]),
             "hist_id": cp_emb,
-            "cur_num": self.cur_num(t["cur_num"]).unsqueeze(1),
+            "cur_num": self.current_num(t).unsqueeze(1),
             "cur_id": cur_id,
         }
+
+    def current_num(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The current transaction's numeric fields embedded (with the review fields when the config has them)."""
+        x = self.cur_num(t["cur_num"])
+        return x + self.review_num(t["review_num"]) if self.config.review_fields else x
 
     def embed(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         p = self.embed_parts(t)
@@ -169,7 +188,7 @@ class FraudModel(nn.Module):
 
 def context_tensors(ctx: FraudContext, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(getattr(ctx, k))).to(device)
-            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids")}
+            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids", "review_num")}
 
 
 def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5) -> list[list[tuple[str, str, int, float]]]:
@@ -180,17 +199,22 @@ def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5) -> li
     with torch.enable_grad():
         x = {k: v.detach() for k, v in t.items()}
         num_h = x["hist_num"].unsqueeze(-1) * model.hist_num.weight.T[None, None]  # [B, T, F, H]
-        num_c = x["cur_num"].unsqueeze(-1) * model.cur_num.weight.T[None]  # [B, F, H]
+        cur_x, cur_w, cur_b = x["cur_num"], model.cur_num.weight.T, model.cur_num.bias
+        if model.config.review_fields:  # the review fields are more current fields
+            cur_x = torch.cat([cur_x, x["review_num"]], -1)
+            cur_w = torch.cat([cur_w, model.review_num.weight.T], 0)
+            cur_b = cur_b + model.review_num.bias
+        num_c = cur_x.unsqueeze(-1) * cur_w[None]  # [B, F, H]
         p = model.embed_parts(x)
         leaves = {"num_h": num_h.detach().requires_grad_(), "num_c": num_c.detach().requires_grad_(),
                   "label": p["hist_label"].detach().requires_grad_(), "hid": p["hist_id"].detach().requires_grad_(),
                   "cid": p["cur_id"].detach().requires_grad_()}
         hist = leaves["num_h"].sum(2) + model.hist_num.bias + leaves["label"] + leaves["hid"]
-        cur = leaves["num_c"].sum(1, keepdim=True) + model.cur_num.bias + leaves["cid"]
+        cur = leaves["num_c"].sum(1, keepdim=True) + cur_b + leaves["cid"]
         emb = torch.cat([hist, cur], 1) + model.token_type(model.types)[None]
         model.forward_embeds(emb).sum().backward()
         attr = {k: (v * v.grad).sum(-1).detach() for k, v in leaves.items()}
-    cur_fields = list(model.config.current_fields)
+    cur_fields = list(model.config.current_fields) + list(model.config.review_fields)
     n = model.config.customer_history
     out = []
     for b in range(attr["num_c"].shape[0]):
@@ -228,7 +252,8 @@ class FraudScorer:
         cfg = self.config
         return FraudState(kwargs.pop("customer_history", cfg.customer_history),
                           kwargs.pop("terminal_history", cfg.terminal_history),
-                          kwargs.pop("labels_delay_days", cfg.labels_delay_days), **kwargs)
+                          kwargs.pop("labels_delay_days", cfg.labels_delay_days),
+                          **({"strict_windows": cfg.strict_windows} | kwargs))
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", quantize: bool = False,
@@ -324,6 +349,8 @@ def _detail(ctx: FraudContext, row: int, source: str, feature: str, i: int) -> s
     if i < 0:
         if feature in CURRENT_FIELDS:
             return f"{feature}={float(ctx.cur_num[row, CURRENT_FIELDS.index(feature)]):.3f} (scaled)"
+        if feature in REVIEW_FIELDS:
+            return f"{feature}={float(ctx.review_num[row, REVIEW_FIELDS.index(feature)]):.3f} (scaled)"
         return "hashed customer/terminal ids"
     label = {LABEL_FRAUD: "known fraud", LABEL_LEGIT: "known legit"}.get(int(ctx.hist_label[row, i]), "no label yet")
     if int(ctx.hist_label[row, i]) == 0:

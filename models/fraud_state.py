@@ -38,6 +38,10 @@ sweep times or restarts):
   the caller (park=False: UNINDEXED). A label is applied once per transaction: the first label wins
   (ring slot and fraud memory); a duplicate is a no-op while its transaction is still in a ring or in
   the fraud memory. The fraud memory keeps the k latest frauds by event time (label order does not matter).
+* Investigators' dispositions (`apply_dispositions`: fraud / legitimate / unsure, decided at a time) are
+  kept apart from the labels, in their own per-customer and per-terminal memories (models/fraud_reviews.py)
+  with their own windows, and are VISIBLE to a transaction at time t only when t >= decided_at (not after
+  the chargeback delay). They reach the scorer as `FraudContext.review_num` (REVIEW_FIELDS).
 * A pending label waits at most `pending_horizon_days` of event time for its transaction (and
   `pending` holds at most `max_pending`); expired/overflowing ones go to an outbox that
   `expire_pending()` drains (transaction id, is_fraud, the caller's `ref`, reason) for dead-lettering.
@@ -58,10 +62,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from models.fraud_reviews import REVIEW_FIELDS, REVIEW_WINDOW_DAYS, ReviewMemory, review_features, review_kind
+
 if TYPE_CHECKING:  # the contracts need pydantic; training on a bare GPU image does not import them
     from pipelines.contracts import Label, Transaction
 
-SNAPSHOT_VERSION = 2  # 2: eviction clock, located index, pending with ids/refs, outbox (1 still reads)
+SNAPSHOT_VERSION = 3  # 3: review memories; 2: eviction clock, located index, pending with ids/refs, outbox (1, 2 still read)
 DAY = 86400.0
 ID_BUCKETS = 1024  # hashed-id embedding buckets
 FRAUD_WINDOW_DAYS = 35.0  # known frauds counted over this window (a handbook compromise lasts 28 days)
@@ -143,6 +149,7 @@ class FraudContext:
     # raw values kept for human-readable reasons
     hist_amount: np.ndarray  # float32 [B, N+M]
     hist_age_s: np.ndarray  # float32 [B, N+M]
+    review_num: np.ndarray  # float32 [B, len(REVIEW_FIELDS)] what investigators decided (models/fraud_reviews.py)
 
     def __len__(self) -> int:
         return self.cur_num.shape[0]
@@ -398,7 +405,7 @@ class FraudState:
     def __init__(self, customer_history: int = 7, terminal_history: int = 7, labels_delay_days: float = 7.0,
                  fraud_memory: int = 8, max_tracked_ids: int = 1_000_000, idle_evict_days: float | None = None,
                  pending_horizon_days: float = 2.0, max_pending: int = 100_000,
-                 max_tracked_days: float | None = None, sweep_every_days: float = 1.0):
+                 max_tracked_days: float | None = None, sweep_every_days: float = 1.0, strict_windows: bool = False):
         self.customer_history, self.terminal_history = int(customer_history), int(terminal_history)
         self.labels_delay_days = float(labels_delay_days)
         self.fraud_memory = int(fraud_memory)
@@ -409,6 +416,11 @@ class FraudState:
         self.pending_horizon_days = float(pending_horizon_days)
         self.max_pending = int(max_pending)
         self.sweep_every_days = float(sweep_every_days)
+        # The terminal windows count whole days behind the label delay. Without strict_windows a label counts
+        # from the start of day (event day + ceil(delay)): up to a day BEFORE event time + delay (the handbook's
+        # day-granular convention; checkpoints before the review loop were trained so and keep it). With it,
+        # one more day: a label counts only once event time + delay has passed.
+        self.strict_windows = bool(strict_windows)
         if self.idle_evict_days <= 0 or self.pending_horizon_days < 0 or self.max_pending < 0 or self.max_tracked_ids < 0:
             raise ValueError("idle_evict_days must be > 0; pending_horizon_days, max_pending, max_tracked_ids >= 0")
         self.customers = _Rings(self.customer_history, self.fraud_memory)
@@ -423,6 +435,8 @@ class FraudState:
         # takes the expired ones without scanning the rest
         self._heap: list[tuple[float, int]] = []
         self._outbox: list[ExpiredLabel] = []  # expired pending labels until expire_pending() takes them
+        self.customer_reviews = ReviewMemory(REVIEW_WINDOW_DAYS["customer"])
+        self.terminal_reviews = ReviewMemory(REVIEW_WINDOW_DAYS["terminal"])
         self.dead_letters_dropped = 0  # expired labels dropped because the outbox was full (nobody drained it)
 
     @classmethod
@@ -442,8 +456,41 @@ class FraudState:
 
     def memory_bytes(self) -> int:
         """Approximate resident size: the ring arrays plus the index and pending dictionaries."""
-        return self.customers.nbytes() + self.terminals.nbytes() + 200 * (len(self._where) + len(self.pending)) + \
+        return self.customers.nbytes() + self.terminals.nbytes() + self.customer_reviews.nbytes() + \
+            self.terminal_reviews.nbytes() + 200 * (len(self._where) + len(self.pending)) + \
             150 * (len(self.customers) + len(self.terminals))
+
+    # -- dispositions ------------------------------------------------------------------------------
+    def apply_dispositions(self, transaction_ids: Sequence[str], kinds: Sequence[Any], decided_at: Sequence[Any],
+                           customer_ids: Sequence[str | None] | None = None,
+                           terminal_ids: Sequence[str | None] | None = None) -> list[LabelStatus]:
+        """Investigators' verdicts on transactions ("fraud" / "legitimate" / "unsure", decided at a time: epoch
+        seconds or datetimes). Each goes to its customer's and its terminal's review memory; a missing
+        customer or terminal id is looked up in the transaction index. Visible from `decided_at` on.
+        Status per disposition: APPLIED, or UNKNOWN (no customer or terminal given and the transaction is not
+        in the index: nothing to update). Raises ValueError on an unknown kind or a non-finite time."""
+        codes = [review_kind(k) for k in kinds]
+        at = np.array([_seconds(x) for x in decided_at], np.float64)
+        if len(at) and not np.isfinite(at).all():
+            raise ValueError("a disposition's decided_at must be a finite time")
+        out: list[LabelStatus] = []
+        rows: dict[str, list] = {"c": [], "t": []}
+        for i, tid in enumerate(transaction_ids):
+            h = id_hash(str(tid))
+            c = customer_ids[i] if customer_ids is not None else None
+            t = terminal_ids[i] if terminal_ids is not None else None
+            if c is None or t is None:
+                w = self._where.get(h)
+                if w is not None:
+                    c, t = c if c is not None else w[0], t if t is not None else w[1]
+            for who, key in (("c", c), ("t", t)):
+                if key is not None:
+                    rows[who].append((str(key), h, codes[i], float(at[i])))
+            out.append(LabelStatus.APPLIED if c is not None or t is not None else LabelStatus.UNKNOWN)
+        for who, memory in (("c", self.customer_reviews), ("t", self.terminal_reviews)):
+            if rows[who]:
+                memory.add(*zip(*rows[who]), clock=self.clock)
+        return out
 
     # -- labels ------------------------------------------------------------------------------------
     def apply_label(self, label: "Label", ref: Any = None) -> bool:
@@ -801,6 +848,8 @@ class FraudState:
             if rings.capacity > 4096 and 4 * len(rings) < rings.capacity:
                 rings.compact()
         self._expire_horizon()
+        self.customer_reviews.sweep(self.clock)
+        self.terminal_reviews.sweep(self.clock)
 
     def context_columns(self, cols: TxColumns, clock: np.ndarray | None = None) -> FraudContext:
         """Context of each row against the current state. `clock`: the event time each row sees (default: the
@@ -860,7 +909,7 @@ class FraudState:
             return np.where(np.isnan(last), -1.0, np.log1p(np.maximum(ts - np.nan_to_num(last), 0.0)) / 12.0)
 
         c_rows, t_rows = np.maximum(c_idx, 0), np.maximum(t_idx, 0)
-        delay_days = float(np.ceil(self.labels_delay_days))
+        delay_days = float(np.ceil(self.labels_delay_days)) + (1.0 if self.strict_windows else 0.0)
         agg = []
         cust = [self.customers.windows(c_rows, c_idx >= 0, ts, 0, w) for w in WINDOWS]
         agg += [np.log1p(n) / 3.0 for n, _, _ in cust]
@@ -882,6 +931,8 @@ class FraudState:
             hist_counterpart=np.where(cat["valid"], cat["cp"], 0).astype(np.int64),
             cur_num=cur_num.astype(np.float32), cur_ids=np.stack([c_h, t_h], 1).astype(np.int64),
             hist_amount=a.astype(np.float32), hist_age_s=cat["age"].astype(np.float32),
+            review_num=review_features(self.customer_reviews.features(cols.customer_id, ts),
+                                       self.terminal_reviews.features(cols.terminal_id, ts)),
         )
 
     # -- snapshot / restore ----------------------------------------------------------------------
@@ -898,6 +949,8 @@ class FraudState:
         t_names, t_arr = self.terminals.export(None if terminals is None else list(terminals), keep(self.terminals))
         c_set = None if customers is None else set(c_names)
         t_set = None if terminals is None else set(t_names)
+        rc_names, rc_arr = self.customer_reviews.export(None if customers is None else list(customers))
+        rt_names, rt_arr = self.terminal_reviews.export(None if terminals is None else list(terminals))
         where = [(h, *w) for h, w in self._where.items()
                  if (c_set is None or w[0] in c_set) and (t_set is None or w[1] in t_set)]
         pend = list(self.pending.items())
@@ -906,13 +959,14 @@ class FraudState:
                       fraud_memory=self.fraud_memory, max_tracked_ids=self.max_tracked_ids,
                       max_tracked_days=self.max_tracked_days, idle_evict_days=self.idle_evict_days,
                       pending_horizon_days=self.pending_horizon_days, max_pending=self.max_pending,
-                      sweep_every_days=self.sweep_every_days, clock=None if math.isinf(clock) else clock,
-                      customers=c_names, terminals=t_names,
+                      sweep_every_days=self.sweep_every_days, strict_windows=self.strict_windows, clock=None if math.isinf(clock) else clock,
+                      customers=c_names, terminals=t_names, review_customers=rc_names, review_terminals=rt_names,
                       where_customers=[w[1] for w in where], where_terminals=[w[2] for w in where],
                       pending_ids=[v[0] for _, v in pend], pending_refs=[v[2] for _, v in pend],
                       outbox=[[e.transaction_id, e.is_fraud, e.ref, e.reason, e.parked_at] for e in self._outbox],
                       dead_letters_dropped=self.dead_letters_dropped)
         arrays = {f"c_{k}": v for k, v in c_arr.items()} | {f"t_{k}": v for k, v in t_arr.items()}
+        arrays |= {f"rc_{k}": v for k, v in rc_arr.items()} | {f"rt_{k}": v for k, v in rt_arr.items()}
         arrays["where_hash"] = np.array([w[0] for w in where], np.int64)
         arrays["where_time"] = np.array([w[3] for w in where], np.float64)
         arrays["where_at"] = np.array([w[4] for w in where], np.float64)
@@ -926,13 +980,14 @@ class FraudState:
 
     def restore(self, blob: bytes) -> "FraudState":
         """Merge a snapshot into this state (keys in the snapshot overwrite ours). Returns self.
-        Reads version 2 and version 1 snapshots (a v1 pending label has no id string: it is named "#<hash>")."""
+        Reads versions 3, 2 and 1 (before 3 there are no dispositions; a v1 pending label has no id string: it
+        is named "#<hash>")."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
         header = json.loads(data.pop("header").tobytes())
         version = header.get("version")
-        if version not in (1, SNAPSHOT_VERSION):
-            raise ValueError(f"fraud state snapshot version {version} is not readable (this code reads 1 and "
+        if version not in (1, 2, SNAPSHOT_VERSION):
+            raise ValueError(f"fraud state snapshot version {version} is not readable (this code reads 1, 2 and "
                              f"{SNAPSHOT_VERSION})")
         shape = (header["customer_history"], header["terminal_history"], header["fraud_memory"])
         if shape != (self.customer_history, self.terminal_history, self.fraud_memory):
@@ -940,6 +995,10 @@ class FraudState:
                              f"{(self.customer_history, self.terminal_history, self.fraud_memory)}")
         self.customers.merge(header["customers"], {k[2:]: v for k, v in data.items() if k.startswith("c_")})
         self.terminals.merge(header["terminals"], {k[2:]: v for k, v in data.items() if k.startswith("t_")})
+        self.customer_reviews.merge(header.get("review_customers", []),
+                                    {k[3:]: v for k, v in data.items() if k.startswith("rc_")})
+        self.terminal_reviews.merge(header.get("review_terminals", []),
+                                    {k[3:]: v for k, v in data.items() if k.startswith("rt_")})
         if version == 1:  # no clock: the latest event it holds
             lt = np.concatenate([data["c_last_time"], data["t_last_time"]])
             clock = float(np.nanmax(lt)) if len(lt) and not np.isnan(lt).all() else None
@@ -970,7 +1029,8 @@ class FraudState:
             header = json.loads(z["header"].tobytes())
         knobs = {k: header[k] for k in ("customer_history", "terminal_history", "labels_delay_days", "fraud_memory",
                                         "max_tracked_ids", "max_tracked_days", "idle_evict_days",
-                                        "pending_horizon_days", "max_pending", "sweep_every_days") if k in header}
+                                        "pending_horizon_days", "max_pending", "sweep_every_days", "strict_windows")
+                 if k in header}
         if header.get("version") == 1:  # v1 states never evicted
             knobs["idle_evict_days"] = math.inf
         state = cls(**(knobs | overrides))

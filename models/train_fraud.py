@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,11 @@ class TrainConfig:
     device: str = "auto"
     grad_checkpointing: bool | None = None  # None: on for CUDA
     baseline: bool = True
+    # simulated investigators (models/review_simulator.py): each day the top K cards by `ranker`'s score get
+    # their day's true labels at the day's end + the latency; the model reads them (config review_fields)
+    review_per_day: int = 0
+    review_latency_s: float = 3600.0
+    ranker: str | None = None  # checkpoint whose scores rank the cards (None: the shipped fraud-small)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,20 +88,45 @@ def read_handbook(path: Path, max_rows: int | None = None) -> pd.DataFrame:
 
 
 def build_contexts(df: pd.DataFrame, customer_history: int, terminal_history: int, delay_days: float,
-                   chunk: int = 8192, progress: bool = True) -> FraudContext:
-    """Replay the file through a FraudState in time order; labels are given right after their chunk."""
+                   chunk: int = 8192, progress: bool = True, review_per_day: int = 0, review_latency_s: float = 3600.0,
+                   ranker: Callable[[FraudContext], np.ndarray] | None = None, strict_windows: bool = False) -> FraudContext:
+    """Replay the file through a FraudState in time order; labels are given right after their chunk.
+
+    With `review_per_day` K > 0 the investigators are simulated as they would have acted at each moment
+    (models/review_simulator.py): chunks never cross a UTC day, `ranker` (a previous model's scores of
+    the day's contexts, as known then) ranks each day's cards, and the top K cards' transactions of that
+    day are disposed at the day's end + `review_latency_s`, before the next day is read."""
     from tqdm import tqdm
 
-    state = FraudState(customer_history, terminal_history, delay_days)
+    from models.review_simulator import day_chunks, review_day
+
+    state = FraudState(customer_history, terminal_history, delay_days, strict_windows=strict_windows)
     cols = TxColumns(df["TRANSACTION_ID"].astype(str).tolist(), df["TS"].to_numpy(np.float64),
                      df["CUSTOMER_ID"].astype(str).tolist(), df["TERMINAL_ID"].astype(str).tolist(),
                      df["TX_AMOUNT"].to_numpy(np.float64))
     fraud = df["TX_FRAUD"].to_numpy().astype(bool)
-    parts = []
-    for s in tqdm(range(0, len(df), chunk), desc="replaying through FraudState", disable=not progress, unit="chunk"):
-        idx = np.arange(s, min(s + chunk, len(df)))
-        parts.append(state.advance_columns(cols.take(idx)))
+    reviews = review_per_day > 0
+    if reviews and ranker is None:
+        raise TrainDataError("simulated reviews need a ranker (a previous model's scores)")
+    chunks = day_chunks(cols.ts, chunk) if reviews else \
+        [np.arange(s, min(s + chunk, len(df))) for s in range(0, len(df), chunk)]
+    parts: list[FraudContext] = []
+    day_parts: list[tuple[np.ndarray, FraudContext]] = []
+    for n, idx in enumerate(tqdm(chunks, desc="replaying through FraudState", disable=not progress, unit="chunk")):
+        ctx = state.advance_columns(cols.take(idx))
+        parts.append(ctx)
         state.apply_label_columns([cols.transaction_id[i] for i in idx], fraud[idx])
+        if not reviews:
+            continue
+        day_parts.append((idx, ctx))
+        last_of_day = n + 1 == len(chunks) or int(cols.ts[chunks[n + 1][0]] // DAY) != int(cols.ts[idx[0]] // DAY)
+        if last_of_day:
+            rows = np.concatenate([i for i, _ in day_parts])
+            scores = np.concatenate([ranker(c) for _, c in day_parts])
+            v = review_day(cols.ts[rows], [cols.transaction_id[i] for i in rows], [cols.customer_id[i] for i in rows],
+                           [cols.terminal_id[i] for i in rows], scores, fraud[rows], review_per_day, review_latency_s)
+            state.apply_dispositions(v.transaction_id, v.kind, v.decided_at, v.customer_id, v.terminal_id)
+            day_parts = []
     return FraudContext.concat(parts)
 
 
@@ -185,6 +215,13 @@ def handbook_features(df: pd.DataFrame, delay_days: float = 7.0) -> pd.DataFrame
     return out
 
 
+def with_review_features(feats: pd.DataFrame, ctx: FraudContext) -> pd.DataFrame:
+    """The handbook features plus the state's review fields (what investigators decided, as known then)."""
+    from models.fraud_reviews import REVIEW_FIELDS
+
+    return feats.assign(**{f: ctx.review_num[:, i] for i, f in enumerate(REVIEW_FIELDS)})
+
+
 def _per_group_rolling(t: pd.DataFrame, key: str, col: str, window: str) -> np.ndarray:
     """Time-window rolling sum per group, returned in the frame's row order."""
     pos = pd.Series(np.arange(len(t)), index=t.index)
@@ -227,7 +264,8 @@ def fit_model(ctx: FraudContext, y: np.ndarray, train: np.ndarray, cfg: TrainCon
     from models.fraud_scorer import FraudModel, FraudModelConfig, context_tensors
 
     torch.manual_seed(cfg.seed)
-    mcfg = FraudModelConfig.from_preset(cfg.preset, labels_delay_days=cfg.labels_delay_days, **cfg.overrides)
+    mcfg = FraudModelConfig.from_preset(cfg.preset, labels_delay_days=cfg.labels_delay_days,
+                                        **({"reviews": cfg.review_per_day > 0} | cfg.overrides))
     model = FraudModel(mcfg).to(device)
     use_ckpt = cfg.grad_checkpointing if cfg.grad_checkpointing is not None else device.startswith("cuda")
     if use_ckpt:
@@ -303,9 +341,19 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
         f"({len(split.train):,}), gap {split.dates['gap']}, validation {split.dates['validation']} ({len(split.val):,}); device {device}")
     from models.fraud_scorer import FraudModelConfig
 
-    probe = FraudModelConfig.from_preset(cfg.preset, **cfg.overrides)  # history lengths
+    probe = FraudModelConfig.from_preset(cfg.preset, **({"reviews": cfg.review_per_day > 0} | cfg.overrides))
     t1 = time.perf_counter()
-    ctx = build_contexts(df, probe.customer_history, probe.terminal_history, cfg.labels_delay_days, progress=progress)
+    ranker = None
+    if cfg.review_per_day > 0:
+        from models.fraud_scorer import FraudScorer
+
+        ranking = FraudScorer.load(Path(cfg.ranker) if cfg.ranker else None, device=device)
+        ranker = ranking.probabilities
+        log(f"investigators simulated: top {cfg.review_per_day} cards a day by {ranking.model_version}, "
+            f"verdicts {cfg.review_latency_s / 3600:g} h after the day's end")
+    ctx = build_contexts(df, probe.customer_history, probe.terminal_history, cfg.labels_delay_days, progress=progress,
+                         review_per_day=cfg.review_per_day, review_latency_s=cfg.review_latency_s, ranker=ranker,
+                         strict_windows=probe.strict_windows)
     prep_s = time.perf_counter() - t1
     log(f"contexts built in {prep_s:.1f}s")
     y = df["TX_FRAUD"].to_numpy().astype(np.int64)
@@ -319,6 +367,8 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
     if cfg.baseline:
         t3 = time.perf_counter()
         feats = handbook_features(df, cfg.labels_delay_days)
+        if cfg.review_per_day > 0:  # the same investigators' feedback, as the state's review fields
+            feats = with_review_features(feats, ctx)
         log(f"handbook features in {time.perf_counter() - t3:.1f}s")
         lgb_scores = train_lightgbm(feats, y, split.train, split.val, cfg.seed)
         results["lightgbm-handbook"] = metrics(val_df, lgb_scores)
@@ -349,7 +399,11 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
                         "top-2); a linear head on the current transaction's token gives the fraud probability."),
         "data": {"input": Path(input_path).name, "rows": len(df), "frauds": int(y.sum()), **split.dates,
                  "label_delay_days": cfg.labels_delay_days,
-                 "preparation": "replayed in time order through FraudState; labels visible only after the delay"},
+                 "preparation": "replayed in time order through FraudState; labels visible only after the delay" + (
+                     f"; investigators simulated: each day the top {cfg.review_per_day} cards by "
+                     f"{ranking.model_version}'s score get their true labels at the day's end + "
+                     f"{cfg.review_latency_s / 3600:g} h (dispositions, visible from then on)"
+                     if cfg.review_per_day > 0 else "")},
         "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "pos_weight": cfg.pos_weight,
                      "device": device, "mixed_precision": "bf16" if device.startswith("cuda") else "fp32",
                      "final_losses": [round(x, 4) for x in history], "prep_s": round(prep_s, 1),
@@ -369,8 +423,11 @@ def main() -> None:  # python -m models.train_fraud INPUT OUTPUT [preset] [epoch
     args = sys.argv[1:]
     cfg = TrainConfig(preset=args[2] if len(args) > 2 else "small", epochs=int(args[3]) if len(args) > 3 else 3,
                       baseline=len(args) <= 5 or args[5] != "nobaseline")
-    if len(args) > 4:
-        cfg.overrides = json.loads(args[4])
+    if len(args) > 4:  # model overrides, and training settings by name (e.g. "review_per_day": 100)
+        extra = json.loads(args[4])
+        for k in [k for k in extra if k in TrainConfig.__dataclass_fields__ and k != "overrides"]:
+            setattr(cfg, k, extra.pop(k))
+        cfg.overrides = extra
     res = run(Path(args[0]), Path(args[1]), cfg)
     print(json.dumps(res, indent=1))
 

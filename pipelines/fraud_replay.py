@@ -7,6 +7,13 @@ handed to the state right after the chunk is scored; the state shows a label to 
 transaction only `labels_delay_days` after the labelled transaction (as a bank learns of a
 chargeback about a week late), so no score ever sees its own label or a label "from the future".
 
+Investigators are simulated too (`review_per_day` K, default 100: the CP@100 budget): each day the K
+cards with the highest score that day get their true label for each of that day's transactions as a
+disposition decided at the day's end + `review_latency_s` (models/review_simulator.py); the state
+shows a disposition only to transactions at or after its decision time. Chunks never cross a UTC
+day, so a day's verdicts are in the state before the next day is scored. A checkpoint without review
+fields scores exactly as it would without them.
+
 Inputs: a handbook CSV(.gz) (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT
 [, TX_FRAUD]) or a Parquet file with the Argus columns (transaction_id, timestamp, customer_id,
 terminal_id, amount [, is_fraud]). Output Parquet columns: transaction_id, timestamp, customer_id,
@@ -38,6 +45,7 @@ class ReplayResult:
     model_version: str
     output: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    dispositions: int = 0  # simulated investigators' verdicts given to the state
 
     @property
     def tx_per_s(self) -> float:
@@ -89,18 +97,28 @@ def columns(frame: pl.DataFrame):
 def replay(input_path: Path, output: Path, checkpoint: Path | None = None, labels_delay_days: float | None = None,
            limit: int | None = None, chunk: int = 4096, alert_threshold: float = 0.5, review_threshold: float = 0.2,
            eval_start: str | None = None, eval_end: str | None = None, progress: bool = True,
-           threads: int | None = None) -> ReplayResult:
-    """Score `input_path` into `output` (Parquet); AP/AUC over [eval_start, eval_end) when labelled."""
+           threads: int | None = None, review_per_day: int = 100, review_latency_s: float = 3600.0,
+           device: str = "cpu") -> ReplayResult:
+    """Score `input_path` into `output` (Parquet); AP/AUC/CP@100 over [eval_start, eval_end) when labelled.
+    Simulated investigators (review_per_day > 0) need the file's labels."""
+    from models.review_simulator import day_chunks, review_day
+
     from models.fraud_scorer import FraudScorer
 
     frame = load_input(input_path, limit)
-    scorer = FraudScorer.load(checkpoint, threads=threads)
+    if review_per_day < 0 or not np.isfinite(review_latency_s) or review_latency_s < 0:
+        raise ReplayError("--review-per-day must be >= 0 and --review-latency a finite time >= 0")
+    scorer = FraudScorer.load(checkpoint, threads=threads, device=device)
     if frame.height == 0:
         raise ReplayError(f"{input_path} has no transactions")
     cols = columns(frame)
     labels = frame["label"].cast(pl.Boolean).to_numpy() if "label" in frame.columns else None
     state = scorer.new_state(**({} if labels_delay_days is None else {"labels_delay_days": labels_delay_days}))
     scores = np.empty(len(cols), np.float32)
+    reviewing = review_per_day > 0 and labels is not None
+    chunks = day_chunks(cols.ts, chunk) if reviewing else \
+        [np.arange(s, min(s + chunk, len(cols))) for s in range(0, len(cols), chunk)]
+    day_start, disposed = 0, 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -108,12 +126,19 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task("replay", total=len(cols), rate="")
-        for s in range(0, len(cols), chunk):
-            idx = np.arange(s, min(s + chunk, len(cols)))
+        for n, idx in enumerate(chunks):
             part = cols.take(idx)
             scores[idx] = scorer.probabilities(state.advance_columns(part))
             if labels is not None:  # known right after; visible to others only after the delay
                 state.apply_label_columns(part.transaction_id, labels[idx])
+            if reviewing and (n + 1 == len(chunks) or cols.ts[chunks[n + 1][0]] // 86400 != cols.ts[idx[0]] // 86400):
+                rows = np.arange(day_start, idx[-1] + 1)  # the day just scored
+                v = review_day(cols.ts[rows], [cols.transaction_id[i] for i in rows],
+                               [cols.customer_id[i] for i in rows], [cols.terminal_id[i] for i in rows],
+                               scores[rows], labels[rows], review_per_day, review_latency_s)
+                state.apply_dispositions(v.transaction_id, v.kind, v.decided_at, v.customer_id, v.terminal_id)
+                disposed += len(v)
+                day_start = idx[-1] + 1
             done = idx[-1] + 1
             bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):,.0f} tx/s")
     seconds = time.perf_counter() - t0
@@ -126,15 +151,16 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     out.write_parquet(output)
-    result = ReplayResult(rows=len(cols), seconds=seconds, model_version=scorer.model_version, output=output)
+    result = ReplayResult(rows=len(cols), seconds=seconds, model_version=scorer.model_version, output=output,
+                          dispositions=disposed)
     if labels is not None:
         result.metrics = evaluate(out, eval_start, eval_end)
     return result
 
 
 def evaluate(scored: pl.DataFrame, start: str | None = None, end: str | None = None) -> dict[str, Any]:
-    """AP and AUC-ROC over [start, end) (dates, UTC); default: the last 28 days of the data (the
-    validation weeks of the fraud model card)."""
+    """AP, AUC-ROC and Card Precision@100 over [start, end) (dates, UTC); default: the last 28 days of the
+    data (the validation weeks of the fraud model card)."""
     from models.extras import require
 
     sk_metrics = require("sklearn.metrics", "eval", "argus fraud replay (AP / AUC-ROC)")
@@ -156,9 +182,20 @@ def evaluate(scored: pl.DataFrame, start: str | None = None, end: str | None = N
     p = window["score"].to_numpy()
     if y.sum() == 0 or y.sum() == len(y):
         return {"window": [str(start_dt.date()), str(end_dt.date()) if end_dt else str(last.date())], "rows": len(y),
-                "frauds": int(y.sum()), "ap": None, "auc": None}
+                "frauds": int(y.sum()), "ap": None, "auc": None, "cp100": None}
     return {"window": [str(start_dt.date()), str(end_dt.date()) if end_dt else str(last.date())], "rows": len(y),
-            "frauds": int(y.sum()), "ap": float(average_precision_score(y, p)), "auc": float(roc_auc_score(y, p))}
+            "frauds": int(y.sum()), "ap": float(average_precision_score(y, p)), "auc": float(roc_auc_score(y, p)),
+            "cp100": card_precision(window)}
+
+
+def card_precision(scored: pl.DataFrame, k: int = 100) -> float:
+    """Card Precision@k: per UTC day, the k customers with the highest (max) score that day; the share of them
+    with a fraud that day (over k, as the handbook counts it); the mean over days."""
+    per_card = (scored.with_columns(pl.col("timestamp").dt.date().alias("day"))
+                .group_by("day", "customer_id").agg(pl.col("score").max(), pl.col("label").cast(pl.Int8).max()))
+    top = per_card.sort(["day", "score", "customer_id"], descending=[False, True, False]).group_by(
+        "day", maintain_order=True).head(k)
+    return float(top.group_by("day").agg((pl.col("label").sum() / k).alias("cp"))["cp"].mean())
 
 
 def _utc(value: str) -> datetime:

@@ -869,20 +869,41 @@ def fraud_replay_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Fraud checkpoint dir (default: shipped)."),
     eval_start: Optional[str] = typer.Option(None, "--eval-start", help="AP/AUC window start date (default: last 28 days)."),
     eval_end: Optional[str] = typer.Option(None, "--eval-end", help="AP/AUC window end date, exclusive."),
+    review_per_day: int = typer.Option(100, "--review-per-day", min=0,
+                                       help="Simulated investigators: the top K cards a day get their true labels "
+                                            "(0: none; needs a labelled file)."),
+    review_latency: str = typer.Option("1h", "--review-latency",
+                                       help="Verdicts this long after the day's end (e.g. 1h, 30m, 90s)."),
 ) -> None:
     """Score a whole file in time order through the stream's state + scorer (no broker)."""
     from pipelines.fraud_replay import replay
 
+    latency_s = _duration_s(review_latency, "--review-latency")
     r = replay(input_path, output, checkpoint=checkpoint, labels_delay_days=labels_delay_days, limit=limit,
-               eval_start=eval_start, eval_end=eval_end)
+               eval_start=eval_start, eval_end=eval_end, review_per_day=review_per_day, review_latency_s=latency_s)
     console.print(f"[green]scored[/] {r.rows:,} transactions in {r.seconds:.1f}s ({r.tx_per_s:,.0f} tx/s) "
                   f"with {r.model_version} -> {r.output}")
+    if review_per_day and r.metrics:
+        console.print(f"simulated investigators: top {review_per_day} cards a day, {r.dispositions:,} verdicts "
+                      f"{review_latency} after each day's end")
     if r.metrics:
         m = r.metrics
-        ap = "n/a" if m["ap"] is None else f"{m['ap']:.4f}"
-        auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
         console.print(f"window {m['window'][0]} .. {m['window'][1]}: {m['rows']:,} rows, {m['frauds']:,} frauds, "
-                      f"AP {ap}, AUC {auc}")
+                      f"AP {fmt(m['ap'])}, AUC {fmt(m['auc'])}, CP@100 {fmt(m['cp100'])}")
+
+
+def _duration_s(text: str, option: str) -> float:
+    """Seconds of '1h' / '30m' / '90s' / '2d' / a bare number of seconds; a clear error otherwise."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration like 1h, 30m or 90s", param_hint=option)
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 # --- demo -----------------------------------------------------------------------------------------

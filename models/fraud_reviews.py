@@ -1,0 +1,186 @@
+"""What investigators decided, per customer and per terminal: the fraud state's review memory.
+
+An investigator's disposition of a transaction (fraud / legitimate / unsure, decided at a time)
+is a different kind of feedback from a chargeback label: it comes hours after the alert, not a
+week, and only for the transactions someone reviewed. It is kept apart from the labels (its own
+arrays, its own features, its own windows) and is VISIBLE to a transaction at time t only when
+t >= decided_at. Visibility is computed at read time, so it never depends on when the
+disposition message arrived or on batch boundaries.
+
+Each key (a customer, a terminal) remembers at most `k` dispositions. Entries older than the
+key's window (plus a day, so a slightly out-of-order transaction still finds them) are dead as
+soon as the state's event-time clock passes them. When a key's live entries are full, the entry
+with the LATEST decision time is the one dropped (the newcomer included): a disposition decided
+after a transaction can therefore never push out one that transaction sees, so adding or changing
+a disposition from a transaction's future never changes that transaction's features.
+
+Per transaction id the latest visible decision stands (an investigator may dispose again: a
+transaction first marked fraud and later legitimate counts as fraud between the two decisions and
+as legitimate after). `unsure` is remembered (it supersedes an earlier verdict) but is counted in
+no feature.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DAY = 86400.0
+REVIEW_FRAUD, REVIEW_LEGIT, REVIEW_UNSURE = 1, 2, 3
+REVIEW_KINDS = {"fraud": REVIEW_FRAUD, "legitimate": REVIEW_LEGIT, "unsure": REVIEW_UNSURE}
+# A compromised card in the handbook's simulator stays compromised 14 days, a terminal 28: each key's
+# confirmed frauds count over that long.
+REVIEW_WINDOW_DAYS = {"customer": 14.0, "terminal": 28.0}
+REVIEW_MEMORY = 32  # dispositions remembered per key
+# Numeric review fields of the current transaction (the scorer reads them when its config says `reviews`).
+REVIEW_FIELDS = tuple(f"{who}_{what}" for who in ("customer", "terminal") for what in (
+    "reviewed_frauds", "days_since_reviewed_fraud", "reviewed_legit", "days_since_reviewed_legit"))
+
+
+def review_kind(value: str | int) -> int:
+    """REVIEW_* code of a disposition kind ("fraud" / "legitimate" / "unsure", or the code itself)."""
+    if isinstance(value, (int, np.integer)) and int(value) in REVIEW_KINDS.values():
+        return int(value)
+    kind = REVIEW_KINDS.get(str(getattr(value, "value", value)))
+    if kind is None:
+        raise ValueError(f"disposition kind {value!r} is not one of {', '.join(REVIEW_KINDS)}")
+    return kind
+
+
+class ReviewMemory:
+    """The dispositions of one kind of key (customers or terminals): up to `k` per key in dense rows."""
+
+    ARRAYS = ("decided", "kind", "txid")
+    FILL = dict(decided=np.nan, kind=0, txid=0)
+
+    def __init__(self, window_days: float, k: int = REVIEW_MEMORY, capacity: int = 256):
+        self.window_s = float(window_days) * DAY
+        self.k = int(k)
+        self.index: dict[str, int] = {}
+        self.names: list[str | None] = []
+        self.free: list[int] = []
+        self._alloc(capacity)
+
+    def _alloc(self, cap: int) -> None:
+        self.decided = np.full((cap, self.k), np.nan)
+        self.kind = np.zeros((cap, self.k), np.int8)
+        self.txid = np.zeros((cap, self.k), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, a).nbytes for a in self.ARRAYS)
+
+    @property
+    def horizon_s(self) -> float:
+        """How far behind the clock an entry is dead: the window and a day of out-of-order margin."""
+        return self.window_s + DAY
+
+    def _row(self, key: str) -> int:
+        j = self.index.get(key)
+        if j is not None:
+            return j
+        if self.free:
+            j = self.free.pop()
+            self.names[j] = key
+        else:
+            j = len(self.names)
+            self.names.append(key)
+            if j >= len(self.decided):
+                old = {a: getattr(self, a) for a in self.ARRAYS}
+                self._alloc(2 * len(self.decided))
+                for a, arr in old.items():
+                    getattr(self, a)[: len(arr)] = arr
+        self.index[key] = j
+        return j
+
+    def add(self, keys: Sequence[str], hashes: Sequence[int], kinds: Sequence[int], decided: Sequence[float],
+            clock: float) -> None:
+        """Remember dispositions (in message order). The same transaction decided at the same time again:
+        the later message's kind stands."""
+        for key, h, kind, at in zip(keys, hashes, kinds, decided):
+            j = self._row(key)
+            d, kd, tx = self.decided[j], self.kind[j], self.txid[j]
+            same = np.nonzero((tx == h) & (d == at))[0]
+            if len(same):
+                kd[same[0]] = kind
+                continue
+            dead = np.isnan(d) | (d < clock - self.horizon_s)
+            if dead.any():
+                s = int(np.argmax(dead))
+            else:  # full: the latest decision goes (the newcomer, or the newest we hold)
+                s = int(np.lexsort((tx, d))[-1])
+                if (at, h) > (d[s], tx[s]):
+                    continue
+            d[s], kd[s], tx[s] = at, kind, h
+
+    def features(self, keys: Sequence[str], ts: np.ndarray) -> np.ndarray:
+        """[B, 4]: confirmed frauds in the window, days since the latest one, confirmed legit, days since."""
+        B = len(keys)
+        out = np.zeros((B, 4), np.float64)
+        w_days = self.window_s / DAY
+        out[:, 1] = out[:, 3] = w_days
+        if not self.index or not B:
+            return out
+        idx = np.fromiter((self.index.get(k, -1) for k in keys), np.int64, B)
+        has = np.nonzero(idx >= 0)[0]
+        if not len(has):
+            return out
+        rows, t = idx[has], ts[has][:, None]
+        d, kd, tx = self.decided[rows], self.kind[rows], self.txid[rows]
+        known = ~np.isnan(d) & (d <= t)
+        # a later visible decision on the same transaction supersedes this one
+        later = (tx[:, :, None] == tx[:, None, :]) & known[:, None, :] & (d[:, None, :] > d[:, :, None])
+        stands = known & ~later.any(2) & (d >= t - self.window_s)
+        for col, code in ((0, REVIEW_FRAUD), (2, REVIEW_LEGIT)):
+            m = stands & (kd == code)
+            n = m.sum(1)
+            latest = np.where(m, d, -np.inf).max(1)
+            out[has, col] = n
+            out[has, col + 1] = np.where(n > 0, (ts[has] - latest) / DAY, w_days)
+        return out
+
+    def sweep(self, clock: float) -> None:
+        """Forget entries past the horizon and free the rows left empty (changes no answer, only memory)."""
+        if not self.index:
+            return
+        n = len(self.names)
+        dead = self.decided[:n] < clock - self.horizon_s
+        self.decided[:n][dead] = np.nan
+        self.kind[:n][dead] = 0
+        self.txid[:n][dead] = 0
+        empty = np.isnan(self.decided[:n]).all(1)
+        for j in np.nonzero(empty)[0].tolist():
+            name = self.names[j]
+            if name is not None:
+                del self.index[name]
+                self.names[j] = None
+                self.free.append(j)
+
+    # -- snapshot helpers ------------------------------------------------------------------------
+    def export(self, keys: Iterable[str] | None) -> tuple[list[str], dict[str, np.ndarray]]:
+        names = [k for k in self.names if k is not None] if keys is None else [k for k in keys if k in self.index]
+        rows = np.array([self.index[k] for k in names], np.int64)
+        return names, {a: getattr(self, a)[rows] for a in self.ARRAYS}
+
+    def merge(self, names: list[str], arrays: dict[str, np.ndarray]) -> None:
+        if not names:
+            return
+        k = arrays["decided"].shape[1]
+        if k != self.k:
+            raise ValueError(f"snapshot review memory holds {k} dispositions per key, this state {self.k}")
+        for i, name in enumerate(names):
+            j = self._row(name)
+            for a in self.ARRAYS:
+                getattr(self, a)[j] = arrays[a][i]
+
+
+def review_features(customer: np.ndarray, terminal: np.ndarray) -> np.ndarray:
+    """Scaled REVIEW_FIELDS columns from the two memories' raw [B, 4] features."""
+    cols = []
+    for raw in (customer, terminal):
+        cols += [np.minimum(raw[:, 0], 8) / 4.0, np.log1p(raw[:, 1]) / 4.0,
+                 np.minimum(raw[:, 2], 8) / 4.0, np.log1p(raw[:, 3]) / 4.0]
+    return np.stack(cols, axis=-1).astype(np.float32)

@@ -226,3 +226,87 @@ def test_the_no_look_ahead_check_can_fail():
     base, _, _ = stream(evs, [])
     seen, _, _ = stream(evs, [(0, "fraud", 0.5)])
     assert scores(seen.take(np.array([1]))).tobytes() != scores(base.take(np.array([1]))).tobytes()
+
+
+# --- the scorer: review fields behind the config ---------------------------------------------------------
+
+def test_a_checkpoint_without_review_fields_scores_exactly_as_before(tmp_path):
+    """An old config (no review_fields key) loads strictly and ignores review_num; a new one reads it."""
+    from models.checkpoint import save_task_model
+    from models.fraud_scorer import FraudModel, FraudModelConfig, FraudScorer
+
+    torch.manual_seed(0)
+    old = FraudModel(FraudModelConfig.from_preset("tiny", customer_history=3, terminal_history=3))
+    cfg = old.config.to_dict()
+    cfg.pop("review_fields"), cfg.pop("strict_windows")  # as written before the review loop
+    save_task_model(tmp_path / "old", old, {"task": "fraud", "model_version": "old", "fraud": cfg}, dtype=None)
+    scorer = FraudScorer.load(tmp_path / "old")
+    assert scorer.config.review_fields == [] and not scorer.new_state().strict_windows
+    ctx, _, _ = stream([(0, 0, 0.0, 50.0, True), (0, 0, 1.0, 50.0, False)], [(0, "fraud", 0.5)])
+    blank = ctx.take(np.arange(2))
+    blank.review_num = np.zeros_like(blank.review_num)
+    assert scorer.probabilities(ctx).tobytes() == scorer.probabilities(blank).tobytes()
+    new = FraudScorer(MODEL, "new")
+    assert new.probabilities(ctx)[1] != new.probabilities(blank)[1]
+    assert new.new_state().strict_windows
+
+
+def test_reasons_name_the_review_fields():
+    from models.fraud_scorer import FraudScorer
+    from pipelines.contracts import Transaction
+
+    scorer = FraudScorer(MODEL, "new")
+    state = scorer.new_state()
+    from datetime import datetime, timezone
+
+    t = datetime.fromtimestamp(T0, timezone.utc)
+    state.apply_dispositions(["old"], ["fraud"], [T0 - 3600], ["c1"], ["t1"])
+    tx = Transaction(transaction_id="x", timestamp=t, customer_id="c1", terminal_id="t1", amount=30.0)
+    out = scorer.score([tx], state, review_threshold=0.0, explain_top_k=60)
+    feats = {r.feature for r in out[0].reasons}
+    assert set(REVIEW_FIELDS) <= feats
+
+
+# --- the simulated investigators -----------------------------------------------------------------------
+
+day_rows = st.lists(st.tuples(st.integers(0, 30), st.floats(0, 86399.9, allow_nan=False),
+                              st.floats(0, 1, allow_nan=False), st.booleans()), min_size=1, max_size=80)
+
+
+@settings(max_examples=60, deadline=None)
+@given(day_rows, st.integers(0, 40), st.floats(0, 3 * 86400, allow_nan=False))
+def test_the_simulated_investigators_never_reveal_a_label_before_decided_at(rows, k, latency):
+    """Verdicts come after the whole day (and the latency), cover exactly the top-k cards' transactions of
+    that day, and tell the truth; the state shows none of them before decided_at."""
+    from models.review_simulator import DAY as D
+    from models.review_simulator import review_day
+
+    day0 = 17700 * D
+    ts = np.array([day0 + r[1] for r in rows])
+    ids = [f"x{i}" for i in range(len(rows))]
+    cust = [f"c{r[0]}" for r in rows]
+    scores_ = np.array([r[2] for r in rows])
+    fraud = np.array([r[3] for r in rows])
+    v = review_day(ts, ids, cust, [f"t{r[0] % 3}" for r in rows], scores_, fraud, k, latency)
+    assert (v.decided_at >= ts.max()).all() and (v.decided_at == day0 + D + latency).all()
+    best = {}
+    for c, s in zip(cust, scores_):
+        best[c] = max(best.get(c, -1), s)
+    chosen = set(sorted(best, key=lambda c: (-best[c], c))[:k])
+    assert set(v.transaction_id) == {i for i, c in zip(ids, cust) if c in chosen}
+    truth = dict(zip(ids, fraud))
+    assert all((kind == "fraud") == truth[i] for i, kind in zip(v.transaction_id, v.kind))
+    state = FraudState()
+    state.apply_dispositions(v.transaction_id, v.kind, v.decided_at, v.customer_id, v.terminal_id)
+    for c in set(v.customer_id):
+        early = state.context_columns(cols(["p"], [day0 + D + latency - 1e-3], [c], ["t0"]))
+        assert not early.review_num[:, [0, 2]].any()  # no count before decided_at
+
+
+def test_the_simulator_refuses_a_mixed_day_and_a_negative_latency():
+    from models.review_simulator import review_day
+
+    with pytest.raises(ValueError, match="one UTC day"):
+        review_day(np.array([0.0, 86400.0]), ["a", "b"], ["c", "c"], ["t", "t"], np.ones(2), np.zeros(2), 1, 0)
+    with pytest.raises(ValueError, match="latency"):
+        review_day(np.array([0.0]), ["a"], ["c"], ["t"], np.ones(1), np.zeros(1), 1, -1)

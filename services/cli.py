@@ -637,6 +637,11 @@ def train_fraud_cmd(
     batch_size: int = typer.Option(1024, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also fit the LightGBM handbook baseline."),
+    review_per_day: int = typer.Option(0, "--review-per-day", min=0,
+                                       help="Simulated investigators: the top K cards a day (by --ranker) get their "
+                                            "true labels; the model reads their verdicts (0: off)."),
+    review_latency: str = typer.Option("1h", "--review-latency", help="Verdicts this long after the day's end."),
+    ranker: Optional[Path] = typer.Option(None, "--ranker", help="Checkpoint ranking the cards (default: shipped)."),
 ) -> None:
     """Train the MoE fraud scorer (streaming-safe features, time split with a label-delay gap) next to LightGBM."""
     from rich.table import Table
@@ -648,7 +653,9 @@ def train_fraud_cmd(
     settings = get_settings()
     out = output or settings.home / "checkpoints" / f"fraud-{preset}"
     cfg = TrainConfig(preset=preset, epochs=epochs, seed=seed, max_rows=max_rows, batch_size=batch_size, device=device,
-                      baseline=baseline, labels_delay_days=settings.fraud.labels_delay_days)
+                      baseline=baseline, labels_delay_days=settings.fraud.labels_delay_days,
+                      review_per_day=review_per_day, review_latency_s=_duration_s(review_latency, "--review-latency"),
+                      ranker=None if ranker is None else str(ranker))
     try:
         result = run(input_path, out, cfg, progress=True, log=console.print)
     except TrainDataError as exc:

@@ -498,10 +498,8 @@ def render_html(report: FraudReport) -> str:
              "<h2>At the review and alert thresholds</h2>",
              "<p class='note'>A transaction is flagged when its score is at or above the threshold.</p>", thresholds,
              "<h2>Calibration</h2>", f"<img alt='reliability diagram' src='data:image/png;base64,{figs['calibration']}'>",
-             _table(["model", "Brier", "ECE", *[f"bin {i + 1} n / score / rate" for i in range(CALIBRATION_BINS)]],
-                    [[e.name, e.calibration["brier"], e.calibration["ece"],
-                      *[f"{n:,} / {_fmt(m)} / {_fmt(r)}" for n, m, r in zip(e.calibration["counts"], e.calibration["mean_score"],
-                                                                           e.calibration["fraud_rate"])]] for e in evals])]
+             _table(["model", "Brier", "ECE"], [[e.name, e.calibration["brier"], e.calibration["ece"]] for e in evals]),
+             _calibration_table(evals)]
     if "kinds" in figs:
         kinds = list(report.model.per_kind or {})
         parts += ["<h2>Recall per fraud kind at 1% flagged</h2>",
@@ -517,6 +515,16 @@ def render_html(report: FraudReport) -> str:
                      [[str(d), *[_cp_on(e, d) for e in evals]] for d in days["day"].to_list()]),
               "</body></html>"]
     return "".join(parts)
+
+
+def _calibration_table(evals: list[Evaluation]) -> str:
+    """One row per score bin: each model's transactions, mean score and fraud rate in it."""
+    edges = evals[0].calibration["edges"]
+    headers = ["score bin", *[f"{h} ({e.name})" for e in evals for h in ("transactions", "mean score", "fraud rate")]]
+    rows = [[f"{lo:.1f}-{hi:.1f}", *[v for e in evals for v in (e.calibration["counts"][i], e.calibration["mean_score"][i],
+                                                                e.calibration["fraud_rate"][i])]]
+            for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+    return _table(headers, rows)
 
 
 def _cp_on(e: Evaluation, day: Any) -> float | None:

@@ -159,6 +159,7 @@ def test_report_beside_a_baseline_through_the_cli(tmp_path):
     assert m.at_review["recall"] >= m.at_alert["recall"]
     for day in m.cp_per_day["day"].to_list():
         assert str(day) in page
+    assert "0.9-1.0" in page and "fraud rate (lightgbm)" in page  # the reliability table, bin by bin, both models
 
 
 def test_labels_from_a_handbook_csv_or_parquet_and_a_window(tmp_path):

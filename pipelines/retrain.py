@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -87,11 +88,26 @@ def retrain(store: Store, input_path: Path, output_root: Path, *, window_days: i
     load = load or (lambda path: FraudScorer.load(Path(path), device="cpu"))
     registry = ModelRegistry(store, load)
     try:
-        df = read_handbook(Path(input_path))
+        with warnings.catch_warnings():  # pandas' date-format guesses: a bad date fails below in one line
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            df = read_handbook(Path(input_path))
+        df["TX_AMOUNT"] = pd.to_numeric(df["TX_AMOUNT"], errors="raise").astype(np.float64)
+        df["TX_FRAUD"] = pd.to_numeric(df["TX_FRAUD"], errors="raise")
     except TrainDataError as exc:
         raise RetrainError(str(exc)) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, OverflowError, IndexError, KeyError) as exc:  # e.g. no rows at all
         raise RetrainError(f"cannot read {input_path}: {one_line(exc, 200)}") from None
+    if not df.empty:
+        bad = [name for name, ok in (
+            ("TX_FRAUD must be 0 or 1", df["TX_FRAUD"].isin([0, 1]).all()),
+            ("TX_AMOUNT must be finite and >= 0", bool(np.isfinite(df["TX_AMOUNT"]).all() and (df["TX_AMOUNT"] >= 0).all())),
+            ("TX_DATETIME must be set", not df["TX_DATETIME"].isna().any()),
+            ("TRANSACTION_ID, CUSTOMER_ID and TERMINAL_ID must be set",
+             not df[["TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"]].isna().any().any())) if not ok]
+        if bad:
+            raise RetrainError(f"{Path(input_path).name}: {'; '.join(bad)}")
+        df["TX_FRAUD"] = df["TX_FRAUD"].astype(np.int64)
     if df.empty:
         raise RetrainError(f"{input_path} has no transactions")
     last_day = int(df["DAY"].max())

@@ -3,11 +3,14 @@ and the simulator's drift option."""
 
 from __future__ import annotations
 
+import csv
 from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipelines.model_registry import CHALLENGER, CHAMPION, ModelRegistry
@@ -108,3 +111,31 @@ def test_simulator_switches_typology_mix_mid_stream():
     with pytest.raises(ValueError, match="unknown typology mix"):
         SimulatorConfig(mix="nope")
     assert set(MIXES) == {"all", "large_amounts", "normal_amounts"}
+
+
+cells = st.one_of(st.none(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=40),
+                  st.sampled_from(["2018-04-01 00:00:00", "2018-13-45 99:99:99", "1", "-1", "nan", "inf", "1e308"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(st.fixed_dictionaries({c: cells for c in ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID",
+                                                                "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")}),
+                     max_size=30),
+       raw=st.binary(max_size=300))
+def test_hostile_input_files_are_one_line_errors(sqlite_url, tmp_path_factory, rows, raw):
+    """Random cells under the right header, and random bytes: a RetrainError in one line, nothing registered."""
+    store = Store.from_url(sqlite_url)
+    store.create_schema()
+    folder = tmp_path_factory.mktemp("hostile")
+    header = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]
+    with open(folder / "rows.csv", "w", newline="", encoding="utf-8", errors="surrogatepass") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([["" if r[c] is None else str(r[c]) for c in header] for r in rows])
+    (folder / "raw.csv").write_bytes(raw)
+    for name in ("rows.csv", "raw.csv"):
+        with pytest.raises(RetrainError) as info:
+            retrain(store, folder / name, folder / "m", window_days=2, eval_days=1, epochs=1, max_train_rows=64)
+        assert "\n" not in str(info.value)
+    assert ModelRegistry(store).list() == []
+    store.close()

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines.contracts import FraudScore, Report, ReportSummary, Transaction
 from pipelines.validation import (
@@ -189,3 +191,29 @@ def test_fast_engine_matches_gx():
         assert 0 < len(gx_result.failures) < 300  # the data exercises both outcomes
     with pytest.raises(ValueError, match="unknown validation engine"):
         validate_reports(reports, engine="turbo")
+
+
+_odd_text = st.one_of(st.none(), st.text(alphabet=st.sampled_from(["a", " ", "\t", "\x1c", "\u2028", "\xa0", "\u3000",
+                                                                     "\x85", "é", "\x00"]), max_size=4),
+                      st.integers(), st.floats(allow_nan=True, allow_infinity=True))
+_odd_number = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20),
+                        st.booleans(), st.text(max_size=3), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.fixed_dictionaries({
+    "transaction_id": _odd_text, "customer_id": _odd_text, "terminal_id": _odd_text, "amount": _odd_number,
+    "timestamp": st.one_of(st.none(), st.sampled_from(["2018-04-01T00:00:31Z", "2999-01-01T00:00:00Z", "junk", ""]),
+                           st.datetimes(), st.integers())}), min_size=1, max_size=12),
+       scores=st.lists(st.fixed_dictionaries({
+           "transaction_id": _odd_text, "model_version": _odd_text, "score": _odd_number,
+           "decision": st.one_of(st.none(), st.sampled_from(["approve", "review", "decline", "x", ""]), st.integers())}),
+           min_size=1, max_size=12))
+def test_fast_engine_matches_gx_on_any_values(rows, scores):
+    """The numpy engine the stream runs fails exactly the rows GX fails, with the same reasons."""
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for run in (lambda e: validate_transactions(rows, now=now, max_amount=1e6, engine=e),
+                lambda e: validate_scores(scores, alert_threshold=0.5, review_threshold=0.2, engine=e)):
+        gx_result, fast_result = run("gx"), run("fast")
+        assert fast_result.good_rows == gx_result.good_rows
+        assert fast_result.failures == gx_result.failures

@@ -5,11 +5,16 @@ temporary SQLite file), and the stream job in a separate process (the same `Frau
 consumer actor runs; one consumer). A paced producer sends N transactions at --rate tx/s, recording
 each one's send time; the job records the time it COMMITTED each batch (after the store write and
 the alerts flush). Latency = commit time - send time, per transaction; throughput = transactions /
-(last commit - first send).
+(last commit - first send). Alert latency = the time a reader of the alerts topic (librdkafka, in this
+process) received the alert - the transaction's send time.
 
     python benchmarks/stream_fraud.py --rate 8000 --n 60000             # sustained throughput
     python benchmarks/stream_fraud.py --rate 2000 --n 20000             # latency at 2,000 tx/s
     python benchmarks/stream_fraud.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python benchmarks/stream_fraud.py --rate 500 --n 10000 --pg-url ...   # alerts on the alerts topic at 500 tx/s
+
+Each figure is printed beside its target and anchor (issue 14) and the load average at the start and
+end of the run (the machine is shared: compare runs only with their load).
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
 ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr;
@@ -83,6 +88,58 @@ def _step_means(job) -> dict[str, float]:
     return {k: round(1000 * v[0] / v[1], 2) for k, v in sums.items() if v[1]}
 
 
+#: The issue's targets and the public anchors each figure is printed beside.
+ANCHORS = {
+    "throughput": "target >= 20,000 tx/s with 2 consumers, producer included (issue 14); one core runs streaming "
+                  "handbook features + XGBoost in micro-batches of 1,000 at 16,600 tx/s",
+    "latency": "target produce-to-commit p99 <= 250 ms at 2,000 tx/s (issue 14); Feedzai Railgun p99.9 < 250 ms "
+               "at 1M events/s",
+    "alerts": "target alerts-topic p99 <= 100 ms at 500 tx/s (issue 14); Stripe Radar decides in < 100 ms",
+}
+
+
+class AlertReader:
+    """Reads the alerts topic on a thread (librdkafka: its fetches run off the GIL) and records when
+    each transaction's alert arrived."""
+
+    def __init__(self, settings, topic: str):
+        import threading
+
+        from confluent_kafka import Consumer
+
+        from pipelines.kafka_io import librdkafka_security
+
+        self.topic, self.seen = topic, {}
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                                  "group.id": f"bench-alerts-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log.connection.close": False,
+                                  **librdkafka_security(settings)})
+        self.consumer.subscribe([topic])
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for msg in self.consumer.consume(num_messages=500, timeout=0.05):
+                if msg.error() is None:
+                    self.seen.setdefault(json.loads(msg.value())["transaction_id"], time.time())
+
+    def close(self) -> dict[str, float]:
+        time.sleep(1.0)  # the last batch's alerts
+        self.stop.set()
+        self.thread.join(5)
+        self.consumer.close()
+        return self.seen
+
+
+def _percentiles(ms: np.ndarray) -> dict[str, float] | None:
+    if not len(ms):
+        return None
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
+            "p99": round(float(np.percentile(ms, 99)), 1), "max": round(float(ms.max()), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=2000.0, help="target produce rate, tx/s")
@@ -115,12 +172,14 @@ def main() -> None:
     else:
         store_url = f"sqlite:///{tmp / 'bench.db'}"
     base = Settings()
+    load_start = os.getloadavg()
     try:
         with embedded_broker(base, port=0, partitions=args.partitions) as bootstrap:
             settings = with_bootstrap(base, bootstrap)
             topics = {"transactions_topic": "bench.tx", "labels_topic": "bench.labels", "alerts_topic": "bench.alerts",
                       "dead_letter_topic": "bench.dlq"}
             create_topics(bootstrap, list(topics.values()), args.partitions)
+            alerts_reader = AlertReader(settings, topics["alerts_topic"])
             txs = transactions(args.n + 200, customers=4990, terminals=10000, seed=11, prefix="bench")
             payloads = [(t.customer_id.encode(), t.to_json(), t.transaction_id) for t in txs]
             warm, payloads = payloads[:200], payloads[200:]
@@ -161,6 +220,7 @@ def main() -> None:
             for proc in procs:
                 proc.join(600)
             results = [json.loads(Path(o).read_text()) for o in outs]
+            alert_seen = alerts_reader.close()
     finally:
         if schema:
             from sqlalchemy import create_engine, text
@@ -176,18 +236,29 @@ def main() -> None:
                 lat.append(t - sent_at[tid])
                 last_commit = max(last_commit, t)
     lat_ms = np.array(lat) * 1000
+    alert_ms = np.array([(t - sent_at[tid]) * 1000 for tid, t in alert_seen.items() if tid in sent_at])
+    throughput = round(len(lat) / (last_commit - t0)) if lat else 0
+    load_end = os.getloadavg()
     report = {
         "n": len(payloads), "target_rate": args.rate, "produced_rate": round(len(payloads) / produce_s),
-        "committed": len(lat), "throughput_tx_s": round(len(lat) / (last_commit - t0)) if lat else 0,
-        "latency_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 1), "p95": round(float(np.percentile(lat_ms, 95)), 1),
-                       "p99": round(float(np.percentile(lat_ms, 99)), 1), "max": round(float(lat_ms.max()), 1)} if lat else None,
+        "committed": len(lat), "throughput_tx_s": throughput,
+        "latency_ms": _percentiles(lat_ms),
+        "alerts": len(alert_ms), "alert_latency_ms": _percentiles(alert_ms),
         "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "consumers": args.consumers, "producer": args.producer,
         "job_counts": [r["counts"] for r in results],
         "job_steps_ms": [r.get("steps_ms", {}) for r in results],
-        "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
+        "loadavg_1m": load_end[0], "loadavg_start_1_5_15": [round(x, 2) for x in load_start],
+        "loadavg_end_1_5_15": [round(x, 2) for x in load_end], "cpus": os.cpu_count(),
     }
     print(json.dumps(report, indent=1))
+    load = f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end ({os.cpu_count()} cpus)"
+    lp, ap = report["latency_ms"] or {}, report["alert_latency_ms"] or {}
+    print(f"throughput {throughput:,} tx/s at {args.rate:,.0f} tx/s offered, {args.consumers} consumer(s), "
+          f"{report['store']}  |  {ANCHORS['throughput']}  |  {load}")
+    print(f"produce-to-commit p50 {lp.get('p50')} / p99 {lp.get('p99')} ms  |  {ANCHORS['latency']}  |  {load}")
+    print(f"alerts topic ({len(alert_ms)} alerts) p50 {ap.get('p50')} / p99 {ap.get('p99')} ms  |  {ANCHORS['alerts']}"
+          f"  |  {load}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ one core). `FastFraudForward` computes the same logits with:
 * the last layer's attention for the current transaction's token only, in MLA's absorbed form
   (scores and values over the 32-wide latent, so the kv up-projection of the history tokens is
   never materialised);
-* routed experts by sorting the (token, expert) pairs once and one matmul pair per expert.
+* routed experts by sorting the (token, expert) pairs once and one matmul pair per expert;
+* a large batch in passes of `CHUNK` transactions, so the activations stay in cache.
 
 Everything is derived from the model at construction (the backbone's `DeepseekV3Config` and the
 weights of its modules, the embedding through `FraudModel.embed`): a checkpoint with other input
@@ -27,6 +28,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+#: Transactions per pass: a pass's activations (~16 tokens x width 64 x 4 B each) then stay in the
+#: core's L2 through the ~60 elementwise ops. Measured on one core at batch 1,024 (thread CPU time):
+#: all at once 65 us a transaction, 256 at a time 50, 128 53, 64 66.
+CHUNK = 256
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -134,6 +141,12 @@ class FastFraudForward:
 
     @torch.inference_mode()
     def logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = next(iter(t.values())).shape[0]
+        if n <= CHUNK:
+            return self._logits(t)
+        return torch.cat([self._logits({k: v[i:i + CHUNK] for k, v in t.items()}) for i in range(0, n, CHUNK)])
+
+    def _logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         h = self.model.embed(t)  # [B, T, H]
         cos, sin, mask = self.rope(h)
         for layer in self.layers[:-1]:

@@ -135,3 +135,11 @@ def test_tiny_batches(shipped, n):
     scorer = shipped
     t = context_tensors(_ctx(scorer, 2 * n, n))
     torch.testing.assert_close(scorer.cpu_forward().logits(t), reference(scorer.model, t), atol=ATOL, rtol=0)
+
+
+def test_a_batch_larger_than_a_pass_is_scored_in_pieces(shipped, monkeypatch):
+    import models.fraud_fast_forward as fff
+
+    monkeypatch.setattr(fff, "CHUNK", 16)
+    t = context_tensors(_ctx(shipped, 100, 4))  # 50 rows: passes of 16, 16, 16, 2
+    torch.testing.assert_close(shipped.cpu_forward().logits(t), reference(shipped.model, t), atol=ATOL, rtol=0)

@@ -14,7 +14,9 @@ process) received the alert - the transaction's send time.
     python benchmarks/stream_fraud.py --rate 500 --n 10000 --pg-url ...   # alerts on the alerts topic at 500 tx/s
 
 Each figure is printed beside its target and anchor (issue 14) and the load average at the start and
-end of the run (the machine is shared: compare runs only with their load).
+end of the run (the machine is shared: compare runs only with their load). `job_cpu_us_per_tx` (the
+jobs' CPU time per transaction, poll to commit) is the steadier figure for comparing two versions on
+a loaded machine.
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
 ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr;
@@ -56,7 +58,9 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, ou
     def on_batch(j) -> None:
         # on_batch runs after the store write, the alerts flush and the commit of that batch
         out = j.last_output
-        commits.append((time.time(), [r["transaction_id"] for r in out.score_rows] if out is not None else []))
+        # with the job's CPU time (all its threads): CPU per transaction compares runs on a loaded machine
+        commits.append((time.time(), [r["transaction_id"] for r in out.score_rows] if out is not None else [],
+                        time.process_time()))
         if not ready.is_set():
             ready.set()
 
@@ -229,12 +233,18 @@ def main() -> None:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         shutil.rmtree(tmp, ignore_errors=True)
 
-    lat, last_commit = [], 0.0
-    for t, ids in [c for r in results for c in r["commits"]]:
-        for tid in ids:
-            if tid in sent_at:
-                lat.append(t - sent_at[tid])
-                last_commit = max(last_commit, t)
+    lat, last_commit, cpu_s, cpu_n = [], 0.0, 0.0, 0
+    for r in results:
+        cpu_before = None
+        for t, ids, cpu in r["commits"]:
+            measured = sum(1 for tid in ids if tid in sent_at)
+            if measured and cpu_before is not None:  # the CPU the job spent since its previous batch
+                cpu_s, cpu_n = cpu_s + cpu - cpu_before, cpu_n + len(ids)
+            cpu_before = cpu
+            for tid in ids:
+                if tid in sent_at:
+                    lat.append(t - sent_at[tid])
+                    last_commit = max(last_commit, t)
     lat_ms = np.array(lat) * 1000
     alert_ms = np.array([(t - sent_at[tid]) * 1000 for tid, t in alert_seen.items() if tid in sent_at])
     throughput = round(len(lat) / (last_commit - t0)) if lat else 0
@@ -242,6 +252,8 @@ def main() -> None:
     report = {
         "n": len(payloads), "target_rate": args.rate, "produced_rate": round(len(payloads) / produce_s),
         "committed": len(lat), "throughput_tx_s": throughput,
+        # the jobs' CPU (poll to commit, all steps) per transaction: steadier than rates on a shared machine
+        "job_cpu_us_per_tx": round(1e6 * cpu_s / cpu_n, 1) if cpu_n else None,
         "latency_ms": _percentiles(lat_ms),
         "alerts": len(alert_ms), "alert_latency_ms": _percentiles(alert_ms),
         "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
@@ -255,7 +267,8 @@ def main() -> None:
     load = f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end ({os.cpu_count()} cpus)"
     lp, ap = report["latency_ms"] or {}, report["alert_latency_ms"] or {}
     print(f"throughput {throughput:,} tx/s at {args.rate:,.0f} tx/s offered, {args.consumers} consumer(s), "
-          f"{report['store']}  |  {ANCHORS['throughput']}  |  {load}")
+          f"{report['store']}; job CPU {report['job_cpu_us_per_tx']} us a transaction  |  {ANCHORS['throughput']}  |  "
+          f"{load}")
     print(f"produce-to-commit p50 {lp.get('p50')} / p99 {lp.get('p99')} ms  |  {ANCHORS['latency']}  |  {load}")
     print(f"alerts topic ({len(alert_ms)} alerts) p50 {ap.get('p50')} / p99 {ap.get('p99')} ms  |  {ANCHORS['alerts']}"
           f"  |  {load}")

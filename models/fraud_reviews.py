@@ -116,31 +116,38 @@ class ReviewMemory:
                     continue
             d[s], kd[s], tx[s] = at, kind, h
 
-    def features(self, keys: Sequence[str], ts: np.ndarray) -> np.ndarray:
-        """[B, 4]: confirmed frauds in the window, days since the latest one, confirmed legit, days since."""
+    def features(self, keys: Sequence[str], ts: np.ndarray, events: np.ndarray | None = None):
+        """([B, 4], [B, E] or None): confirmed frauds in the window, days since the latest one, confirmed legit,
+        days since; and, for `events` (transaction id hashes [B, E] of the key's history slots), the verdict
+        standing on each at ts (0 none / REVIEW_FRAUD / REVIEW_LEGIT; unsure reads as none)."""
         B = len(keys)
         out = np.zeros((B, 4), np.float64)
+        verdict = None if events is None else np.zeros(events.shape, np.int64)
         w_days = self.window_s / DAY
         out[:, 1] = out[:, 3] = w_days
         if not self.index or not B:
-            return out
+            return out, verdict
         idx = np.fromiter((self.index.get(k, -1) for k in keys), np.int64, B)
         has = np.nonzero(idx >= 0)[0]
         if not len(has):
-            return out
+            return out, verdict
         rows, t = idx[has], ts[has][:, None]
         d, kd, tx = self.decided[rows], self.kind[rows], self.txid[rows]
         known = ~np.isnan(d) & (d <= t)
         # a later visible decision on the same transaction supersedes this one
         later = (tx[:, :, None] == tx[:, None, :]) & known[:, None, :] & (d[:, None, :] > d[:, :, None])
-        stands = known & ~later.any(2) & (d >= t - self.window_s)
+        current = known & ~later.any(2)
+        stands = current & (d >= t - self.window_s)
+        if events is not None:
+            hit = (events[has][:, :, None] == tx[:, None, :]) & (current & (kd != REVIEW_UNSURE))[:, None, :]
+            verdict[has] = np.where(hit, kd[:, None, :], 0).max(2)
         for col, code in ((0, REVIEW_FRAUD), (2, REVIEW_LEGIT)):
             m = stands & (kd == code)
             n = m.sum(1)
             latest = np.where(m, d, -np.inf).max(1)
             out[has, col] = n
             out[has, col + 1] = np.where(n > 0, (ts[has] - latest) / DAY, w_days)
-        return out
+        return out, verdict
 
     def sweep(self, clock: float) -> None:
         """Forget entries past the horizon and free the rows left empty (changes no answer, only memory)."""

@@ -121,6 +121,7 @@ class FraudModel(nn.Module):
 
                 raise ModelError(f"checkpoint review fields {config.review_fields} are not this state's {list(REVIEW_FIELDS)}")
             self.review_num = nn.Linear(len(config.review_fields), h)
+            self.hist_review = nn.Embedding(3, h)  # the verdict on each history event: none / fraud / legit
         self.label = nn.Embedding(4, h)
         self.customer_id = nn.Embedding(ID_BUCKETS, h)
         self.terminal_id = nn.Embedding(ID_BUCKETS, h)
@@ -149,7 +150,8 @@ class FraudModel(nn.Module):
             cur_id = self.customer_id.weight.new_zeros((cp.shape[0], 1, h))
         return {
             "hist_num": self.hist_num(t["hist_num"]),
-            "hist_label": self.label(t["hist_label"]),
+            "hist_label": self.label(t["hist_label"]) + (self.hist_review(t["hist_review"])
+                                                         if self.config.review_fields else 0),
             "hist_id": cp_emb,
             "cur_num": self.current_num(t).unsqueeze(1),
             "cur_id": cur_id,
@@ -192,7 +194,7 @@ class FraudModel(nn.Module):
 
 def context_tensors(ctx: FraudContext, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(getattr(ctx, k))).to(device)
-            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids", "review_num")}
+            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids", "review_num", "hist_review")}
 
 
 def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5) -> list[list[tuple[str, str, int, float]]]:
@@ -372,6 +374,7 @@ def _detail(ctx: FraudContext, row: int, source: str, feature: str, i: int) -> s
             return f"{feature}={float(ctx.review_num[row, REVIEW_FIELDS.index(feature)]):.3f} (scaled)"
         return "hashed customer/terminal ids"
     label = {LABEL_FRAUD: "known fraud", LABEL_LEGIT: "known legit"}.get(int(ctx.hist_label[row, i]), "no label yet")
+    label += {1: ", reviewed: fraud", 2: ", reviewed: legitimate"}.get(int(ctx.hist_review[row, i]), "")
     if int(ctx.hist_label[row, i]) == 0:
         return "no event (empty history slot)"
     return f"amount {float(ctx.hist_amount[row, i]):.2f}, {float(ctx.hist_age_s[row, i]) / 86400:.1f} days before, {label}"

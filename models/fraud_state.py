@@ -150,6 +150,7 @@ class FraudContext:
     hist_amount: np.ndarray  # float32 [B, N+M]
     hist_age_s: np.ndarray  # float32 [B, N+M]
     review_num: np.ndarray  # float32 [B, len(REVIEW_FIELDS)] what investigators decided (models/fraud_reviews.py)
+    hist_review: np.ndarray  # int64 [B, N+M] the verdict standing on each history event (0 none, 1 fraud, 2 legit)
 
     def __len__(self) -> int:
         return self.cur_num.shape[0]
@@ -875,6 +876,7 @@ class FraudState:
             ev_amount = np.where(valid, rings.amount[r, slots], 0.0)
             ev_gap = np.where(valid, rings.gap[r, slots], -1.0)
             ev_cp = rings.counterpart[r, slots]
+            ev_tx = np.where(valid, rings.txid[r, slots], 0)
             raw_label = rings.label[r, slots]
             visible = ts[:, None] >= ev_t + self.delay_s
             label = np.where(~valid, LABEL_EMPTY, np.where(~visible | (raw_label < 0), LABEL_UNKNOWN,
@@ -886,7 +888,7 @@ class FraudState:
             n_fr = fr_vis.sum(1)
             last_fr = np.where(fr_vis, fr_t, -np.inf).max(1)
             days_since = np.where(n_fr > 0, (ts - last_fr) / DAY, FRAUD_WINDOW_DAYS)
-            parts.append(dict(valid=valid, t=ev_t, amount=ev_amount, gap=ev_gap, cp=ev_cp, same=(ev_cp == same[:, None]) & valid,
+            parts.append(dict(valid=valid, t=ev_t, tx=ev_tx, amount=ev_amount, gap=ev_gap, cp=ev_cp, same=(ev_cp == same[:, None]) & valid,
                               label=label, age=age, n_fr=n_fr, days_since=days_since,
                               last=np.where(idx >= 0, self_or_nan(rings.last_time, idx), np.nan),
                               n_valid=valid.sum(1)))
@@ -926,13 +928,14 @@ class FraudState:
             np.minimum(pt["n_fr"], 8) / 4.0, np.log1p(pt["days_since"]) / 4.0,
             *agg,
         ], axis=-1)
+        c_rev, c_ev = self.customer_reviews.features(cols.customer_id, ts, pc["tx"])
+        t_rev, t_ev = self.terminal_reviews.features(cols.terminal_id, ts, pt["tx"])
         return FraudContext(
             hist_num=hist_num.astype(np.float32), hist_label=cat["label"].astype(np.int64),
             hist_counterpart=np.where(cat["valid"], cat["cp"], 0).astype(np.int64),
             cur_num=cur_num.astype(np.float32), cur_ids=np.stack([c_h, t_h], 1).astype(np.int64),
             hist_amount=a.astype(np.float32), hist_age_s=cat["age"].astype(np.float32),
-            review_num=review_features(self.customer_reviews.features(cols.customer_id, ts),
-                                       self.terminal_reviews.features(cols.terminal_id, ts)),
+            review_num=review_features(c_rev, t_rev), hist_review=np.concatenate([c_ev, t_ev], axis=1),
         )
 
     # -- snapshot / restore ----------------------------------------------------------------------

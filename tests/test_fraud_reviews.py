@@ -45,6 +45,8 @@ def test_a_disposition_is_visible_from_its_decision_time_not_after_the_chargebac
     known = [CURRENT_FIELDS.index(f) for f in CURRENT_FIELDS if "fraud" in f or "risk" in f]
     assert at.cur_num[0, known].tolist() == probe(FraudState(labels_delay_days=7), T0 + 3600).cur_num[0, known].tolist()
     assert at.hist_label.max() <= 1  # no history slot shows a label
+    # the reviewed event itself carries the verdict in both histories, from decided_at on
+    assert before.hist_review.max() == 0 and sorted(at.hist_review[0].tolist())[-2:] == [1, 1]
 
 
 def test_a_label_does_not_show_in_the_review_fields():
@@ -119,9 +121,9 @@ def test_a_full_memory_drops_the_latest_decision_so_the_past_never_changes():
     mem = ReviewMemory(window_days=30, k=3)
     mem.add(["c"] * 3, [1, 2, 3], [1, 1, 1], [T0, T0 + 10, T0 + 20], clock=T0)
     ts = np.array([T0 + 11])
-    before = mem.features(["c"], ts)
+    before = mem.features(["c"], ts)[0]
     mem.add(["c"], [4], [2], [T0 + 12], clock=T0)  # decided after ts: takes the newest's place, not a seen one's
-    np.testing.assert_array_equal(mem.features(["c"], ts), before)
+    np.testing.assert_array_equal(mem.features(["c"], ts)[0], before)
     mem.add(["c"], [5], [1], [T0 + 99], clock=T0)  # newer than all held: dropped
     assert not (mem.decided[mem.index["c"]] == T0 + 99).any()
     # past the window + a day of the clock, an entry is dead and its slot is free again

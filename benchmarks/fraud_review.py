@@ -6,8 +6,9 @@ Both see the same feedback rules on the same file, in time order:
     transactions as dispositions decided at the day's end + the latency (1 h), visible from then on
     (models/review_simulator.py), ranked by the model's OWN scores in the evaluation window.
 
-argus-moe: `argus fraud replay --review-per-day K --review-latency 1h` over the whole file (the
-shipped checkpoint, trained only on days before the window; see its model card).
+argus-moe: the loop of `argus fraud replay --review-per-day K --review-latency 1h`
+(models/review_replay.py, the same code) over the whole file with the checkpoint (the shipped one:
+trained only on days before the window; see its model card). Needs no polars (runs on a bare GPU image).
 lightgbm: the fraud-detection handbook's features plus the state's review fields, trained on the
 same train days as the checkpoint (2018-04-08 .. 2018-06-26: every label known before the window);
 before the window its investigators rank by `--pre-ranker` (default: the checkpoint, so both enter
@@ -108,34 +109,37 @@ def main() -> None:
     args = ap.parse_args()
 
     from models.fraud_scorer import FraudScorer
+    from models.fraud_state import TxColumns
+    from models.review_replay import replay_columns
     from models.train_fraud import metrics as handbook_metrics
     from models.train_fraud import read_handbook
-    from pipelines.fraud_replay import replay
 
     k, latency = args.review_per_day, args.review_latency_s
     print(f"# fraud_review: {args.input.name}, reviews top {k} cards/day, verdicts {latency / 3600:g} h after the "
-          f"day's end, chargebacks 7 days late; window {args.eval_start} .. {args.eval_end} (exclusive)")
-    results = {}
-    if not args.skip_moe:
-        t0 = time.perf_counter()
-        out = Path("/tmp") / f"fraud_review_scores_{int(time.time())}.parquet"
-        r = replay(args.input, out, checkpoint=args.checkpoint, limit=args.limit, review_per_day=k,
-                   review_latency_s=latency, eval_start=args.eval_start, eval_end=args.eval_end, progress=False,
-                   device=args.device)
-        m = r.metrics
-        results[r.model_version] = {"ap": m["ap"], "auc": m["auc"], "cp100": m["cp100"], "rows": m["rows"],
-                                    "frauds": m["frauds"], "dispositions": r.dispositions,
-                                    "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"argus-moe {r.model_version}: {json.dumps(results[r.model_version])}", flush=True)
-
-    t0 = time.perf_counter()
+          f"day's end, chargebacks 7 days late; window {args.eval_start} .. {args.eval_end} (exclusive)", flush=True)
     df = read_handbook(args.input, args.limit)
-    pre_scorer = FraudScorer.load(args.pre_ranker or args.checkpoint, device=args.device)
     start = pd.Timestamp(args.eval_start, tz="UTC")
     end = pd.Timestamp(args.eval_end, tz="UTC")
+    win = np.nonzero((df["TX_DATETIME"] >= start) & (df["TX_DATETIME"] < end))[0]
+    results = {}
+    if not args.skip_moe:  # the loop of `argus fraud replay` (models/review_replay.py), without polars
+        t0 = time.perf_counter()
+        scorer = FraudScorer.load(args.checkpoint, device=args.device)
+        cols = TxColumns(df["TRANSACTION_ID"].astype(str).tolist(), df["TS"].to_numpy(np.float64),
+                         df["CUSTOMER_ID"].astype(str).tolist(), df["TERMINAL_ID"].astype(str).tolist(),
+                         df["TX_AMOUNT"].to_numpy(np.float64))
+        scores, disposed = replay_columns(scorer.probabilities, scorer.new_state(), cols,
+                                          df["TX_FRAUD"].to_numpy().astype(bool), k, latency)
+        m = handbook_metrics(df.iloc[win], scores[win])
+        results[scorer.model_version] = {**{x: m[x] for x in ("ap", "auc", "cp100")}, "rows": len(win),
+                                         "frauds": int(df["TX_FRAUD"].iloc[win].sum()), "dispositions": disposed,
+                                         "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"argus-moe {scorer.model_version}: {json.dumps(results[scorer.model_version])}", flush=True)
+
+    t0 = time.perf_counter()
+    pre_scorer = FraudScorer.load(args.pre_ranker or args.checkpoint, device=args.device)
     scores = lightgbm_with_reviews(df, start, pd.Timestamp(args.train_end, tz="UTC"), pre_scorer.probabilities, k,
                                    latency, 7.0, 0)
-    win = np.nonzero((df["TX_DATETIME"] >= start) & (df["TX_DATETIME"] < end))[0]
     m = handbook_metrics(df.iloc[win], scores[win])
     results["lightgbm-handbook+reviews"] = {**{x: m[x] for x in ("ap", "auc", "cp100")}, "rows": len(win),
                                             "frauds": int(df["TX_FRAUD"].iloc[win].sum()),

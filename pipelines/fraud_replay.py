@@ -101,8 +101,6 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
            device: str = "cpu") -> ReplayResult:
     """Score `input_path` into `output` (Parquet); AP/AUC/CP@100 over [eval_start, eval_end) when labelled.
     Simulated investigators (review_per_day > 0) need the file's labels."""
-    from models.review_simulator import day_chunks, review_day
-
     from models.fraud_scorer import FraudScorer
 
     frame = load_input(input_path, limit)
@@ -114,33 +112,18 @@ def replay(input_path: Path, output: Path, checkpoint: Path | None = None, label
     cols = columns(frame)
     labels = frame["label"].cast(pl.Boolean).to_numpy() if "label" in frame.columns else None
     state = scorer.new_state(**({} if labels_delay_days is None else {"labels_delay_days": labels_delay_days}))
-    scores = np.empty(len(cols), np.float32)
-    reviewing = review_per_day > 0 and labels is not None
-    chunks = day_chunks(cols.ts, chunk) if reviewing else \
-        [np.arange(s, min(s + chunk, len(cols))) for s in range(0, len(cols), chunk)]
-    day_start, disposed = 0, 0
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from models.review_replay import replay_columns
 
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task("replay", total=len(cols), rate="")
-        for n, idx in enumerate(chunks):
-            part = cols.take(idx)
-            scores[idx] = scorer.probabilities(state.advance_columns(part))
-            if labels is not None:  # known right after; visible to others only after the delay
-                state.apply_label_columns(part.transaction_id, labels[idx])
-            if reviewing and (n + 1 == len(chunks) or cols.ts[chunks[n + 1][0]] // 86400 != cols.ts[idx[0]] // 86400):
-                rows = np.arange(day_start, idx[-1] + 1)  # the day just scored
-                v = review_day(cols.ts[rows], [cols.transaction_id[i] for i in rows],
-                               [cols.customer_id[i] for i in rows], [cols.terminal_id[i] for i in rows],
-                               scores[rows], labels[rows], review_per_day, review_latency_s)
-                state.apply_dispositions(v.transaction_id, v.kind, v.decided_at, v.customer_id, v.terminal_id)
-                disposed += len(v)
-                day_start = idx[-1] + 1
-            done = idx[-1] + 1
-            bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):,.0f} tx/s")
+        scores, disposed = replay_columns(
+            scorer.probabilities, state, cols, labels, review_per_day, review_latency_s, chunk,
+            on_chunk=lambda done: bar.update(task, completed=done,
+                                             rate=f"{done / (time.perf_counter() - t0):,.0f} tx/s"))
     seconds = time.perf_counter() - t0
 
     decision = np.where(scores >= alert_threshold, "decline", np.where(scores >= review_threshold, "review", "approve"))

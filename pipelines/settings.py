@@ -139,6 +139,9 @@ class MetricsSettings(BaseModel):
     # the stream jobs' Prometheus endpoints (`--metrics-port`): loopback by default; in a container or
     # a pod set 0.0.0.0 (ARGUS_METRICS__HOST) so Prometheus can reach them
     host: str = "127.0.0.1"
+    # also record the stream metrics through Ray's metrics API (services/stream_ray_metrics.py): the Ray
+    # metrics agent of each node exports every consumer on it as ray_argus_stream_* (KubeRay pods)
+    ray: bool = False
 
 
 class Settings(BaseSettings):

@@ -53,6 +53,10 @@ class FraudStreamActor:
         self.scorer = load_scorer(checkpoint)
         self.checkpoint = checkpoint  # pinned: not following the registry
         self.metrics = StreamMetrics()
+        if self.settings.metrics.ray:
+            from services.stream_ray_metrics import mirror_to_ray
+
+            mirror_to_ray(self.metrics)
         if metrics_port:
             self.metrics.serve(metrics_port, self.settings.metrics.host)
         self.job = None

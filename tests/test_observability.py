@@ -42,12 +42,19 @@ def _argus_exported() -> set[str]:
 
 
 def _argus_ray_exported() -> set[str]:
-    """Argus metrics recorded through Ray's metrics API (services/engine_metrics.py): Ray's agent
-    exports them with its ray_ prefix."""
+    """Argus metrics recorded through Ray's metrics API (services/engine_metrics.py, the mirrored
+    stream metrics of services/stream_ray_metrics.py): Ray's agent exports them with its ray_ prefix."""
     from services.engine_metrics import EngineGauges
+
+    from pipelines.metrics import StreamMetrics
+    from services.stream_ray_metrics import mirror_to_ray
 
     names: list[str] = []
     EngineGauges(gauge=lambda name, description: names.append(name))
+    mirrored: list[tuple[str, str]] = []  # the stream metrics a consumer records through Ray (metrics.ray)
+    mirror_to_ray(StreamMetrics(), lambda kind, name, *rest: mirrored.append((kind, name)))
+    for kind, name in mirrored:
+        names += [name + s for s in HISTOGRAM_SUFFIXES] if kind == "histogram" else [name]
     return {"ray_" + n for n in names}
 
 
@@ -114,7 +121,8 @@ def test_dashboards_and_alerts_use_only_exported_metrics():
             assert ok, f"{where}: {name} is not exported by Argus, Ray or Prometheus"
         used |= names
     # what the issue asks the dashboards to show is there
-    for needed in ("argus_stream_records_consumed_total", "argus_stream_consumer_lag", "argus_stream_batch_seconds_bucket",
+    for needed in ("argus_stream_records_consumed_total", "ray_argus_stream_records_consumed_total",
+                   "ray_argus_stream_consumer_lag", "ray_argus_stream_batch_seconds_bucket", "argus_stream_consumer_lag", "argus_stream_batch_seconds_bucket",
                    "argus_stream_dead_letters_total", "argus_stream_alerts_total", "ray_serve_num_http_requests_total",
                    "ray_serve_http_request_latency_ms_bucket", "ray_serve_num_http_error_requests_total",
                    "argus_model_results_total", "ray_node_gpus_utilization", "ray_serve_deployment_replica_healthy",

@@ -200,24 +200,32 @@ def test_every_stream_and_the_store_schema_have_a_workload():
         script = container["args"][0]
         assert script.startswith("${KUBERAY_GEN_RAY_START_CMD/--block/} && exec argus stream ")
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["RAY_ADDRESS"] == "auto" and env["ARGUS_METRICS__HOST"] == "0.0.0.0"
+        assert env["RAY_ADDRESS"] == "auto"
         assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
 
 
-def test_monitors_scrape_the_ports_the_pods_expose():
+def test_monitors_scrape_every_ray_node_and_the_consumers_report_through_ray():
     monitors = {d["metadata"]["name"]: d["spec"] for d in _docs("monitoring.yaml") if d["kind"] == "PodMonitor"}
+    assert [e["port"] for e in monitors["argus-ray"]["podMetricsEndpoints"]] == ["metrics"]
+    assert monitors["argus-ray"]["selector"]["matchLabels"]["ray.io/is-ray-node"] == "yes"
+    # the fraud consumers run on the workers and record through Ray's metrics API, so the node agents
+    # (one scrape per node) carry them; no per-consumer port is needed anywhere
     fraud = next(d for d in _docs("stream-jobs.yaml") if d["metadata"]["name"] == "argus-fraud-stream")
-    [container] = fraud["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    scraped = [e["port"] for e in monitors["argus-fraud-stream"]["podMetricsEndpoints"]]
-    args = container["args"][0].split()
-    consumers, first = int(args[args.index("--consumers") + 1]), int(args[args.index("--metrics-port") + 1])
-    assert [ports[p] for p in scraped] == list(range(first, first + consumers))  # consumer i serves first + i
-    assert monitors["argus-fraud-stream"]["selector"]["matchLabels"] == {"app": "argus-fraud-stream"}
+    head, [workers] = fraud["spec"]["headGroupSpec"], fraud["spec"]["workerGroupSpecs"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    script = head["template"]["spec"]["containers"][0]["args"][0].split()
+    consumers = int(script[script.index("--consumers") + 1])
+    actor_cpus = float(script[script.index("--actor-cpus") + 1])
+    assert script[script.index("--metrics-port") + 1] == "0"
+    assert consumers * actor_cpus <= workers["replicas"] * float(workers["rayStartParams"]["num-cpus"])  # they fit
+    for template in _pod_templates_of(fraud):
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert Settings.model_validate({"metrics": {"ray": env["ARGUS_METRICS__RAY"]}}).metrics.ray is True
     # every Ray pod exports Ray's metrics on the port the argus-ray monitor scrapes
     service = next(d for d in _docs("rayservice.yaml") if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
     groups = [service["headGroupSpec"]] + service["workerGroupSpecs"] + [
-        d["spec"]["headGroupSpec"] for d in _docs("stream-jobs.yaml") if d["kind"] == "RayCluster"]
+        g for d in _docs("stream-jobs.yaml") if d["kind"] == "RayCluster"
+        for g in [d["spec"]["headGroupSpec"]] + d["spec"].get("workerGroupSpecs", [])]
     for group in groups:
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
         assert {"name": "metrics", "containerPort": 8080} in [
@@ -226,6 +234,11 @@ def test_monitors_scrape_the_ports_the_pods_expose():
     rule = next(d for d in _docs("monitoring.yaml") if d["kind"] == "PrometheusRule")
     alerts = yaml.safe_load((PROD / "observability" / "alerts.yaml").read_text())
     assert rule["spec"]["groups"] == alerts["groups"]  # one set of alerts for compose and Kubernetes
+
+
+def _pod_templates_of(cluster: dict) -> list[dict]:
+    spec = cluster["spec"]
+    return [spec["headGroupSpec"]["template"]] + [w["template"] for w in spec.get("workerGroupSpecs", [])]
 
 
 # --- the image ---------------------------------------------------------------------------------------

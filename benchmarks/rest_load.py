@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BENCH_KEY = "bench-key-not-secret"
+#: The issue's target and what it measured before (issue 14), printed beside each run's figures.
+ANCHOR = ("target score/ping >= 0.66 and score p99 <= 60 ms at 50 connections (issue 14); measured when filed: "
+          "HAProxy ping 1,602 RPS, score 540 RPS p99 246 ms (0.34); default proxy score 101 RPS")
 TX = {"transaction_id": "bench-1", "timestamp": "2024-05-01T12:30:00Z", "customer_id": "c-1", "terminal_id": "t-1",
       "amount": 42.5}
 
@@ -309,9 +312,13 @@ def main() -> None:
                 all_results[mode] = {"models": versions, **measure(handle.url, BENCH_KEY, args, tool)}
             finally:
                 stop_app(handle)
+    load = f"load average {all_results['load_avg_1m']:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cpus)"
+    all_results["load_avg_1m_after"] = os.getloadavg()[0]
     for mode, r in all_results.items():
         if isinstance(r, dict) and "score_vs_ping" in r:
-            print(f"{mode}: score/ping RPS ratio {r['score_vs_ping']:.2f}")
+            score = r["score"]
+            print(f"{mode}: score/ping RPS ratio {r['score_vs_ping']:.2f}, score {score['rps']:.0f} RPS p99 "
+                  f"{score['p99_ms']:.1f} ms at {score['concurrency']} connections  |  {ANCHOR}  |  {load}")
     if args.out:
         Path(args.out).write_text(json.dumps(all_results, indent=2))
 

@@ -106,28 +106,29 @@ class AlertReader:
     """Reads the alerts topic on a thread (librdkafka: its fetches run off the GIL) and records when
     each transaction's alert arrived."""
 
-    def __init__(self, settings, topic: str):
+    def __init__(self, settings, topic: str, partitions: int):
         import threading
 
-        from confluent_kafka import Consumer
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         from pipelines.kafka_io import librdkafka_security
 
         self.topic, self.seen = topic, {}
         self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                                  "group.id": f"bench-alerts-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log.connection.close": False,
+                                  "group.id": f"bench-alerts-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
+                                  "fetch.wait.max.ms": 5, "log.connection.close": False,
                                   **librdkafka_security(settings)})
-        self.consumer.subscribe([topic])
+        # every partition assigned from its start: no group join (with tansu it can take seconds)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for msg in self.consumer.consume(num_messages=500, timeout=0.05):
-                if msg.error() is None:
-                    self.seen.setdefault(json.loads(msg.value())["transaction_id"], time.time())
+            msg = self.consumer.poll(0.05)  # returns at the first message (consume(n) waits out its timeout)
+            if msg is not None and msg.error() is None:
+                self.seen.setdefault(json.loads(msg.value())["transaction_id"], time.time())
 
     def close(self) -> dict[str, float]:
         time.sleep(1.0)  # the last batch's alerts
@@ -183,7 +184,7 @@ def main() -> None:
             topics = {"transactions_topic": "bench.tx", "labels_topic": "bench.labels", "alerts_topic": "bench.alerts",
                       "dead_letter_topic": "bench.dlq"}
             create_topics(bootstrap, list(topics.values()), args.partitions)
-            alerts_reader = AlertReader(settings, topics["alerts_topic"])
+            alerts_reader = AlertReader(settings, topics["alerts_topic"], args.partitions)
             txs = transactions(args.n + 200, customers=4990, terminals=10000, seed=11, prefix="bench")
             payloads = [(t.customer_id.encode(), t.to_json(), t.transaction_id) for t in txs]
             warm, payloads = payloads[:200], payloads[200:]

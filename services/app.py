@@ -103,7 +103,7 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         cors_origins=a.cors_origins if a.cors_origins is not None else s.serve.cors_origins,
         store_url=a.store_url or s.store.url.get_secret_value(), model_timeout_s=a.model_timeout_s,
         dispositions_bootstrap=s.kafka.bootstrap_servers if a.publish_dispositions else None,
-        dispositions_topic=s.topics.dispositions,
+        dispositions_topic=s.topics.dispositions, metrics_ray=s.metrics.ray,
     )
     return Ingress.bind(fraud, summarizer, config.model_dump())
 

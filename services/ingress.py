@@ -361,6 +361,9 @@ class IngressConfig(BaseModel):
     # None: stored only
     dispositions_bootstrap: str | None = None
     dispositions_topic: str = "argus.dispositions"
+    # also record the Ingress metrics through Ray's metrics API (settings.metrics.ray): every replica's,
+    # exported by its node's Ray agent, where /metrics shows one replica's
+    metrics_ray: bool = False
 
 
 # --- the ingress state (plain; the Serve deployment below adds batching) --------------------------
@@ -376,6 +379,10 @@ class IngressCore:
                                      {k.lower(): v for k, v in c.key_rate_limits.items()}, "key", c.rate_limit_burst)
         self.failures = SharedLimiter(c.rate_limit_storage, c.failure_rate_limit_per_minute, {}, "addr")
         self.metrics = IngressMetrics()
+        if c.metrics_ray:
+            from services.stream_ray_metrics import mirror_to_ray
+
+            mirror_to_ray(self.metrics)
         self._store = None
         self._producer: Any = None
         self._publish_lock = threading.Lock()

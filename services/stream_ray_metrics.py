@@ -1,11 +1,14 @@
-"""A stream consumer's metrics through Ray's metrics API as well, so one scrape per node holds them all.
+"""A stream consumer's (or an Ingress replica's) metrics through Ray's metrics API as well, so one
+scrape per node holds them all.
 
 Each consumer actor keeps its own prometheus_client registry (`--metrics-port`, the tests). With
 `metrics.ray` on (ARGUS_METRICS__RAY=true) every metric updated once per batch is also recorded with
 `ray.util.metrics`; the Ray metrics agent of the node the actor runs on exports it (`ray start
 --metrics-export-port`) as `ray_<name>` with the same labels plus Ray's own (WorkerId, NodeAddress...),
 wherever the actor was placed. Per-record metrics (the score histogram, duplicates) stay local: a Ray
-call per record would cost the stream (one call is ~4 us; a batch makes about 15).
+call per record would cost the stream (one call is ~4 us; a batch makes about 15). An Ingress replica
+(services/metrics.py) does the same with `metrics.ray`: its /metrics answers for one replica only,
+Ray's agents for all of them (`ray_argus_http_*`, `ray_argus_model_*`; about 5 calls a request).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.metrics import StreamMetrics
+from typing import TypeVar
 
+M = TypeVar("M")
 PER_RECORD = frozenset({"scores", "duplicates"})
 
 
@@ -62,8 +66,9 @@ class _Mirrored:
         return getattr(self._local, name)
 
 
-def mirror_to_ray(metrics: StreamMetrics, make: Callable[..., Any] = _ray_metric) -> StreamMetrics:
-    """Make every per-batch metric of `metrics` also record through Ray (in place; returns it).
+def mirror_to_ray(metrics: M, make: Callable[..., Any] | None = None) -> M:
+    """Make every per-batch metric of `metrics` (StreamMetrics, IngressMetrics) also record through
+    Ray (in place; returns it).
     The names, labels and buckets are the local metrics' own (prometheus_client 0.2x attributes)."""
     for attr, local in list(vars(metrics).items()):
         kind = getattr(local, "_type", None)
@@ -71,5 +76,6 @@ def mirror_to_ray(metrics: StreamMetrics, make: Callable[..., Any] = _ray_metric
             continue
         name = local._name + ("_total" if kind == "counter" else "")
         buckets = tuple(b for b in getattr(local, "_upper_bounds", ()) if b != float("inf"))
-        setattr(metrics, attr, _Mirrored(local, make(kind, name, local._documentation, tuple(local._labelnames), buckets)))
+        factory = make or _ray_metric
+        setattr(metrics, attr, _Mirrored(local, factory(kind, name, local._documentation, tuple(local._labelnames), buckets)))
     return metrics

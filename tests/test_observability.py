@@ -51,8 +51,11 @@ def _argus_ray_exported() -> set[str]:
 
     names: list[str] = []
     EngineGauges(gauge=lambda name, description: names.append(name))
-    mirrored: list[tuple[str, str]] = []  # the stream metrics a consumer records through Ray (metrics.ray)
-    mirror_to_ray(StreamMetrics(), lambda kind, name, *rest: mirrored.append((kind, name)))
+    mirrored: list[tuple[str, str]] = []  # what consumers and Ingress replicas record through Ray (metrics.ray)
+    from services.metrics import IngressMetrics
+
+    for metrics in (StreamMetrics(), IngressMetrics()):
+        mirror_to_ray(metrics, lambda kind, name, *rest: mirrored.append((kind, name)))
     for kind, name in mirrored:
         names += [name + s for s in HISTOGRAM_SUFFIXES] if kind == "histogram" else [name]
     return {"ray_" + n for n in names}

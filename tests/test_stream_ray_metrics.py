@@ -119,3 +119,42 @@ def test_the_node_metrics_agent_exports_a_consumers_metrics():
     assert 'job="fraud"' in consumed[0] and 'topic="argus.transactions"' in consumed[0] and consumed[0].endswith(" 250.0")
     lag = next(l for l in lines if l.startswith("ray_argus_stream_consumer_lag{"))
     assert 'partition="3"' in lag and lag.endswith(" 42.0")
+
+
+def test_an_ingress_replica_mirrors_its_request_metrics_when_asked(monkeypatch):
+    from services import stream_ray_metrics
+    from services.ingress import IngressCore
+
+    made: dict[str, FakeRay] = {}
+
+    def make(*args):
+        made[args[1]] = FakeRay(*args)
+        return made[args[1]]
+
+    monkeypatch.setattr(stream_ray_metrics, "_ray_metric", make)
+    plain = IngressCore(None, None, {})
+    assert not made and plain.metrics.requests.__class__.__name__ == "Counter"  # off by default
+    core = IngressCore(None, None, {"metrics_ray": True})
+    core.metrics.observe_request("/v1/fraud/score", "POST", 200, 0.012)
+    core.metrics.model_results.labels("fraud", "fraud-small-x").inc()
+    assert made["argus_http_requests_total"].calls == [("inc", 1.0, {"route": "/v1/fraud/score", "method": "POST",
+                                                                      "status": "200"})]
+    assert made["argus_http_request_duration_seconds"].calls == [("observe", 0.012, {"route": "/v1/fraud/score",
+                                                                                      "method": "POST"})]
+    assert made["argus_model_results_total"].calls == [("inc", 1.0, {"model": "fraud", "version": "fraud-small-x"})]
+    text, _ = core.metrics.render()  # the replica's own /metrics still has it
+    assert b'argus_http_requests_total{method="POST",route="/v1/fraud/score",status="200"} 1.0' in text
+
+
+def test_build_app_passes_the_setting_to_the_ingress(monkeypatch):
+    from services.app import build_app
+
+    monkeypatch.setenv("ARGUS_METRICS__RAY", "true")
+    from pipelines.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        config = build_app({})._bound_deployment.init_args[2]  # Ingress.bind(fraud, summarizer, config)
+    finally:
+        get_settings.cache_clear()
+    assert config["metrics_ray"] is True

@@ -78,6 +78,11 @@ class FastFraudForward:
     """Logits of `FraudModel.fast_logits`, computed from the same weights without the module tree."""
 
     def __init__(self, model: Any):
+        # plain tensors even when built inside inference mode: reasons run this forward with autograd
+        with torch.inference_mode(False), torch.no_grad():
+            self._build(model)
+
+    def _build(self, model: Any) -> None:
         bb = model.backbone
         cfg = bb.config
         self.model = model
@@ -134,9 +139,11 @@ class FastFraudForward:
         """Full-width cos/sin [T, rd] from the model's own rotary table, and the causal mask [T, T]."""
         T = h.shape[1]
         if T not in self._rope:
-            cos, sin = self.model.backbone.rotary_emb(h[:1], torch.arange(T)[None])
-            mask = torch.full((T, T), float("-inf")).triu(1)
-            self._rope[T] = (cos[0].to(h.dtype).contiguous(), sin[0].to(h.dtype).contiguous(), mask.to(h.dtype))
+            with torch.inference_mode(False), torch.no_grad():  # constants autograd may save: plain tensors
+                probe = torch.zeros(1, T, 1, dtype=h.dtype)
+                cos, sin = self.model.backbone.rotary_emb(probe, torch.arange(T)[None])
+                mask = torch.full((T, T), float("-inf")).triu(1)
+                self._rope[T] = (cos[0].to(h.dtype).contiguous(), sin[0].to(h.dtype).contiguous(), mask.to(h.dtype))
         return self._rope[T]
 
     @torch.inference_mode()
@@ -147,7 +154,11 @@ class FastFraudForward:
         return torch.cat([self._logits({k: v[i:i + CHUNK] for k, v in t.items()}) for i in range(0, n, CHUNK)])
 
     def _logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.model.embed(t)  # [B, T, H]
+        return self.from_embeds(self.model.embed(t))
+
+    def from_embeds(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits [B] from token embeddings [B, T, H] (`FraudModel.forward_embeds`); differentiable in
+        `h` outside inference mode, which is how reasons (gradient x input) use it."""
         cos, sin, mask = self.rope(h)
         for layer in self.layers[:-1]:
             h = h + self._attention_all(layer, _rms(h, layer.ln1, self.eps), cos, sin, mask)

@@ -143,3 +143,21 @@ def test_a_batch_larger_than_a_pass_is_scored_in_pieces(shipped, monkeypatch):
     monkeypatch.setattr(fff, "CHUNK", 16)
     t = context_tensors(_ctx(shipped, 100, 4))  # 50 rows: passes of 16, 16, 16, 2
     torch.testing.assert_close(shipped.cpu_forward().logits(t), reference(shipped.model, t), atol=ATOL, rtol=0)
+
+
+def test_reasons_through_the_fused_forward_equal_the_reference(shipped):
+    """Gradient x input through the fused forward: the same top reasons, weights within 1e-4."""
+    from models.fraud_scorer import explain
+
+    t = context_tensors(_ctx(shipped, 80, 5))
+    with torch.inference_mode():  # the scorer builds its forward (and rope tables) in inference mode: autograd still works
+        fast = FastFraudForward(shipped.model)
+        fast.logits(t)
+    got = explain(shipped.model, t, 8, forward=fast.from_embeds)
+    ref = explain(shipped.model, t, 8)
+    for g, r in zip(got, ref, strict=True):
+        assert [x[:3] for x in g[:5]] == [x[:3] for x in r[:5]]
+        np.testing.assert_allclose([x[3] for x in g], [x[3] for x in r], atol=1e-4, rtol=0)
+    scores = shipped.score_context([Transaction(transaction_id=f"r{i}", timestamp=T0, customer_id="c", terminal_id="m",
+                                                amount=1.0) for i in range(3)], _ctx(shipped, 6, 1), 1.0, 0.0)
+    assert all(1 <= len(s.reasons) <= 5 for s in scores)

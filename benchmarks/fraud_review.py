@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--skip-moe", action="store_true")
+    ap.add_argument("--skip-lightgbm", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
@@ -136,6 +137,20 @@ def main() -> None:
                                          "seconds": round(time.perf_counter() - t0, 1)}
         print(f"argus-moe {scorer.model_version}: {json.dumps(results[scorer.model_version])}", flush=True)
 
+    if not args.skip_lightgbm:
+        run_lightgbm(args, df, start, win, results)
+    print(f"\n| model | AP | AUC | CP@100 |\n| --- | --- | --- | --- |")
+    for name, m in results.items():
+        print(f"| {name} | {m['ap']:.4f} | {m['auc']:.4f} | {m['cp100']:.4f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def run_lightgbm(args, df, start, win, results) -> None:
+    from models.fraud_scorer import FraudScorer
+    from models.train_fraud import metrics as handbook_metrics
+
+    k, latency = args.review_per_day, args.review_latency_s
     t0 = time.perf_counter()
     pre_scorer = FraudScorer.load(args.pre_ranker or args.checkpoint, device=args.device)
     scores = lightgbm_with_reviews(df, start, pd.Timestamp(args.train_end, tz="UTC"), pre_scorer.probabilities, k,
@@ -146,12 +161,6 @@ def main() -> None:
                                             "pre_window_ranker": pre_scorer.model_version,
                                             "seconds": round(time.perf_counter() - t0, 1)}
     print(f"lightgbm-handbook+reviews: {json.dumps(results['lightgbm-handbook+reviews'])}", flush=True)
-
-    print(f"\n| model | AP | AUC | CP@100 |\n| --- | --- | --- | --- |")
-    for name, m in results.items():
-        print(f"| {name} | {m['ap']:.4f} | {m['auc']:.4f} | {m['cp100']:.4f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

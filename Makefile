@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml constraints.txt requirements.lock
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium not installed: tests/test_review_page.py needs it (apt-get install chromium)"
+	# wrk: the HTTP load generator benchmarks/rest_load.py drives (its asyncio fallback caps at ~200 RPS here)
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || echo "wrk not installed: benchmarks/rest_load.py falls back to a slower Python client"
 	# promtool (Debian's prometheus package): tests/test_observability.py checks the alert rules with it
 	command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \

@@ -407,7 +407,7 @@ def figures(report: FraudReport) -> dict[str, str]:
         recall, precision = e.pr_curve
         if len(recall):
             keep = np.unique(np.linspace(0, len(recall) - 1, min(len(recall), 3000)).astype(int))
-            ax.plot(recall[keep], precision[keep], color=colour, label=f"{e.name} (AP {_fmt(e.ap)})")
+            ax.plot(recall[keep], precision[keep], color=colour, label=f"{e.name} (AP {format_metric(e.ap)})")
         for at, marker in ((e.at_review, "o"), (e.at_alert, "s")):
             if at["precision"] is not None and at["recall"] is not None:
                 ax.plot(at["recall"], at["precision"], marker, color=colour, markersize=8,
@@ -446,7 +446,7 @@ def figures(report: FraudReport) -> dict[str, str]:
     for e, colour in zip(evals, COLOURS):
         cp = e.cp_per_day
         ax.plot(cp["day"].to_list(), cp["cp"].to_list(), "o-", markersize=3, color=colour,
-                label=f"{e.name} (mean {_fmt(e.cp_mean)})")
+                label=f"{e.name} (mean {format_metric(e.cp_mean)})")
     ax.set(ylabel="Card Precision@100", ylim=(0, 1.02), title="Card Precision@100 per day")
     ax.grid(alpha=.3)
     ax.legend(fontsize=7)
@@ -455,7 +455,8 @@ def figures(report: FraudReport) -> dict[str, str]:
     return out
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_metric(value: Any, digits: int = 3) -> str:
+    """A headline figure as the report and the terminal table show it."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -467,7 +468,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_metric(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -797,7 +797,7 @@ def eval_fraud_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from pipelines.fraud_report import build_report, write_report
+    from pipelines.fraud_report import build_report, format_metric, write_report
     from pipelines.settings import get_settings
 
     fraud = get_settings().fraud
@@ -810,21 +810,11 @@ def eval_fraud_cmd(
         table.add_column(escape(h["model"]), justify="right")  # names come from the files: text, not markup
     for key in heads[0]:
         if key != "model":
-            table.add_row(key, *(_metric(h[key]) for h in heads))
+            table.add_row(key, *(format_metric(h[key], 4) for h in heads))
     console.print(table)
     if report.dropped:
         console.print(f"[yellow]{report.dropped:,} transaction(s) the baseline did not score were left out[/]")
     console.print(f"report: {escape(str(write_report(report, out)))}")
-
-
-def _metric(value: object) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 # --- fraud stream and replay --------------------------------------------------------------------

@@ -148,7 +148,9 @@ class Engine:
         # req/s at saturation against 12.8 without (benchmarks/results/engine_serving_budgets_h100.json)
         self.prefill_budget = prefill_budget
         # a step with both decode rows and prompt tokens runs them as one packed forward (one expert pass)
-        # when its prompt tokens fit one plain chunk; else the decode graph, then the prefill behind it
+        # when its prompt tokens fit one plain chunk; else the decode graph, then the prefill behind it.
+        # Off by default: measured on an H100 the eager packed forward lost to the decode graph + a
+        # separate prefill (benchmarks/results/engine_serving_mixed_h100.json)
         self.mixed_step = mixed_step
         self.cache = model.new_cache(max_batch)
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)

@@ -5,9 +5,9 @@
     python benchmarks/engine_serving.py --engine-path .bench_head \\
         --engine before=engine_head --engine after=models.engine --engine after_b512=models.engine:512
 
-Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate]]`: a package with `load_engine`, e.g. a copy
+Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
 of an older models/engine put on `--engine-path`; `none` for whole prompts; `mixed`: decode rows and
-prompt pieces in one forward per step) is built once over the same random-weight model, warmed (every
+prompt pieces in one forward per step; `fused`: the fused router + MoE kernels) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -150,13 +150,18 @@ def static_figures(engine, vocab, args):
 
 def bench_engine(name, spec, hf, vocab, args, rates):
     module, _, rest = spec.partition(":")
-    budget, _, mode = rest.partition(":")
+    budget, _, rest = rest.partition(":")
+    mode, _, moe = rest.partition(":")
     mod = importlib.import_module(module)
     kw = {"prefill_budget": int(budget) if budget not in ("", "none") else None} if budget else {}
     if mode:
         if mode not in ("mixed", "separate"):
             raise SystemExit(f"engine {name}: mode must be 'mixed' or 'separate', not {mode!r}")
         kw["mixed_step"] = mode == "mixed"
+    if moe:
+        if moe not in ("fused", "unfused"):
+            raise SystemExit(f"engine {name}: MoE must be 'fused' or 'unfused', not {moe!r}")
+        kw["fused_moe"] = moe == "fused"
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
@@ -164,7 +169,7 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     check = [p for p, _ in workload(8, 1.0, args, vocab, seed=args.seed + 99)]
     tokens = engine.generate(check, min(16, args.new_tokens))
     res = {"module": module, "prefill_budget": getattr(engine, "prefill_budget", "none (whole prompts)"),
-           "mixed_step": getattr(engine, "mixed_step", False),
+           "mixed_step": getattr(engine, "mixed_step", False), "fused_moe": kw.get("fused_moe"),
            "check_tokens": tokens, **warm(engine, vocab, args), "rates": {}}
     print(f"== {name} ({spec}): warm {res['warm_s']:.1f} s, decode b1 {res['decode_b1_ms_step']:.2f} ms/step, "
           f"static batch {res['static_batch']}", flush=True)
@@ -254,7 +259,8 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
-    ap.add_argument("--engine", action="append", default=None, help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate]], repeatable")
+    ap.add_argument("--engine", action="append", default=None,
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

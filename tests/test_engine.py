@@ -311,3 +311,91 @@ def test_occupancy_reports_the_queue_and_the_mean_decode_batch(hf_model):
     assert (done["decoding"], done["waiting"]) == (0, 0) and done["generated_tokens"] == 12
     assert done["mean_decode_batch"] == engine.stats["decode_slots"] / engine.stats["decode_steps"]
     assert 1.0 <= done["mean_decode_batch"] <= 2.0 and done["batch_occupancy"] == done["mean_decode_batch"] / 2
+
+
+# ---- fused router + fused MoE (Triton on GPU; these tests run their PyTorch reference) -------------
+
+@settings(max_examples=20, deadline=None)
+@given(n_pairs=st.integers(1, 80), n_experts=st.integers(1, 12), block_m=st.sampled_from([1, 4, 16]), seed=st.integers(0, 99))
+def test_moe_align_lists_every_pair_once_in_whole_blocks_of_one_expert(n_pairs, n_experts, block_m, seed):
+    from models.engine.fused_moe import max_blocks, moe_align
+
+    g = torch.Generator().manual_seed(seed)
+    pair_expert = torch.randint(0, n_experts, (n_pairs,), generator=g)
+    sorted_pair, block_expert = moe_align(pair_expert, n_experts, block_m)
+    nb = max_blocks(n_pairs, n_experts, block_m)
+    assert sorted_pair.shape == (nb * block_m,) and block_expert.shape == (nb,)
+    real = sorted_pair[sorted_pair < n_pairs]
+    assert sorted(real.tolist()) == list(range(n_pairs))  # every pair once, the rest is the sentinel
+    assert ((sorted_pair == n_pairs) | (sorted_pair < n_pairs)).all()
+    for b, e in enumerate(block_expert.tolist()):
+        rows = sorted_pair[b * block_m : (b + 1) * block_m].long()
+        rows = rows[rows < n_pairs]
+        if e >= n_experts:
+            assert rows.numel() == 0
+        else:
+            assert rows.numel() > 0 and (pair_expert[rows] == e).all()
+    assert block_expert.tolist() == sorted(block_expert.tolist())
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=st.integers(1, 70), seed=st.integers(0, 99))
+def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, seed):
+    # The fused path (pairs with the shared MLP as expert slices, aligned blocks, residual in the
+    # combine) against the separate router, grouped experts and shared MLP, in float32.
+    engine = load_engine(hf_model, max_batch=2, max_seq_len=64)
+    moe = next(b.mlp for b in engine.model.blocks if hasattr(b.mlp, "experts"))
+    assert moe.weights.n_shared == hf_model.config.n_shared_experts
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, hf_model.config.hidden_size, generator=g)
+    residual = torch.randn(tokens, hf_model.config.hidden_size, generator=g)
+    moe.fused = False
+    expected = moe(x, kernels.eager, residual=residual)
+    moe.fused = True
+    got = moe(x, kernels.eager, residual=residual)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if tokens > moe.FUSED_MAX_TOKENS:  # past the limit the fused flag changes nothing
+        assert torch.equal(got, expected)
+    pairs, weights = moe.route_pairs(x, kernels.eager)
+    per_tok = hf_model.config.num_experts_per_tok + hf_model.config.n_shared_experts
+    assert pairs.view(tokens, per_tok)[:, -1].eq(hf_model.config.n_routed_experts).all()
+    assert weights.view(tokens, per_tok)[:, -1].eq(1.0).all()
+
+
+def test_fused_moe_engine_gives_transformers_tokens(hf_model):
+    engine = load_engine(hf_model, max_batch=2, max_seq_len=64, fused_moe=True)
+    assert all(b.mlp.fused for b in engine.model.blocks if hasattr(b.mlp, "experts"))
+    lengths = [6, 3, 8, 5, 4]
+    outs = [h.result() for h in [engine.submit(p, n) for p, n in zip(PROMPTS, lengths)]]
+    assert outs == [hf_greedy(hf_model, p, n) for p, n in zip(PROMPTS, lengths)]
+
+
+def test_fused_kernels_equal_their_reference_in_the_triton_interpreter(tmp_path):
+    # Runs only where Triton is installed (its CPU interpreter); the GPU benchmark
+    # (benchmarks/engine_kernels.py) compares the compiled kernels against the same references.
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from models.engine import fused_moe as FM, fused_router as FR, kernels as K
+torch.manual_seed(0)
+E, I, H, k, S = 8, 48, 64, 3, 2
+W = FM.ExpertWeights(torch.randn(E, 2 * I, H) / 8, torch.randn(E, H, I) / 8, torch.randn(2 * I * S, H) / 8, torch.randn(H, I * S) / 8)
+for T in (1, 7, 20):
+    x, res = torch.randn(T, H), torch.randn(T, H)
+    gate, bias = torch.randn(E, H), torch.randn(E) / 10
+    pe, pw = FR.route_pairs(x, gate, bias, k, True, 2.5, S, block_h=32, num_warps=4)
+    pe_r, pw_r = FR.route_pairs_reference(x, gate, bias, k, 1, 1, True, 2.5, S, K.eager)
+    assert torch.equal(pe.view(T, -1).sort(1)[0], pe_r.view(T, -1).sort(1)[0])
+    sp, be = FM.moe_align(pe, W.n_experts)
+    out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be), res, T)
+    torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -24,10 +24,11 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768,
-prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
+prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
 `Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
 transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
-torch.compile; `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
+torch.compile; `fused_moe` (default `FUSED_MOE_DEFAULT`) runs steps of at most 64 tokens through the fused
+router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their PyTorch reference); `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
 
 Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA attention, router,
@@ -50,6 +51,9 @@ from .scheduler import Engine, RequestError, RequestHandle
 
 __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "load_engine"]
 
+# The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py).
+FUSED_MOE_DEFAULT = False
+
 
 def load_engine(
     hf_model,
@@ -63,6 +67,7 @@ def load_engine(
     prefill_chunk_continued: int = 8192,
     prefill_budget: int | None = None,
     mixed_step: bool = False,
+    fused_moe: bool | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -78,6 +83,7 @@ def load_engine(
 
         return TransformersEngine(hf_model, max_batch, max_seq_len)
     on_gpu = dev.type == "cuda"
+    model.set_fused_moe(FUSED_MOE_DEFAULT if fused_moe is None else fused_moe)
     if compile if compile is not None else on_gpu:
         from . import kernels
 

@@ -141,8 +141,12 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, u
     return out
 
 
+from .fused_moe import combine as moe_combine  # noqa: E402 - the fused MoE's PyTorch pieces
+from .fused_moe import moe_align  # noqa: E402
+from .fused_router import append_shared  # noqa: E402
+
 _FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk",
-            "expert_order", "combine_experts")
+            "expert_order", "combine_experts", "append_shared", "moe_align", "moe_combine")
 
 # Two kernel sets: prefill always runs `eager` (compute-bound, and it sees many shapes); decode runs
 # `decode`, which enable_compile() turns into torch.compile'd kernels (launch-bound at small batch).

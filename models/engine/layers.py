@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_moe, fused_router, triton_moe
 from . import kernels as K
-from . import triton_moe
 from .config import EngineArgs
 from .mixed_batch import MixedBatch
 
@@ -240,20 +240,53 @@ class GroupedExperts(nn.Module):
 
 
 class MoE(nn.Module):
+    """Router, routed experts and shared experts. With `fused` on and at most FUSED_MAX_TOKENS tokens (decode
+    steps, short pieces): the fused router kernel, then routed and shared experts through the two
+    `fused_moe` kernels, the residual added in the combine (on CPU: the same steps in PyTorch)."""
+
+    FUSED_MAX_TOKENS = 64
+
     def __init__(self, args: EngineArgs, hf_moe: nn.Module, use_grouped_mm: bool):
         super().__init__()
+        self.args = args
         self.router = TopKRouter(args, hf_moe.gate)
+        self.gate_weight = hf_moe.gate.weight.detach()  # model dtype: the fused router upcasts in-kernel
         self.experts = GroupedExperts(hf_moe.experts, use_grouped_mm)
         self.shared = DenseMLP(hf_moe.shared_experts) if getattr(hf_moe, "shared_experts", None) is not None else None
+        self.weights = fused_moe.ExpertWeights(self.experts.w_gate_up, self.experts.w_down,
+                                               *((self.shared.w_gate_up, self.shared.w_down) if self.shared else ()))
+        self.fused = False
+        self.kernels = fused_moe.available(self.gate_weight.device)  # else the PyTorch reference of the kernels
+        self.router_kernel = (fused_router.available(self.gate_weight.device) and args.n_group <= 1)
 
-    def forward(self, x: torch.Tensor, kk=K.eager) -> torch.Tensor:
+    def route_pairs(self, flat: torch.Tensor, kk) -> tuple[torch.Tensor, torch.Tensor]:
+        a, n_shared = self.args, self.weights.n_shared
+        if self.router_kernel:
+            return fused_router.route_pairs(flat, self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
+                                            a.routed_scaling_factor, n_shared)
+        return fused_router.route_pairs_reference(flat, self.router.weight, self.router.bias, a.top_k, a.n_group,
+                                                  a.topk_group, a.norm_topk_prob, a.routed_scaling_factor, n_shared, kk)
+
+    def forward(self, x: torch.Tensor, kk=K.eager, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The MoE output for x [..., H]; with `residual`, residual + the output (fused in one kernel)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
+        if self.fused and flat.shape[0] <= self.FUSED_MAX_TOKENS:
+            res = residual.reshape(flat.shape) if residual is not None else torch.zeros_like(flat)
+            if self.shared is not None and not self.weights.n_shared:  # shared width not in expert slices
+                res = res + self.shared(flat, kk)
+            pair_expert, pair_weight = self.route_pairs(flat, kk)
+            if self.kernels:
+                sorted_pair, block_expert = kk.moe_align(pair_expert, self.weights.n_experts)
+                y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
+                return kk.moe_combine(y, res, flat.shape[0]).view(shape)
+            return fused_moe.fused_moe_reference(flat, pair_expert, pair_weight, self.weights, res).view(shape)
         weights, idx = self.router(flat, kk)
         out = self.experts(flat, weights, idx, kk)
         if self.shared is not None:
             out = out + self.shared(flat, kk)
-        return out.view(shape)
+        out = out.view(shape)
+        return out if residual is None else residual + out
 
 
 class Block(nn.Module):
@@ -271,15 +304,21 @@ class Block(nn.Module):
     def prefill(self, x, cos, sin, cache, slots, start):
         h = self.attn.prefill(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
         h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return h + self.mlp(normed, K.eager)
+        return self._mlp(normed, h, K.eager)
+
+    def _mlp(self, normed, h, kk):
+        """h + mlp(normed); the MoE adds the residual in its own combine."""
+        if isinstance(self.mlp, MoE):
+            return self.mlp(normed, kk, residual=h)
+        return h + self.mlp(normed, kk)
 
     def mixed(self, x, cos, sin, cache, batch):
         """Decode rows and prefill pieces packed in one [T, H]: one expert pass for all of them."""
         h = self.attn.mixed(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, batch)
         h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return h + self.mlp(normed, K.eager)
+        return self._mlp(normed, h, K.eager)
 
     def decode(self, x, cos, sin, cache, pos, seq_bucket):
         h = self.attn.decode(K.decode.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)
         h, normed = K.decode.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return h + self.mlp(normed, K.decode)
+        return self._mlp(normed, h, K.decode)

@@ -1,0 +1,379 @@
+"""Fused router + fused MoE kernels against the engine's previous path, then the engine with each, one GPU.
+
+    python benchmarks/engine_kernels.py --out $OUT       # lite preset, bf16, random weights (GPU)
+    python benchmarks/engine_kernels.py --dry-run        # tiny preset on CPU: the PyTorch references only
+
+1. Ceiling: device-to-device copy bandwidth (bytes read + written).
+2. Correctness per token count T (first MoE layer, fresh random inputs): the fused kernels and the old path
+   (router + Triton GEMV / grouped GEMM + shared MLP), both under the reference routing, against a float32
+   reference: relative error ||out - ref|| / ||ref||; the router kernel's expert sets against the PyTorch
+   router (tokens whose sets differ; max weight error where equal).
+3. Time per MoE layer, CUDA graphs over all MoE layers (each layer its own weights and inputs, so the
+   weights stream from memory as in a decode step): old vs fused MoE forward (router .. residual add);
+   the two expert kernels alone, with their bandwidth over the bytes of the experts touched (routed +
+   shared) against the copy ceiling; the router kernel vs the PyTorch router.
+4. The engine with fused_moe off / on on the same model: decode ms/step at batch 1/8/32/64 (512-token
+   prompts; host loop and graph replay), greedy tokens of a batch compared, a kernel profile of one
+   eager decode step at batch 1 (kernel count and time by name).
+Prints a table last; everything goes to $OUT/engine_kernels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from models.engine import fused_moe as FM  # noqa: E402
+from models.engine import fused_router as FR  # noqa: E402
+from models.engine import kernels as K  # noqa: E402
+from models.engine import load_engine  # noqa: E402
+from models.engine.random_init import random_hf_model  # noqa: E402
+from models.presets import preset_config  # noqa: E402
+
+R: dict = {}
+CUDA = torch.cuda.is_available()
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def now():
+    sync()
+    return time.perf_counter()
+
+
+def save(args):
+    if args.out:
+        with open(os.path.join(args.out, "engine_kernels.json"), "w") as f:
+            json.dump(R, f, indent=1, default=str)
+
+
+def graph_ms(fn, iters=50, reps=5):
+    """Median ms of fn() replayed from a CUDA graph (fn run 3 times first on a side stream)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            g.replay()
+        b.record()
+        sync()
+        times.append(a.elapsed_time(b) / iters)
+    return statistics.median(times)
+
+
+def ceiling():
+    x = torch.randn(2**30 // 2, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    t0 = now()
+    for _ in range(20):
+        y.copy_(x)
+    R["ceiling_copy_TBps"] = 2 * x.numel() * 2 / ((now() - t0) / 20) / 1e12
+    del x, y
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def moe_layers(engine):
+    return [b.mlp for b in engine.model.blocks if hasattr(b.mlp, "experts")]
+
+
+def old_path(moe, x, weights, idx, kk):
+    out = moe.experts(x, weights, idx, kk)
+    return out + moe.shared(x, kk) if moe.shared is not None else out
+
+
+def correctness(moe, cfg, tokens, dev, dtype):
+    a = moe.args
+    res = {}
+    for t in tokens:
+        g = torch.Generator(device=dev).manual_seed(1000 + t)
+        x = torch.randn(t, cfg.hidden_size, device=dev, dtype=dtype, generator=g)
+        pe_r, pw_r = FR.route_pairs_reference(x, moe.router.weight, moe.router.bias, a.top_k, a.n_group, a.topk_group,
+                                              a.norm_topk_prob, a.routed_scaling_factor, moe.weights.n_shared, K.eager)
+        zeros32 = torch.zeros(t, cfg.hidden_size, device=dev)
+        ref = FM.fused_moe_reference(x.float(), pe_r, pw_r, moe.weights, zeros32)
+        per = pe_r.numel() // t
+        idx = pe_r.view(t, per)[:, : a.top_k]
+        w = pw_r.view(t, per)[:, : a.top_k]
+        old = old_path(moe, x, w, idx, K.eager)
+        row = {"old_rel_err": rel(old, ref)}
+        if moe.kernels:
+            sp, be = K.eager.moe_align(pe_r, moe.weights.n_experts)
+            y = FM.fused_moe(x, pe_r, pw_r, moe.weights, sp, be)
+            new = FM.combine(y, torch.zeros_like(x), t)
+            row["fused_rel_err"] = rel(new, ref)
+            row["fused_nan"] = bool(torch.isnan(y).any())
+        if moe.router_kernel:
+            pe, pw = moe.route_pairs(x, K.eager)
+            s_k, o_k = pe.view(t, per).sort(1)
+            s_r, o_r = pe_r.view(t, per).sort(1)
+            same = (s_k == s_r).all(1)
+            row["router_tokens_differ"] = int((~same).sum())
+            if same.any():
+                wk, wr = pw.view(t, per).gather(1, o_k), pw_r.view(t, per).gather(1, o_r)
+                row["router_weight_max_err"] = (wk[same] - wr[same]).abs().max().item()
+        res[t] = row
+        print(f"check T={t}: {row}", flush=True)
+    return res
+
+
+def layer_times(layers, cfg, tokens, dev, dtype):
+    """ms per MoE layer, graphs over all layers (each its own inputs)."""
+    res = {}
+    a = layers[0].args
+    ew = layers[0].weights
+    expert_bytes = 3 * ew.inter * ew.hidden * 2
+    for t in tokens:
+        g = torch.Generator(device=dev).manual_seed(t)
+        xs = [torch.randn(t, cfg.hidden_size, device=dev, dtype=dtype, generator=g) for _ in layers]
+        rs = [torch.randn(t, cfg.hidden_size, device=dev, dtype=dtype, generator=g) for _ in layers]
+        row = {}
+
+        def run_all(flag):
+            for m in layers:
+                m.fused = flag
+
+            def fn():
+                for m, x, r in zip(layers, xs, rs):
+                    m(x, K.decode, residual=r)
+            return fn
+
+        row["old_moe_us"] = graph_ms(run_all(False)) / len(layers) * 1e3
+        if layers[0].kernels:
+            row["fused_moe_us"] = graph_ms(run_all(True)) / len(layers) * 1e3
+            pairs = [m.route_pairs(x, K.eager) for m, x in zip(layers, xs)]
+            aligned = [K.eager.moe_align(pe, m.weights.n_experts) for m, (pe, _) in zip(layers, pairs)]
+            touched = sum(int(torch.unique(pe).numel()) for pe, _ in pairs)
+
+            def kernels_only():
+                for m, x, (pe, pw), (sp, be) in zip(layers, xs, pairs, aligned):
+                    FM.fused_moe(x, pe, pw, m.weights, sp, be)
+            ms = graph_ms(kernels_only)
+            row["expert_kernels_us"] = ms / len(layers) * 1e3
+            row["expert_GB_per_layer"] = touched * expert_bytes / len(layers) / 1e9
+            row["expert_kernels_TBps"] = touched * expert_bytes / (ms / 1e3) / 1e12
+            if "ceiling_copy_TBps" in R:
+                row["expert_kernels_of_copy"] = row["expert_kernels_TBps"] / R["ceiling_copy_TBps"]
+        if layers[0].router_kernel:
+            def router(kernel):
+                def fn():
+                    for m, x in zip(layers, xs):
+                        if kernel:
+                            m.route_pairs(x, K.decode)
+                        else:
+                            FR.route_pairs_reference(x, m.router.weight, m.router.bias, a.top_k, a.n_group, a.topk_group,
+                                                     a.norm_topk_prob, a.routed_scaling_factor, m.weights.n_shared, K.decode)
+                return fn
+            row["router_ref_us"] = graph_ms(router(False)) / len(layers) * 1e3
+            row["router_kernel_us"] = graph_ms(router(True)) / len(layers) * 1e3
+        for m in layers:
+            m.fused = False
+        res[t] = row
+        print(f"time T={t}: {row}", flush=True)
+    return res
+
+
+def rand_prompts(n, length, vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, vocab, (n, length), generator=g).tolist()
+
+
+def engine_decode(engine, batch, prompt_len, steps, vocab):
+    handles = [engine.submit(p, steps + 6) for p in rand_prompts(batch, prompt_len, vocab, batch)]
+    for _ in range(4):
+        engine.step()
+    t0 = now()
+    for _ in range(steps):
+        engine.step()
+    res = {"step_ms": (now() - t0) / steps * 1e3}
+    if engine.runner.use_graphs:
+        b, s = engine.runner.buckets_for(batch, prompt_len + steps + 4)
+        g, _ = engine.runner.graphs[(b, s)]
+        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(20):
+            g.replay()
+        e.record()
+        sync()
+        res["graph_replay_ms"] = a.elapsed_time(e) / 20
+    while engine.step():
+        pass
+    assert all(h.request.done.is_set() for h in handles)
+    return res
+
+
+def profile_b1(engine, prompt_len, vocab, path):
+    from torch.profiler import ProfilerActivity, profile
+
+    use = engine.runner.use_graphs
+    engine.runner.use_graphs = False
+    try:
+        [engine.submit(p, 8) for p in rand_prompts(1, prompt_len, vocab, 7)]
+        engine.step()
+        engine.step()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                engine.step()
+        while engine.step():
+            pass
+    finally:
+        engine.runner.use_graphs = use
+    avg = prof.key_averages()
+    with open(path, "w") as f:
+        f.write(avg.table(sort_by="cuda_time_total", row_limit=30))
+    kernels_per_step = sum(e.count for e in avg if e.device_time_total > 0) / 3
+    return {"gpu_ms_per_step": sum(e.device_time_total for e in avg) / 3 / 1e3, "kernels_per_step": kernels_per_step}
+
+
+def bench_engines(hf, cfg, args, dev):
+    vocab = cfg.vocab_size
+    check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
+    out = {}
+    for name, flag in (("unfused", False), ("fused", True)):
+        t0 = now()
+        engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len, fused_moe=flag)
+        res = {"load_s": now() - t0}
+        t0 = now()
+        res["check_tokens"] = engine.generate(check, 16)
+        res["first_generate_s"] = now() - t0
+        for b in args.batches:
+            try:
+                res[f"decode_b{b}"] = engine_decode(engine, b, args.prompt, args.steps, vocab)
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                res[f"decode_b{b}"] = {"error": repr(exc)[:300]}
+            print(f"{name} decode b{b}: {res[f'decode_b{b}']}", flush=True)
+        if CUDA:
+            try:
+                res["profile_b1"] = profile_b1(engine, args.prompt, vocab, os.path.join(args.out or "/tmp", f"kernels_b1_{name}.txt"))
+                print(f"{name} profile b1: {res['profile_b1']}", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                res["profile_b1"] = {"error": repr(exc)[:300]}
+        out[name] = res
+        del engine
+        gc.collect()
+        if CUDA:
+            torch.cuda.empty_cache()
+    a, b = out["unfused"]["check_tokens"], out["fused"]["check_tokens"]
+    out["check_tokens_equal"] = [x == y for x, y in zip(a, b)]
+    out["check_tokens_first_diff"] = [next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None) for x, y in zip(a, b)]
+    print(f"greedy tokens equal (unfused vs fused), per prompt: {out['check_tokens_equal']} "
+          f"first differing step: {out['check_tokens_first_diff']}", flush=True)
+    return out
+
+
+def table():
+    print("\nper MoE layer (us), CUDA graphs over all MoE layers:")
+    print("T  old_moe  fused_moe  expert_kernels  TB/s  of_copy  router_ref  router_kernel  old_err  fused_err  router_diff")
+    for t, row in R.get("layer_times", {}).items():
+        c = R.get("correctness", {}).get(t, {})
+
+        def f(v, fmt="{:.1f}"):
+            return fmt.format(v) if isinstance(v, (int, float)) else "-"
+        print(f"{t}  {f(row.get('old_moe_us'))}  {f(row.get('fused_moe_us'))}  {f(row.get('expert_kernels_us'))}  "
+              f"{f(row.get('expert_kernels_TBps'), '{:.2f}')}  {f(row.get('expert_kernels_of_copy'), '{:.2f}')}  "
+              f"{f(row.get('router_ref_us'))}  {f(row.get('router_kernel_us'))}  {f(c.get('old_rel_err'), '{:.1e}')}  "
+              f"{f(c.get('fused_rel_err'), '{:.1e}')}  {c.get('router_tokens_differ', '-')}")
+    eng = R.get("engines", {})
+    for name in ("unfused", "fused"):
+        res = eng.get(name)
+        if not res:
+            continue
+        cells = []
+        for k, v in res.items():
+            if k.startswith("decode_b") and "step_ms" in v:
+                cells.append(f"{k[7:]} {v['step_ms']:.2f}/{v.get('graph_replay_ms', float('nan')):.2f}")
+        prof = res.get("profile_b1", {})
+        print(f"engine {name}: ms/step (loop/replay) {', '.join(cells)}; eager b1 profile "
+              f"{prof.get('gpu_ms_per_step', float('nan')):.2f} ms GPU, {prof.get('kernels_per_step', float('nan')):.0f} kernels")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="lite")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--tokens", default="1,2,4,8,16,32,64")
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--max-seq-len", type=int, default=2304)
+    ap.add_argument("--skip-engines", action="store_true")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
+    if args.dry_run:
+        args.preset, args.tokens, args.batches, args.prompt, args.steps, args.max_seq_len = "tiny", "1,5", "1,2", 8, 3, 64
+    tokens = [int(t) for t in args.tokens.split(",")]
+    args.batches = [int(b) for b in args.batches.split(",")]
+    cfg = preset_config(args.preset)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    import transformers
+
+    R.update({"preset": args.preset, "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+              "torch": torch.__version__, "transformers": transformers.__version__, "args": vars(args)})
+    print(json.dumps({k: R[k] for k in ("preset", "gpu", "torch", "transformers")}), flush=True)
+    if dev.type == "cuda":
+        ceiling()
+        print(f"copy ceiling {R['ceiling_copy_TBps']:.2f} TB/s", flush=True)
+    hf = random_hf_model(cfg, dev, dtype, experts_implementation="grouped_mm" if dev.type == "cuda" else "eager")
+    if dev.type == "cuda":
+        K.enable_compile()
+    engine = load_engine(hf, max_batch=8, max_seq_len=64, fused_moe=False, use_cuda_graphs=False)
+    layers = moe_layers(engine)
+    with torch.inference_mode():
+        for phase, fn in (("correctness", lambda: correctness(layers[0], cfg, tokens, dev, dtype)),
+                          ("layer_times", lambda: layer_times(layers, cfg, tokens, dev, dtype) if dev.type == "cuda" else {})):
+            t0 = time.perf_counter()
+            try:
+                R[phase] = fn()
+            except Exception as exc:  # noqa: BLE001 - keep the other phases' numbers
+                traceback.print_exc()
+                R.setdefault("errors", {})[phase] = repr(exc)[:500]
+            R[f"{phase}_s"] = time.perf_counter() - t0
+            save(args)
+    del engine, layers
+    gc.collect()
+    if not args.skip_engines:
+        t0 = time.perf_counter()
+        try:
+            R["engines"] = bench_engines(hf, cfg, args, dev)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            R.setdefault("errors", {})["engines"] = repr(exc)[:500]
+        R["engines_s"] = time.perf_counter() - t0
+    save(args)
+    table()
+    return R
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The fused MoE step for small token counts (decode, short pieces): routed and shared experts in two kernels.
+
+Every token is a row of `pairs_per_token` (token, expert) pairs: its top-k routed experts (weight =
+routing weight) and, where the shared MLP's width is a multiple of a routed expert's, the shared MLP
+cut into `n_shared` expert-sized slices (weight 1.0; SwiGLU is per intermediate unit, so slices add up
+to the shared MLP exactly). Pairs are grouped by expert into blocks of BLOCK_M rows, each expert's
+group padded to a whole block (vLLM's moe_align_block_size), with no host sync: the block count has
+a fixed upper bound for a token count, so the launch is CUDA-graph safe.
+
+Two Triton kernels then read every touched expert's weights once per block of its rows:
+- `gate_up`: h[row] = silu(x[tok] @ W_gate[e]^T) * (x[tok] @ W_up[e]^T), rows in block order;
+- `down`:    y[pair] = weight[pair] * (h[row] @ W_down[e]^T) in fp32, written at the pair's place;
+then out[tok] = residual + sum over the token's pairs (one fused elementwise kernel).
+
+`moe_align` and `fused_moe_reference` are plain PyTorch: the CPU tests run them, the GPU benchmark
+compares the kernels against them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+BLOCK_M = 16
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device) -> bool:
+    return triton is not None and (device.type == "cuda" or _INTERPRET)
+
+
+def max_blocks(n_pairs: int, n_experts: int, block_m: int = BLOCK_M) -> int:
+    """Upper bound of padded blocks: sum over experts of ceil(count / block_m)."""
+    return -(-n_pairs // block_m) + min(n_experts, n_pairs)
+
+
+def moe_align(pair_expert: torch.Tensor, n_experts: int, block_m: int = BLOCK_M):
+    """pair_expert [P] (int64, < n_experts) -> (sorted_pair [NB * block_m] int32, block_expert [NB] int32).
+
+    sorted_pair lists the pairs grouped by expert, each group padded with the sentinel P to a multiple
+    of block_m; block_expert[b] is the expert of rows b*block_m.. (n_experts for unused blocks)."""
+    p = pair_expert.numel()
+    nb = max_blocks(p, n_experts, block_m)
+    experts = torch.arange(n_experts, device=pair_expert.device)
+    onehot = (pair_expert[:, None] == experts).long()  # [P, E]
+    counts = onehot.sum(0)
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = padded.cumsum(0)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # place among the pairs of the same expert
+    row = (ends - padded).gather(0, pair_expert) + rank
+    sorted_pair = torch.full((nb * block_m,), p, dtype=torch.long, device=pair_expert.device)
+    sorted_pair.scatter_(0, row, torch.arange(p, device=pair_expert.device))
+    starts = torch.arange(nb, device=pair_expert.device) * block_m
+    block_expert = (starts[:, None] >= ends[None, :]).sum(1)  # searchsorted(ends, starts, right=True)
+    return sorted_pair.to(torch.int32), block_expert.to(torch.int32)
+
+
+def combine(y: torch.Tensor, residual: torch.Tensor | None, n_tokens: int) -> torch.Tensor:
+    """residual + sum of each token's weighted pair outputs (y: fp32 [T * pairs_per_token, H])."""
+    out = y.view(n_tokens, -1, y.shape[-1]).sum(1)
+    out = out.to(residual.dtype if residual is not None else torch.bfloat16)
+    return out if residual is None else residual + out
+
+
+class ExpertWeights:
+    """The routed experts' and the shared MLP's weights as the kernels address them (no copies)."""
+
+    def __init__(self, w_gate_up, w_down, shared_gate_up=None, shared_down=None):
+        self.w_gate_up, self.w_down = w_gate_up, w_down  # [E, 2I, H], [E, H, I]
+        self.n_routed, two_i, self.hidden = w_gate_up.shape
+        self.inter = two_i // 2
+        self.n_shared = 0
+        self.shared_gate_up, self.shared_down = shared_gate_up, shared_down  # [2Is, H], [H, Is]
+        if shared_gate_up is not None:
+            inter_s = shared_gate_up.shape[0] // 2
+            if inter_s % self.inter == 0:
+                self.n_shared = inter_s // self.inter
+        self.shared_inter = self.n_shared * self.inter
+
+    @property
+    def n_experts(self) -> int:
+        return self.n_routed + self.n_shared
+
+    def expert(self, e: int):
+        """(W_gate, W_up, W_down) of kernel expert e: a routed expert or a slice of the shared MLP."""
+        i = self.inter
+        if e < self.n_routed:
+            return self.w_gate_up[e, :i], self.w_gate_up[e, i:], self.w_down[e]
+        j = e - self.n_routed
+        gu, d, i_s = self.shared_gate_up, self.shared_down, self.shared_inter
+        return gu[j * i : (j + 1) * i], gu[i_s + j * i : i_s + (j + 1) * i], d[:, j * i : (j + 1) * i]
+
+
+def fused_moe_reference(x, pair_expert, pair_weight, weights: ExpertWeights, residual=None, block_m: int = BLOCK_M):
+    """The kernels' computation in PyTorch (alignment, per-block products in fp32, combine)."""
+    t = x.shape[0]
+    p = pair_expert.numel()
+    per_tok = p // t
+    sorted_pair, block_expert = moe_align(pair_expert, weights.n_experts, block_m)
+    y = torch.zeros(p, weights.hidden, dtype=torch.float32, device=x.device)
+    for b, e in enumerate(block_expert.tolist()):
+        if e >= weights.n_experts:
+            continue
+        pairs = sorted_pair[b * block_m : (b + 1) * block_m].long()
+        pairs = pairs[pairs < p]
+        wg, wu, wd = weights.expert(e)
+        xr = x[pairs // per_tok].float()
+        h = (F.silu(xr @ wg.float().t()) * (xr @ wu.float().t())).to(x.dtype)
+        y[pairs] = (h.float() @ wd.float().t()) * pair_weight[pairs].float()[:, None]
+    return combine(y, residual, t) if residual is not None else combine(y, None, t).to(x.dtype)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _gate_up_kernel(x_ptr, w_ptr, ws_ptr, sorted_pair_ptr, block_expert_ptr, h_ptr,
+                        n_pairs, n_blocks, n_routed, n_experts, stride_x, stride_we,
+                        PAIRS_PER_TOKEN: tl.constexpr, K: tl.constexpr, INTER: tl.constexpr, SHARED_INTER: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        mb = tl.program_id(0)
+        nb = tl.program_id(1)
+        e = tl.load(block_expert_ptr + mb)
+        if e < n_experts:
+            rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+            pair = tl.load(sorted_pair_ptr + rows)
+            valid = pair < n_pairs
+            tok = (pair // PAIRS_PER_TOKEN).to(tl.int64)
+            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < INTER
+            up_rows = tl.where(e < n_routed, INTER, SHARED_INTER).to(tl.int64)
+            if e < n_routed:
+                w_base = w_ptr + e.to(tl.int64) * stride_we
+            else:
+                w_base = ws_ptr + (e - n_routed).to(tl.int64) * INTER * K
+            g_ptrs = w_base + offs_n[None, :].to(tl.int64) * K
+            u_ptrs = g_ptrs + up_rows * K
+            x_ptrs = x_ptr + tok[:, None] * stride_x
+            acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < K
+                xk = tl.load(x_ptrs + offs_k[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
+                wm = k_mask[:, None] & n_mask[None, :]
+                wg = tl.load(g_ptrs + offs_k[:, None], mask=wm, other=0.0)
+                wu = tl.load(u_ptrs + offs_k[:, None], mask=wm, other=0.0)
+                acc_g = tl.dot(xk, wg, acc_g)
+                acc_u = tl.dot(xk, wu, acc_u)
+            h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+            h_ptrs = h_ptr + rows[:, None].to(tl.int64) * INTER + offs_n[None, :]
+            tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=valid[:, None] & n_mask[None, :])
+
+    @triton.jit
+    def _down_kernel(h_ptr, w_ptr, ws_ptr, sorted_pair_ptr, block_expert_ptr, pair_weight_ptr, y_ptr,
+                     n_pairs, n_blocks, n_routed, n_experts, stride_we,
+                     N: tl.constexpr, INTER: tl.constexpr, SHARED_INTER: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        mb = tl.program_id(0)
+        nb = tl.program_id(1)
+        e = tl.load(block_expert_ptr + mb)
+        if e < n_experts:
+            rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+            pair = tl.load(sorted_pair_ptr + rows)
+            valid = pair < n_pairs
+            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < N
+            row_stride = tl.where(e < n_routed, INTER, SHARED_INTER).to(tl.int64)
+            if e < n_routed:
+                w_base = w_ptr + e.to(tl.int64) * stride_we
+            else:
+                w_base = ws_ptr + (e - n_routed).to(tl.int64) * INTER
+            w_ptrs = w_base + offs_n[None, :].to(tl.int64) * row_stride
+            h_ptrs = h_ptr + rows[:, None].to(tl.int64) * INTER
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, INTER, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < INTER
+                hk = tl.load(h_ptrs + offs_k[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
+                w = tl.load(w_ptrs + offs_k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+                acc = tl.dot(hk, w, acc)
+            rw = tl.load(pair_weight_ptr + pair, mask=valid, other=0.0).to(tl.float32)
+            acc = acc * rw[:, None]
+            y_ptrs = y_ptr + pair[:, None].to(tl.int64) * N + offs_n[None, :]
+            tl.store(y_ptrs, acc, mask=valid[:, None] & n_mask[None, :])
+
+    def _configs():
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
+        out = []
+        for bn, bk, stages in ((32, 128, 4), (32, 256, 3), (64, 128, 4), (64, 64, 5), (64, 256, 3),
+                               (128, 64, 4), (128, 128, 3), (32, 64, 6)):
+            out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages))
+        return out
+
+    def _bench(fn, quantiles=None):
+        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+    _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
+    _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
+
+
+def fused_moe(x: torch.Tensor, pair_expert: torch.Tensor, pair_weight: torch.Tensor, weights: ExpertWeights,
+              sorted_pair: torch.Tensor, block_expert: torch.Tensor) -> torch.Tensor:
+    """The two kernels: x [T, H] (contiguous), pairs as laid out by the router; fp32 y [P, H]."""
+    p = pair_expert.numel()
+    nb = block_expert.numel()
+    i = weights.inter
+    h = torch.empty(nb * BLOCK_M, i, dtype=x.dtype, device=x.device)
+    ws_gu = weights.shared_gate_up if weights.n_shared else weights.w_gate_up
+    ws_d = weights.shared_down if weights.n_shared else weights.w_down
+    assert x.stride(-1) == 1 and weights.w_gate_up.is_contiguous() and weights.w_down.is_contiguous()
+    assert not weights.n_shared or (ws_gu.is_contiguous() and ws_d.is_contiguous())
+
+    def grid_i(meta):
+        return (nb, triton.cdiv(i, meta["BLOCK_N"]))
+
+    _gate_up[grid_i](x, weights.w_gate_up, ws_gu, sorted_pair, block_expert, h,
+                     p, nb, weights.n_routed, weights.n_experts, x.stride(0), weights.w_gate_up.stride(0),
+                     PAIRS_PER_TOKEN=p // x.shape[0], K=weights.hidden, INTER=i, SHARED_INTER=weights.shared_inter,
+                     BLOCK_M=BLOCK_M)
+    y = torch.empty(p, weights.hidden, dtype=torch.float32, device=x.device)
+
+    def grid_h(meta):
+        return (nb, triton.cdiv(weights.hidden, meta["BLOCK_N"]))
+
+    _down[grid_h](h, weights.w_down, ws_d, sorted_pair, block_expert, pair_weight, y,
+                  p, nb, weights.n_routed, weights.n_experts, weights.w_down.stride(0),
+                  N=weights.hidden, INTER=i, SHARED_INTER=weights.shared_inter, BLOCK_M=BLOCK_M)
+    return y

@@ -1,0 +1,105 @@
+"""The router in one kernel: gate logits (fp32), sigmoid, correction bias, top-k, weights, shared pairs.
+
+DeepSeek-V3 routing without group limits (n_group == 1, as the lite shape), one program per token:
+logits = x @ W_gate^T accumulated in fp32 from the model-dtype weights (bf16 -> fp32 is exact, so this
+is transformers' fp32 routing), scores = sigmoid(logits), the top-k of scores + bias chosen by k rounds
+of arg-max (lowest expert id on a tie), weights = the chosen scores (normalised if norm_topk_prob) times
+routed_scaling_factor. Output: the token's pairs for `fused_moe`, routed experts in increasing id order,
+then the shared MLP's slices (ids n_routed.., weight 1.0).
+
+`route_pairs_reference` is the same in PyTorch (the engine's `route_sigmoid_topk`), used on CPU, for
+group-limited routing, and by the benchmark to check the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device) -> bool:
+    return triton is not None and (device.type == "cuda" or _INTERPRET)
+
+
+def append_shared(weights: torch.Tensor, idx: torch.Tensor, n_routed: int, n_shared: int):
+    """Routing (weights [T, k] fp32, ids [T, k]) -> pairs (pair_expert [T*(k+S)] int64, pair_weight fp32)."""
+    t = idx.shape[0]
+    if n_shared:
+        shared = torch.arange(n_routed, n_routed + n_shared, device=idx.device).expand(t, n_shared)
+        idx = torch.cat([idx, shared], dim=1)
+        weights = torch.cat([weights, weights.new_ones(t, n_shared)], dim=1)
+    return idx.reshape(-1).long(), weights.reshape(-1).float()
+
+
+def route_pairs_reference(x, gate_weight, bias, top_k, n_group, topk_group, norm_topk_prob, scaling, n_shared, kk):
+    """Pairs as the kernel lays them out, from the engine's PyTorch routing (kk: a kernel namespace)."""
+    logits = F.linear(x.float(), gate_weight.float())
+    weights, idx = kk.route_sigmoid_topk(logits, bias, top_k, n_group, topk_group, norm_topk_prob, scaling)
+    return kk.append_shared(weights, idx, gate_weight.shape[0], n_shared)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _router_kernel(x_ptr, w_ptr, bias_ptr, pair_expert_ptr, pair_weight_ptr, stride_x, scaling,
+                       H: tl.constexpr, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
+                       N_SHARED: tl.constexpr, S_P2: tl.constexpr, NORM: tl.constexpr, BLOCK_H: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)
+        offs_e = tl.arange(0, E_P2)
+        e_mask = offs_e < E
+        acc = tl.zeros([E_P2], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            h_mask = offs_h < H
+            xh = tl.load(x_ptr + t * stride_x + offs_h, mask=h_mask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + offs_e[:, None] * H + offs_h[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * xh[None, :], axis=1)
+        scores = 1.0 / (1.0 + tl.exp(-acc))
+        bias = tl.load(bias_ptr + offs_e, mask=e_mask, other=0.0)
+        choice = tl.where(e_mask, scores + bias, float("-inf"))
+        sel = offs_e < 0
+        for _ in tl.static_range(TOP_K):
+            best = tl.max(choice, axis=0)
+            pick = tl.min(tl.where(choice == best, offs_e, E_P2), axis=0)
+            hit = offs_e == pick
+            sel = sel | hit
+            choice = tl.where(hit, float("-inf"), choice)
+        wts = tl.where(sel, scores, 0.0)
+        if NORM:
+            wts = wts / (tl.sum(wts, axis=0) + 1e-20)
+        wts = wts * scaling
+        slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
+        base = t * (TOP_K + N_SHARED)
+        tl.store(pair_expert_ptr + base + slot, offs_e.to(tl.int64), mask=sel)
+        tl.store(pair_weight_ptr + base + slot, wts, mask=sel)
+        if N_SHARED > 0:
+            offs_s = tl.arange(0, S_P2)
+            s_mask = offs_s < N_SHARED
+            tl.store(pair_expert_ptr + base + TOP_K + offs_s, (E + offs_s).to(tl.int64), mask=s_mask)
+            tl.store(pair_weight_ptr + base + TOP_K + offs_s, tl.full([S_P2], 1.0, tl.float32), mask=s_mask)
+
+
+def route_pairs(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, top_k: int, norm_topk_prob: bool,
+                scaling: float, n_shared: int, block_h: int = 128, num_warps: int = 8):
+    """The kernel: x [T, H] (model dtype), gate_weight [E, H] (any float dtype, contiguous), bias [E] fp32."""
+    t, h = x.shape
+    e = gate_weight.shape[0]
+    assert x.stride(-1) == 1 and gate_weight.is_contiguous() and bias.dtype == torch.float32
+    per_tok = top_k + n_shared
+    pair_expert = torch.empty(t * per_tok, dtype=torch.long, device=x.device)
+    pair_weight = torch.empty(t * per_tok, dtype=torch.float32, device=x.device)
+    _router_kernel[(t,)](x, gate_weight, bias, pair_expert, pair_weight, x.stride(0), float(scaling),
+                         H=h, E=e, E_P2=triton.next_power_of_2(e), TOP_K=top_k, N_SHARED=n_shared,
+                         S_P2=max(1, triton.next_power_of_2(max(1, n_shared))), NORM=bool(norm_topk_prob),
+                         BLOCK_H=block_h, num_warps=num_warps)
+    return pair_expert, pair_weight

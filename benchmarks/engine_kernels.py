@@ -13,8 +13,8 @@
    the two expert kernels alone, with their bandwidth over the bytes of the experts touched (routed +
    shared) against the copy ceiling; the router kernel vs the PyTorch router.
 4. The engine with fused_moe off / on on the same model: decode ms/step at batch 1/8/32/64 (512-token
-   prompts; host loop and graph replay), greedy tokens of a batch compared, a kernel profile of one
-   eager decode step at batch 1 (kernel count and time by name).
+   prompts; host loop and graph replay), greedy tokens of a batch compared, a kernel profile of
+   eager decode steps at batch 1 and 32 (kernel count and time by name).
 Prints a table last; everything goes to $OUT/engine_kernels.json.
 """
 
@@ -230,13 +230,13 @@ def engine_decode(engine, batch, prompt_len, steps, vocab):
     return res
 
 
-def profile_b1(engine, prompt_len, vocab, path):
+def profile_step(engine, batch, prompt_len, vocab, path):
     from torch.profiler import ProfilerActivity, profile
 
     use = engine.runner.use_graphs
     engine.runner.use_graphs = False
     try:
-        [engine.submit(p, 8) for p in rand_prompts(1, prompt_len, vocab, 7)]
+        [engine.submit(p, 8) for p in rand_prompts(batch, prompt_len, vocab, 7)]
         engine.step()
         engine.step()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -272,12 +272,14 @@ def bench_engines(hf, cfg, args, dev):
                 res[f"decode_b{b}"] = {"error": repr(exc)[:300]}
             print(f"{name} decode b{b}: {res[f'decode_b{b}']}", flush=True)
         if CUDA:
-            try:
-                res["profile_b1"] = profile_b1(engine, args.prompt, vocab, os.path.join(args.out or "/tmp", f"kernels_b1_{name}.txt"))
-                print(f"{name} profile b1: {res['profile_b1']}", flush=True)
-            except Exception as exc:  # noqa: BLE001
-                traceback.print_exc()
-                res["profile_b1"] = {"error": repr(exc)[:300]}
+            for b in (1, 32):
+                try:
+                    res[f"profile_b{b}"] = profile_step(engine, b, args.prompt, vocab,
+                                                        os.path.join(args.out or "/tmp", f"kernels_b{b}_{name}.txt"))
+                    print(f"{name} profile b{b}: {res[f'profile_b{b}']}", flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc()
+                    res[f"profile_b{b}"] = {"error": repr(exc)[:300]}
         out[name] = res
         del engine
         gc.collect()

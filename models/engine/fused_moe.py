@@ -195,8 +195,8 @@ if triton is not None:
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
         out = []
-        for bn, bk, stages in ((32, 128, 4), (32, 256, 3), (64, 128, 4), (64, 64, 5), (64, 256, 3),
-                               (128, 64, 4), (128, 128, 3), (32, 64, 6)):
+        for bn, bk, stages in ((16, 256, 4), (16, 128, 6), (32, 128, 4), (32, 256, 3), (64, 128, 4), (64, 64, 5),
+                               (64, 256, 3), (128, 64, 4), (128, 128, 3), (32, 64, 6)):
             out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages))
         return out
 

@@ -27,7 +27,7 @@ prefill_chunk=32768,
 prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
 `Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
 transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
-torch.compile; `fused_moe` (default `FUSED_MOE_DEFAULT`) runs steps of at most 64 tokens through the fused
+torch.compile; `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through the fused
 router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their PyTorch reference); `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
 
@@ -51,8 +51,9 @@ from .scheduler import Engine, RequestError, RequestHandle
 
 __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "load_engine"]
 
-# The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py).
-FUSED_MOE_DEFAULT = False
+# The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py), on CUDA;
+# on CPU the old path stays the default (the kernels' PyTorch reference is for tests).
+FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmarks/ENGINE_NOTES.md)
 
 
 def load_engine(
@@ -83,7 +84,7 @@ def load_engine(
 
         return TransformersEngine(hf_model, max_batch, max_seq_len)
     on_gpu = dev.type == "cuda"
-    model.set_fused_moe(FUSED_MOE_DEFAULT if fused_moe is None else fused_moe)
+    model.set_fused_moe((FUSED_MOE_DEFAULT and on_gpu) if fused_moe is None else fused_moe)
     if compile if compile is not None else on_gpu:
         from . import kernels
 

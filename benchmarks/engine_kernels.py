@@ -9,10 +9,12 @@
    reference: relative error ||out - ref|| / ||ref||; the router kernel's expert sets against the PyTorch
    router (tokens whose sets differ; max weight error where equal).
 3. Time per MoE layer, CUDA graphs over all MoE layers (each layer its own weights and inputs, so the
-   weights stream from memory as in a decode step): old vs fused MoE forward (router .. residual add);
+   weights stream from memory as in a decode step): old vs fused (first version and current) MoE forward
+   (router .. residual add); the alignment in compiled PyTorch vs its kernel;
    the two expert kernels alone, with their bandwidth over the bytes of the experts touched (routed +
    shared) against the copy ceiling; the router kernel vs the PyTorch router.
-4. The engine with fused_moe off / on on the same model: decode ms/step at batch 1/8/32/64 (512-token
+4. The engine with the first fused version (alignment in compiled PyTorch, router blocks of 128) and the
+   current one (alignment kernel, autotuned router), on the same model: decode ms/step at batch 1/8/32/64 (512-token
    prompts; host loop and graph replay), greedy tokens of a batch compared, a kernel profile of
    eager decode steps at batch 1 and 32 (kernel count and time by name).
 Prints a table last; everything goes to $OUT/engine_kernels.json.
@@ -131,6 +133,8 @@ def correctness(moe, cfg, tokens, dev, dtype):
             new = FM.combine(y, torch.zeros_like(x), t)
             row["fused_rel_err"] = rel(new, ref)
             row["fused_nan"] = bool(torch.isnan(y).any())
+            sp_k, be_k = FM.moe_align_triton(pe_r, moe.weights.n_experts)
+            row["align_kernel_equal"] = bool(torch.equal(sp, sp_k) and torch.equal(be, be_k))
         if moe.router_kernel:
             pe, pw = moe.route_pairs(x, K.eager)
             s_k, o_k = pe.view(t, per).sort(1)
@@ -157,9 +161,9 @@ def layer_times(layers, cfg, tokens, dev, dtype):
         rs = [torch.randn(t, cfg.hidden_size, device=dev, dtype=dtype, generator=g) for _ in layers]
         row = {}
 
-        def run_all(flag):
+        def run_all(flag, align_kernel=True, router_block_h=None):
             for m in layers:
-                m.fused = flag
+                m.fused, m.align_kernel, m.router_block_h = flag, align_kernel, router_block_h
 
             def fn():
                 for m, x, r in zip(layers, xs, rs):
@@ -168,7 +172,21 @@ def layer_times(layers, cfg, tokens, dev, dtype):
 
         row["old_moe_us"] = graph_ms(run_all(False)) / len(layers) * 1e3
         if layers[0].kernels:
+            row["fused_v1_moe_us"] = graph_ms(run_all(True, False, 128)) / len(layers) * 1e3
             row["fused_moe_us"] = graph_ms(run_all(True)) / len(layers) * 1e3
+
+            def align(kernel):
+                pes = [m.route_pairs(x, K.eager)[0] for m, x in zip(layers, xs)]
+
+                def fn():
+                    for m, pe in zip(layers, pes):
+                        if kernel:
+                            FM.moe_align_triton(pe, m.weights.n_experts)
+                        else:
+                            K.decode.moe_align(pe, m.weights.n_experts)
+                return fn
+            row["align_torch_us"] = graph_ms(align(False)) / len(layers) * 1e3
+            row["align_kernel_us"] = graph_ms(align(True)) / len(layers) * 1e3
             pairs = [m.route_pairs(x, K.eager) for m, x in zip(layers, xs)]
             aligned = [K.eager.moe_align(pe, m.weights.n_experts) for m, (pe, _) in zip(layers, pairs)]
             touched = sum(int(torch.unique(pe).numel()) for pe, _ in pairs)
@@ -183,19 +201,21 @@ def layer_times(layers, cfg, tokens, dev, dtype):
             if "ceiling_copy_TBps" in R:
                 row["expert_kernels_of_copy"] = row["expert_kernels_TBps"] / R["ceiling_copy_TBps"]
         if layers[0].router_kernel:
-            def router(kernel):
+            def router(kernel, block_h=None):
                 def fn():
                     for m, x in zip(layers, xs):
                         if kernel:
-                            m.route_pairs(x, K.decode)
+                            FR.route_pairs(x, m.gate_weight, m.router.bias, a.top_k, a.norm_topk_prob,
+                                           a.routed_scaling_factor, m.weights.n_shared, block_h=block_h)
                         else:
                             FR.route_pairs_reference(x, m.router.weight, m.router.bias, a.top_k, a.n_group, a.topk_group,
                                                      a.norm_topk_prob, a.routed_scaling_factor, m.weights.n_shared, K.decode)
                 return fn
             row["router_ref_us"] = graph_ms(router(False)) / len(layers) * 1e3
+            row["router_kernel_v1_us"] = graph_ms(router(True, 128)) / len(layers) * 1e3
             row["router_kernel_us"] = graph_ms(router(True)) / len(layers) * 1e3
         for m in layers:
-            m.fused = False
+            m.fused, m.align_kernel, m.router_block_h = False, m.kernels, None
         res[t] = row
         print(f"time T={t}: {row}", flush=True)
     return res
@@ -257,9 +277,12 @@ def bench_engines(hf, cfg, args, dev):
     vocab = cfg.vocab_size
     check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
     out = {}
-    for name, flag in (("unfused", False), ("fused", True)):
+    for name in ("fused_v1", "fused"):
         t0 = now()
-        engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len, fused_moe=flag)
+        engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len, fused_moe=True)
+        if name == "fused_v1":  # alignment in compiled PyTorch, router blocks of 128 (commit 03b88cb)
+            for m in moe_layers(engine):
+                m.align_kernel, m.router_block_h = False, 128
         res = {"load_s": now() - t0}
         t0 = now()
         res["check_tokens"] = engine.generate(check, 16)
@@ -285,28 +308,31 @@ def bench_engines(hf, cfg, args, dev):
         gc.collect()
         if CUDA:
             torch.cuda.empty_cache()
-    a, b = out["unfused"]["check_tokens"], out["fused"]["check_tokens"]
+    a, b = out["fused_v1"]["check_tokens"], out["fused"]["check_tokens"]
     out["check_tokens_equal"] = [x == y for x, y in zip(a, b)]
     out["check_tokens_first_diff"] = [next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None) for x, y in zip(a, b)]
-    print(f"greedy tokens equal (unfused vs fused), per prompt: {out['check_tokens_equal']} "
+    print(f"greedy tokens equal (fused_v1 vs fused), per prompt: {out['check_tokens_equal']} "
           f"first differing step: {out['check_tokens_first_diff']}", flush=True)
     return out
 
 
 def table():
     print("\nper MoE layer (us), CUDA graphs over all MoE layers:")
-    print("T  old_moe  fused_moe  expert_kernels  TB/s  of_copy  router_ref  router_kernel  old_err  fused_err  router_diff")
+    print("T  old_moe  fused_v1  fused_moe  expert_kernels  TB/s  of_copy  align_torch  align_kernel  router_ref  "
+          "router_v1  router_kernel  old_err  fused_err  router_diff  align_equal")
     for t, row in R.get("layer_times", {}).items():
         c = R.get("correctness", {}).get(t, {})
 
         def f(v, fmt="{:.1f}"):
             return fmt.format(v) if isinstance(v, (int, float)) else "-"
-        print(f"{t}  {f(row.get('old_moe_us'))}  {f(row.get('fused_moe_us'))}  {f(row.get('expert_kernels_us'))}  "
-              f"{f(row.get('expert_kernels_TBps'), '{:.2f}')}  {f(row.get('expert_kernels_of_copy'), '{:.2f}')}  "
-              f"{f(row.get('router_ref_us'))}  {f(row.get('router_kernel_us'))}  {f(c.get('old_rel_err'), '{:.1e}')}  "
-              f"{f(c.get('fused_rel_err'), '{:.1e}')}  {c.get('router_tokens_differ', '-')}")
+        print(f"{t}  {f(row.get('old_moe_us'))}  {f(row.get('fused_v1_moe_us'))}  {f(row.get('fused_moe_us'))}  "
+              f"{f(row.get('expert_kernels_us'))}  {f(row.get('expert_kernels_TBps'), '{:.2f}')}  "
+              f"{f(row.get('expert_kernels_of_copy'), '{:.2f}')}  {f(row.get('align_torch_us'))}  {f(row.get('align_kernel_us'))}  "
+              f"{f(row.get('router_ref_us'))}  {f(row.get('router_kernel_v1_us'))}  {f(row.get('router_kernel_us'))}  "
+              f"{f(c.get('old_rel_err'), '{:.1e}')}  {f(c.get('fused_rel_err'), '{:.1e}')}  {c.get('router_tokens_differ', '-')}  "
+              f"{c.get('align_kernel_equal', '-')}")
     eng = R.get("engines", {})
-    for name in ("unfused", "fused"):
+    for name in ("fused_v1", "fused"):
         res = eng.get(name)
         if not res:
             continue

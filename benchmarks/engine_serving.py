@@ -7,7 +7,7 @@
 
 Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
 of an older models/engine put on `--engine-path`; `none` for whole prompts; `mixed`: decode rows and
-prompt pieces in one forward per step; `fused`: the fused router + MoE kernels) is built once over the same random-weight model, warmed (every
+prompt pieces in one forward per step; `fused`: the fused router + MoE kernels, `fused-v1` their first version) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -159,13 +159,16 @@ def bench_engine(name, spec, hf, vocab, args, rates):
             raise SystemExit(f"engine {name}: mode must be 'mixed' or 'separate', not {mode!r}")
         kw["mixed_step"] = mode == "mixed"
     if moe:
-        if moe not in ("fused", "unfused"):
-            raise SystemExit(f"engine {name}: MoE must be 'fused' or 'unfused', not {moe!r}")
-        kw["fused_moe"] = moe == "fused"
+        if moe not in ("fused", "unfused", "fused-v1"):
+            raise SystemExit(f"engine {name}: MoE must be 'fused', 'fused-v1' or 'unfused', not {moe!r}")
+        kw["fused_moe"] = moe != "unfused"
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
-    # greedy tokens of a fixed batch served from idle (compared across engines in main)
+    if moe == "fused-v1":  # the first fused version: alignment in compiled PyTorch, router blocks of 128
+        for block in engine.model.blocks:
+            if hasattr(block.mlp, "align_kernel"):
+                block.mlp.align_kernel, block.mlp.router_block_h = False, 128    # greedy tokens of a fixed batch served from idle (compared across engines in main)
     check = [p for p, _ in workload(8, 1.0, args, vocab, seed=args.seed + 99)]
     tokens = engine.generate(check, min(16, args.new_tokens))
     res = {"module": module, "prefill_budget": getattr(engine, "prefill_budget", "none (whole prompts)"),

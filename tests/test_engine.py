@@ -387,12 +387,17 @@ W = FM.ExpertWeights(torch.randn(E, 2 * I, H) / 8, torch.randn(E, H, I) / 8, tor
 for T in (1, 7, 20):
     x, res = torch.randn(T, H), torch.randn(T, H)
     gate, bias = torch.randn(E, H), torch.randn(E) / 10
-    pe, pw = FR.route_pairs(x, gate, bias, k, True, 2.5, S, block_h=32, num_warps=4)
+    pe, pw = FR.route_pairs(x, gate, bias, k, True, 2.5, S)
     pe_r, pw_r = FR.route_pairs_reference(x, gate, bias, k, 1, 1, True, 2.5, S, K.eager)
     assert torch.equal(pe.view(T, -1).sort(1)[0], pe_r.view(T, -1).sort(1)[0])
     sp, be = FM.moe_align(pe, W.n_experts)
+    sp_k, be_k = FM.moe_align_triton(pe, W.n_experts)
+    assert torch.equal(sp, sp_k) and torch.equal(be, be_k)
     out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be), res, T)
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
+for p, E in ((8, 66), (256, 66), (512, 64), (5, 3)):  # the lite shape's pair counts, experts not a power of 2
+    pe = torch.randint(0, E, (p,))
+    assert all(torch.equal(a, b) for a, b in zip(FM.moe_align(pe, E), FM.moe_align_triton(pe, E)))
 print("ok")
 """
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -191,6 +191,36 @@ if triton is not None:
             y_ptrs = y_ptr + pair[:, None].to(tl.int64) * N + offs_n[None, :]
             tl.store(y_ptrs, acc, mask=valid[:, None] & n_mask[None, :])
 
+    @triton.jit
+    def _align_kernel(pair_expert_ptr, sorted_pair_ptr, block_expert_ptr, shift_ptr, n_pairs,
+                      E: tl.constexpr, P_P2: tl.constexpr, E_P2: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
+                      NB_P2: tl.constexpr, BLOCK_M: tl.constexpr, FILL: tl.constexpr):
+        # One program: counts by histogram, pairs sorted by (expert, pair id), each moved by its
+        # expert's (padded start - packed start); the sentinel written first, a barrier, then the pairs.
+        offs_p = tl.arange(0, P_P2)
+        pm = offs_p < n_pairs
+        e = tl.load(pair_expert_ptr + offs_p, mask=pm, other=E).to(tl.int32)
+        counts = tl.histogram(e, E_P2, mask=pm)
+        offs_e = tl.arange(0, E_P2)
+        real = offs_e < E
+        padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        ends = tl.cumsum(padded, axis=0)
+        packed_ends = tl.cumsum(counts, axis=0)
+        tl.store(shift_ptr + offs_e, (ends - padded) - (packed_ends - counts))
+        skey = tl.sort(e * P_P2 + offs_p)
+        se = skey // P_P2
+        sp = skey % P_P2
+        for r0 in tl.static_range(0, ROWS, FILL):
+            offs_r = r0 + tl.arange(0, FILL)
+            tl.store(sorted_pair_ptr + offs_r, tl.zeros([FILL], dtype=tl.int32) + n_pairs, mask=offs_r < ROWS)
+        tl.debug_barrier()
+        valid = se < E
+        shift = tl.load(shift_ptr + se, mask=valid, other=0)
+        tl.store(sorted_pair_ptr + offs_p + shift, sp, mask=valid)
+        offs_b = tl.arange(0, NB_P2)
+        be = tl.sum(((offs_b[:, None] * BLOCK_M >= ends[None, :]) & real[None, :]).to(tl.int32), axis=1)
+        tl.store(block_expert_ptr + offs_b, be, mask=offs_b < NB)
+
     def _configs():
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
@@ -205,6 +235,25 @@ if triton is not None:
 
     _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
     _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
+
+
+ALIGN_MAX_PAIRS = 1024
+
+
+def moe_align_triton(pair_expert: torch.Tensor, n_experts: int, block_m: int = BLOCK_M):
+    """moe_align in one Triton program (at most ALIGN_MAX_PAIRS pairs): the same two tensors."""
+    p = pair_expert.numel()
+    assert p <= ALIGN_MAX_PAIRS
+    nb = max_blocks(p, n_experts, block_m)
+    e_p2 = triton.next_power_of_2(n_experts + 1)
+    dev = pair_expert.device
+    sorted_pair = torch.empty(nb * block_m, dtype=torch.int32, device=dev)
+    block_expert = torch.empty(nb, dtype=torch.int32, device=dev)
+    shift = torch.empty(e_p2, dtype=torch.int32, device=dev)
+    _align_kernel[(1,)](pair_expert, sorted_pair, block_expert, shift, p, E=n_experts,
+                        P_P2=max(16, triton.next_power_of_2(p)), E_P2=e_p2, ROWS=nb * block_m, NB=nb,
+                        NB_P2=max(16, triton.next_power_of_2(nb)), BLOCK_M=block_m, FILL=1024, num_warps=4)
+    return sorted_pair, block_expert
 
 
 def fused_moe(x: torch.Tensor, pair_expert: torch.Tensor, pair_weight: torch.Tensor, weights: ExpertWeights,

@@ -89,17 +89,37 @@ if triton is not None:
             tl.store(pair_weight_ptr + base + TOP_K + offs_s, tl.full([S_P2], 1.0, tl.float32), mask=s_mask)
 
 
+if triton is not None:
+    # One program streams the whole gate weight (256 KB for the lite shape): few, wide loads matter more
+    # than occupancy (16 serial 16 KB loads took 9-13 us on an H100). Autotuned once per shape, with
+    # do_bench's L2 flush between runs, as in a decode step where the experts have evicted it.
+    def _router_configs():
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_H": 32}, num_warps=4)]
+        return [triton.Config({"BLOCK_H": bh}, num_warps=w) for bh in (128, 256, 512, 1024) for w in (4, 8, 16)
+                if bh * 64 // (32 * w) <= 512]
+
+    def _bench(fn, quantiles=None):
+        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+    _router_tuned = triton.autotune(_router_configs(), key=["H", "E"], do_bench=_bench)(_router_kernel)
+
+
 def route_pairs(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, top_k: int, norm_topk_prob: bool,
-                scaling: float, n_shared: int, block_h: int = 128, num_warps: int = 8):
-    """The kernel: x [T, H] (model dtype), gate_weight [E, H] (any float dtype, contiguous), bias [E] fp32."""
+                scaling: float, n_shared: int, block_h: int | None = None, num_warps: int = 8):
+    """The kernel: x [T, H] (model dtype), gate_weight [E, H] (any float dtype, contiguous), bias [E] fp32.
+    block_h None: the autotuned configuration; else that block width and num_warps."""
     t, h = x.shape
     e = gate_weight.shape[0]
     assert x.stride(-1) == 1 and gate_weight.is_contiguous() and bias.dtype == torch.float32
     per_tok = top_k + n_shared
     pair_expert = torch.empty(t * per_tok, dtype=torch.long, device=x.device)
     pair_weight = torch.empty(t * per_tok, dtype=torch.float32, device=x.device)
-    _router_kernel[(t,)](x, gate_weight, bias, pair_expert, pair_weight, x.stride(0), float(scaling),
-                         H=h, E=e, E_P2=triton.next_power_of_2(e), TOP_K=top_k, N_SHARED=n_shared,
-                         S_P2=max(1, triton.next_power_of_2(max(1, n_shared))), NORM=bool(norm_topk_prob),
-                         BLOCK_H=block_h, num_warps=num_warps)
+    kw = dict(H=h, E=e, E_P2=triton.next_power_of_2(e), TOP_K=top_k, N_SHARED=n_shared,
+              S_P2=max(1, triton.next_power_of_2(max(1, n_shared))), NORM=bool(norm_topk_prob))
+    args = (x, gate_weight, bias, pair_expert, pair_weight, x.stride(0), float(scaling))
+    if block_h is None:
+        _router_tuned[(t,)](*args, **kw)
+    else:
+        _router_kernel[(t,)](*args, **kw, BLOCK_H=block_h, num_warps=num_warps)
     return pair_expert, pair_weight

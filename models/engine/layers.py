@@ -257,13 +257,15 @@ class MoE(nn.Module):
                                                *((self.shared.w_gate_up, self.shared.w_down) if self.shared else ()))
         self.fused = False
         self.kernels = fused_moe.available(self.gate_weight.device)  # else the PyTorch reference of the kernels
+        self.align_kernel = self.kernels  # the alignment in one Triton program, else compiled PyTorch
+        self.router_block_h: int | None = None  # the router kernel's block width (None: autotuned)
         self.router_kernel = (fused_router.available(self.gate_weight.device) and args.n_group <= 1)
 
     def route_pairs(self, flat: torch.Tensor, kk) -> tuple[torch.Tensor, torch.Tensor]:
         a, n_shared = self.args, self.weights.n_shared
         if self.router_kernel:
             return fused_router.route_pairs(flat, self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
-                                            a.routed_scaling_factor, n_shared)
+                                            a.routed_scaling_factor, n_shared, block_h=self.router_block_h)
         return fused_router.route_pairs_reference(flat, self.router.weight, self.router.bias, a.top_k, a.n_group,
                                                   a.topk_group, a.norm_topk_prob, a.routed_scaling_factor, n_shared, kk)
 
@@ -277,7 +279,10 @@ class MoE(nn.Module):
                 res = res + self.shared(flat, kk)
             pair_expert, pair_weight = self.route_pairs(flat, kk)
             if self.kernels:
-                sorted_pair, block_expert = kk.moe_align(pair_expert, self.weights.n_experts)
+                if self.align_kernel and pair_expert.numel() <= fused_moe.ALIGN_MAX_PAIRS:
+                    sorted_pair, block_expert = fused_moe.moe_align_triton(pair_expert, self.weights.n_experts)
+                else:
+                    sorted_pair, block_expert = kk.moe_align(pair_expert, self.weights.n_experts)
                 y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
                 return kk.moe_combine(y, res, flat.shape[0]).view(shape)
             return fused_moe.fused_moe_reference(flat, pair_expert, pair_weight, self.weights, res).view(shape)

@@ -30,6 +30,7 @@ from transformers import DeepseekV3Config, DeepseekV3Model
 
 from models.fraud_fast_forward import FastFraudForward
 from models.fraud_reviews import REVIEW_FIELDS
+from models.fraud_spend import SPEND_FIELDS
 from models.fraud_state import (CURRENT_FIELDS, HIST_FIELDS, ID_BUCKETS, LABEL_FRAUD, LABEL_LEGIT, FraudContext,
                                 FraudState, TxColumns)
 
@@ -66,11 +67,14 @@ class FraudModelConfig:
     review_fields: list[str] = field(default_factory=list)
     # the state's terminal windows count a label only once event time + delay has passed (FraudState.strict_windows)
     strict_windows: bool = False
+    # the customer's usual amount (FraudContext.spend_num, models/fraud_spend.py) on the current token; empty: the
+    # state keeps no spend memory and the model reads none
+    spend_fields: list[str] = field(default_factory=list)
 
     @classmethod
     def from_preset(cls, preset: str, customer_history: int = 8, terminal_history: int = 7,
                     labels_delay_days: float = 7.0, use_ids: bool = False, reviews: bool = False,
-                    **overrides: Any) -> "FraudModelConfig":
+                    spend: bool = False, **overrides: Any) -> "FraudModelConfig":
         from models.presets import UnknownPresetError, preset_config
 
         from models.errors import ModelError
@@ -88,7 +92,8 @@ class FraudModelConfig:
         except UnknownPresetError as exc:
             raise ModelError(str(exc)) from None
         return cls(preset, customer_history, terminal_history, labels_delay_days, backbone=cfg.to_dict(), use_ids=use_ids,
-                   review_fields=list(REVIEW_FIELDS) if reviews else [], strict_windows=reviews)
+                   review_fields=list(REVIEW_FIELDS) if reviews else [], strict_windows=reviews,
+                   spend_fields=list(SPEND_FIELDS) if spend else [])
 
     def backbone_config(self) -> DeepseekV3Config:
         cfg = dict(self.backbone)
@@ -122,6 +127,12 @@ class FraudModel(nn.Module):
                 raise ModelError(f"checkpoint review fields {config.review_fields} are not this state's {list(REVIEW_FIELDS)}")
             self.review_num = nn.Linear(len(config.review_fields), h)
             self.hist_review = nn.Embedding(3, h)  # the verdict on each history event: none / fraud / legit
+        if config.spend_fields:
+            if list(config.spend_fields) != list(SPEND_FIELDS):
+                from models.errors import ModelError
+
+                raise ModelError(f"checkpoint spend fields {config.spend_fields} are not this state's {list(SPEND_FIELDS)}")
+            self.spend_num = nn.Linear(len(config.spend_fields), h)
         self.label = nn.Embedding(4, h)
         self.customer_id = nn.Embedding(ID_BUCKETS, h)
         self.terminal_id = nn.Embedding(ID_BUCKETS, h)
@@ -158,9 +169,12 @@ class FraudModel(nn.Module):
         }
 
     def current_num(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The current transaction's numeric fields embedded (with the review fields when the config has them)."""
+        """The current transaction's numeric fields embedded (with the review and spend fields when the config has
+        them)."""
         x = self.cur_num(t["cur_num"])
-        return x + self.review_num(t["review_num"]) if self.config.review_fields else x
+        if self.config.review_fields:
+            x = x + self.review_num(t["review_num"])
+        return x + self.spend_num(t["spend_num"]) if self.config.spend_fields else x
 
     def embed(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         p = self.embed_parts(t)
@@ -194,7 +208,8 @@ class FraudModel(nn.Module):
 
 def context_tensors(ctx: FraudContext, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(getattr(ctx, k))).to(device)
-            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids", "review_num", "hist_review")}
+            for k in ("hist_num", "hist_label", "hist_counterpart", "cur_num", "cur_ids", "review_num", "hist_review",
+                      "spend_num")}
 
 
 def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5,
@@ -213,6 +228,10 @@ def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5,
             cur_x = torch.cat([cur_x, x["review_num"]], -1)
             cur_w = torch.cat([cur_w, model.review_num.weight.T], 0)
             cur_b = cur_b + model.review_num.bias
+        if model.config.spend_fields:
+            cur_x = torch.cat([cur_x, x["spend_num"]], -1)
+            cur_w = torch.cat([cur_w, model.spend_num.weight.T], 0)
+            cur_b = cur_b + model.spend_num.bias
         num_c = cur_x.unsqueeze(-1) * cur_w[None]  # [B, F, H]
         p = model.embed_parts(x)
         leaves = {"num_h": num_h.detach().requires_grad_(), "num_c": num_c.detach().requires_grad_(),
@@ -223,7 +242,7 @@ def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5,
         emb = torch.cat([hist, cur], 1) + model.token_type(model.types)[None]
         (forward or model.forward_embeds)(emb).sum().backward()
         attr = {k: (v * v.grad).sum(-1).detach() for k, v in leaves.items()}
-    cur_fields = list(model.config.current_fields) + list(model.config.review_fields)
+    cur_fields = list(model.config.current_fields) + list(model.config.review_fields) + list(model.config.spend_fields)
     n = model.config.customer_history
     out = []
     for b in range(attr["num_c"].shape[0]):
@@ -263,7 +282,7 @@ class FraudScorer:
         return FraudState(kwargs.pop("customer_history", cfg.customer_history),
                           kwargs.pop("terminal_history", cfg.terminal_history),
                           kwargs.pop("labels_delay_days", cfg.labels_delay_days),
-                          **({"strict_windows": cfg.strict_windows} | kwargs))
+                          **({"strict_windows": cfg.strict_windows, "spend_memory": bool(cfg.spend_fields)} | kwargs))
 
     @classmethod
     def load(cls, path: Path | None = None, device: str = "cpu", quantize: bool = False,
@@ -378,6 +397,8 @@ def _detail(ctx: FraudContext, row: int, source: str, feature: str, i: int) -> s
             return f"{feature}={float(ctx.cur_num[row, CURRENT_FIELDS.index(feature)]):.3f} (scaled)"
         if feature in REVIEW_FIELDS:
             return f"{feature}={float(ctx.review_num[row, REVIEW_FIELDS.index(feature)]):.3f} (scaled)"
+        if feature in SPEND_FIELDS:
+            return f"{feature}={float(ctx.spend_num[row, SPEND_FIELDS.index(feature)]):.3f} (scaled)"
         return "hashed customer/terminal ids"
     label = {LABEL_FRAUD: "known fraud", LABEL_LEGIT: "known legit"}.get(int(ctx.hist_label[row, i]), "no label yet")
     label += {1: ", reviewed: fraud", 2: ", reviewed: legitimate"}.get(int(ctx.hist_review[row, i]), "")

@@ -42,6 +42,9 @@ sweep times or restarts):
   kept apart from the labels, in their own per-customer and per-terminal memories (models/fraud_reviews.py)
   with their own windows, and are VISIBLE to a transaction at time t only when t >= decided_at (not after
   the chargeback delay). They reach the scorer as `FraudContext.review_num` (REVIEW_FIELDS).
+* With `spend_memory` (checkpoints whose config has spend fields) each customer's last amounts are kept
+  (models/fraud_spend.py): the 30-day median amount, this amount against it and the customer's recent
+  unusual amounts reach the scorer as `FraudContext.spend_num` (SPEND_FIELDS), from events at or before t.
 * A pending label waits at most `pending_horizon_days` of event time for its transaction (and
   `pending` holds at most `max_pending`); expired/overflowing ones go to an outbox that
   `expire_pending()` drains (transaction id, is_fraud, the caller's `ref`, reason) for dead-lettering.
@@ -63,11 +66,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from models.fraud_reviews import REVIEW_FIELDS, REVIEW_WINDOW_DAYS, ReviewMemory, review_features, review_kind
+from models.fraud_spend import SpendMemory
 
 if TYPE_CHECKING:  # the contracts need pydantic; training on a bare GPU image does not import them
     from pipelines.contracts import Label, Transaction
 
-SNAPSHOT_VERSION = 3  # 3: review memories; 2: eviction clock, located index, pending with ids/refs, outbox (1, 2 still read)
+SNAPSHOT_VERSION = 4  # 4: spend memory; 3: review memories; 2: eviction clock, located index, pending with ids/refs, outbox (1, 2 still read)
 DAY = 86400.0
 ID_BUCKETS = 1024  # hashed-id embedding buckets
 FRAUD_WINDOW_DAYS = 35.0  # known frauds counted over this window (a handbook compromise lasts 28 days)
@@ -151,6 +155,7 @@ class FraudContext:
     hist_age_s: np.ndarray  # float32 [B, N+M]
     review_num: np.ndarray  # float32 [B, len(REVIEW_FIELDS)] what investigators decided (models/fraud_reviews.py)
     hist_review: np.ndarray  # int64 [B, N+M] the verdict standing on each history event (0 none, 1 fraud, 2 legit)
+    spend_num: np.ndarray  # float32 [B, len(SPEND_FIELDS)] or [B, 0] without a spend memory (models/fraud_spend.py)
 
     def __len__(self) -> int:
         return self.cur_num.shape[0]
@@ -406,7 +411,8 @@ class FraudState:
     def __init__(self, customer_history: int = 7, terminal_history: int = 7, labels_delay_days: float = 7.0,
                  fraud_memory: int = 8, max_tracked_ids: int = 1_000_000, idle_evict_days: float | None = None,
                  pending_horizon_days: float = 2.0, max_pending: int = 100_000,
-                 max_tracked_days: float | None = None, sweep_every_days: float = 1.0, strict_windows: bool = False):
+                 max_tracked_days: float | None = None, sweep_every_days: float = 1.0, strict_windows: bool = False,
+                 spend_memory: bool = False):
         self.customer_history, self.terminal_history = int(customer_history), int(terminal_history)
         self.labels_delay_days = float(labels_delay_days)
         self.fraud_memory = int(fraud_memory)
@@ -438,6 +444,8 @@ class FraudState:
         self._outbox: list[ExpiredLabel] = []  # expired pending labels until expire_pending() takes them
         self.customer_reviews = ReviewMemory(REVIEW_WINDOW_DAYS["customer"])
         self.terminal_reviews = ReviewMemory(REVIEW_WINDOW_DAYS["terminal"])
+        # each customer's usual amount (models/fraud_spend.py); only for checkpoints that read it
+        self.spend = SpendMemory() if spend_memory else None
         self.dead_letters_dropped = 0  # expired labels dropped because the outbox was full (nobody drained it)
 
     @classmethod
@@ -458,6 +466,7 @@ class FraudState:
     def memory_bytes(self) -> int:
         """Approximate resident size: the ring arrays plus the index and pending dictionaries."""
         return self.customers.nbytes() + self.terminals.nbytes() + self.customer_reviews.nbytes() + \
+            (self.spend.nbytes() if self.spend is not None else 0) + \
             self.terminal_reviews.nbytes() + 200 * (len(self._where) + len(self.pending)) + \
             150 * (len(self.customers) + len(self.terminals))
 
@@ -806,6 +815,8 @@ class FraudState:
             self.customers.write(c, ts[sel], amount[sel], t_h[sel], tx_h[sel], labels[sel])
             self.terminals.write(t, ts[sel], amount[sel], c_h[sel], tx_h[sel], labels[sel])
             self.customers.count_day(c, ts[sel], amount[sel])
+            if self.spend is not None:
+                self.spend.write([cols.customer_id[i] for i in sel.tolist()], ts[sel], amount[sel])
             self.terminals.count_day(t, ts[sel], amount[sel])
             if self.pending:
                 self._apply_pending(cols, sel, tx_h, at)
@@ -851,6 +862,8 @@ class FraudState:
         self._expire_horizon()
         self.customer_reviews.sweep(self.clock)
         self.terminal_reviews.sweep(self.clock)
+        if self.spend is not None:
+            self.spend.sweep(self.clock)
 
     def context_columns(self, cols: TxColumns, clock: np.ndarray | None = None) -> FraudContext:
         """Context of each row against the current state. `clock`: the event time each row sees (default: the
@@ -936,6 +949,8 @@ class FraudState:
             cur_num=cur_num.astype(np.float32), cur_ids=np.stack([c_h, t_h], 1).astype(np.int64),
             hist_amount=a.astype(np.float32), hist_age_s=cat["age"].astype(np.float32),
             review_num=review_features(c_rev, t_rev), hist_review=np.concatenate([c_ev, t_ev], axis=1),
+            spend_num=(self.spend.features(cols.customer_id, ts, amount) if self.spend is not None
+                       else np.zeros((B, 0), np.float32)),
         )
 
     # -- snapshot / restore ----------------------------------------------------------------------
@@ -954,6 +969,8 @@ class FraudState:
         t_set = None if terminals is None else set(t_names)
         rc_names, rc_arr = self.customer_reviews.export(None if customers is None else list(customers))
         rt_names, rt_arr = self.terminal_reviews.export(None if terminals is None else list(terminals))
+        sp_names, sp_arr = self.spend.export(None if customers is None else list(customers)) \
+            if self.spend is not None else ([], {})
         where = [(h, *w) for h, w in self._where.items()
                  if (c_set is None or w[0] in c_set) and (t_set is None or w[1] in t_set)]
         pend = list(self.pending.items())
@@ -962,7 +979,8 @@ class FraudState:
                       fraud_memory=self.fraud_memory, max_tracked_ids=self.max_tracked_ids,
                       max_tracked_days=self.max_tracked_days, idle_evict_days=self.idle_evict_days,
                       pending_horizon_days=self.pending_horizon_days, max_pending=self.max_pending,
-                      sweep_every_days=self.sweep_every_days, strict_windows=self.strict_windows, clock=None if math.isinf(clock) else clock,
+                      sweep_every_days=self.sweep_every_days, strict_windows=self.strict_windows,
+                      spend_memory=self.spend is not None, spend_customers=sp_names, clock=None if math.isinf(clock) else clock,
                       customers=c_names, terminals=t_names, review_customers=rc_names, review_terminals=rt_names,
                       where_customers=[w[1] for w in where], where_terminals=[w[2] for w in where],
                       pending_ids=[v[0] for _, v in pend], pending_refs=[v[2] for _, v in pend],
@@ -970,6 +988,7 @@ class FraudState:
                       dead_letters_dropped=self.dead_letters_dropped)
         arrays = {f"c_{k}": v for k, v in c_arr.items()} | {f"t_{k}": v for k, v in t_arr.items()}
         arrays |= {f"rc_{k}": v for k, v in rc_arr.items()} | {f"rt_{k}": v for k, v in rt_arr.items()}
+        arrays |= {f"sp_{k}": v for k, v in sp_arr.items()}
         arrays["where_hash"] = np.array([w[0] for w in where], np.int64)
         arrays["where_time"] = np.array([w[3] for w in where], np.float64)
         arrays["where_at"] = np.array([w[4] for w in where], np.float64)
@@ -983,14 +1002,14 @@ class FraudState:
 
     def restore(self, blob: bytes) -> "FraudState":
         """Merge a snapshot into this state (keys in the snapshot overwrite ours). Returns self.
-        Reads versions 3, 2 and 1 (before 3 there are no dispositions; a v1 pending label has no id string: it
+        Reads versions 4, 3, 2 and 1 (before 4 there is no spend memory, before 3 no dispositions; a v1 pending label has no id string: it
         is named "#<hash>")."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
         header = json.loads(data.pop("header").tobytes())
         version = header.get("version")
-        if version not in (1, 2, SNAPSHOT_VERSION):
-            raise ValueError(f"fraud state snapshot version {version} is not readable (this code reads 1, 2 and "
+        if version not in (1, 2, 3, SNAPSHOT_VERSION):
+            raise ValueError(f"fraud state snapshot version {version} is not readable (this code reads 1, 2, 3 and "
                              f"{SNAPSHOT_VERSION})")
         shape = (header["customer_history"], header["terminal_history"], header["fraud_memory"])
         if shape != (self.customer_history, self.terminal_history, self.fraud_memory):
@@ -1002,6 +1021,9 @@ class FraudState:
                                     {k[3:]: v for k, v in data.items() if k.startswith("rc_")})
         self.terminal_reviews.merge(header.get("review_terminals", []),
                                     {k[3:]: v for k, v in data.items() if k.startswith("rt_")})
+        if self.spend is not None:
+            self.spend.merge(header.get("spend_customers", []),
+                             {k[3:]: v for k, v in data.items() if k.startswith("sp_")})
         if version == 1:  # no clock: the latest event it holds
             lt = np.concatenate([data["c_last_time"], data["t_last_time"]])
             clock = float(np.nanmax(lt)) if len(lt) and not np.isnan(lt).all() else None
@@ -1032,7 +1054,7 @@ class FraudState:
             header = json.loads(z["header"].tobytes())
         knobs = {k: header[k] for k in ("customer_history", "terminal_history", "labels_delay_days", "fraud_memory",
                                         "max_tracked_ids", "max_tracked_days", "idle_evict_days",
-                                        "pending_horizon_days", "max_pending", "sweep_every_days", "strict_windows")
+                                        "pending_horizon_days", "max_pending", "sweep_every_days", "strict_windows", "spend_memory")
                  if k in header}
         if header.get("version") == 1:  # v1 states never evicted
             knobs["idle_evict_days"] = math.inf

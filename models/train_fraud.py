@@ -89,7 +89,8 @@ def read_handbook(path: Path, max_rows: int | None = None) -> pd.DataFrame:
 
 def build_contexts(df: pd.DataFrame, customer_history: int, terminal_history: int, delay_days: float,
                    chunk: int = 8192, progress: bool = True, review_per_day: int = 0, review_latency_s: float = 3600.0,
-                   ranker: Callable[[FraudContext], np.ndarray] | None = None, strict_windows: bool = False) -> FraudContext:
+                   ranker: Callable[[FraudContext], np.ndarray] | None = None, strict_windows: bool = False,
+                   spend_memory: bool = False) -> FraudContext:
     """Replay the file through a FraudState in time order; labels are given right after their chunk.
 
     With `review_per_day` K > 0 the investigators are simulated as they would have acted at each moment
@@ -100,7 +101,8 @@ def build_contexts(df: pd.DataFrame, customer_history: int, terminal_history: in
 
     from models.review_simulator import day_chunks, review_day
 
-    state = FraudState(customer_history, terminal_history, delay_days, strict_windows=strict_windows)
+    state = FraudState(customer_history, terminal_history, delay_days, strict_windows=strict_windows,
+                       spend_memory=spend_memory)
     cols = TxColumns(df["TRANSACTION_ID"].astype(str).tolist(), df["TS"].to_numpy(np.float64),
                      df["CUSTOMER_ID"].astype(str).tolist(), df["TERMINAL_ID"].astype(str).tolist(),
                      df["TX_AMOUNT"].to_numpy(np.float64))
@@ -215,11 +217,14 @@ def handbook_features(df: pd.DataFrame, delay_days: float = 7.0) -> pd.DataFrame
     return out
 
 
-def with_review_features(feats: pd.DataFrame, ctx: FraudContext) -> pd.DataFrame:
-    """The handbook features plus the state's review fields (what investigators decided, as known then)."""
+def with_state_features(feats: pd.DataFrame, ctx: FraudContext) -> pd.DataFrame:
+    """The handbook features plus the state's review fields (what investigators decided, as known then) and, when
+    the state keeps a spend memory, its spend fields (the customer's usual amount)."""
     from models.fraud_reviews import REVIEW_FIELDS
+    from models.fraud_spend import SPEND_FIELDS
 
-    return feats.assign(**{f: ctx.review_num[:, i] for i, f in enumerate(REVIEW_FIELDS)})
+    spend = {f: ctx.spend_num[:, i] for i, f in enumerate(SPEND_FIELDS)} if ctx.spend_num.shape[1] else {}
+    return feats.assign(**{f: ctx.review_num[:, i] for i, f in enumerate(REVIEW_FIELDS)}, **spend)
 
 
 def _per_group_rolling(t: pd.DataFrame, key: str, col: str, window: str) -> np.ndarray:
@@ -353,7 +358,7 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
             f"verdicts {cfg.review_latency_s / 3600:g} h after the day's end")
     ctx = build_contexts(df, probe.customer_history, probe.terminal_history, cfg.labels_delay_days, progress=progress,
                          review_per_day=cfg.review_per_day, review_latency_s=cfg.review_latency_s, ranker=ranker,
-                         strict_windows=probe.strict_windows)
+                         strict_windows=probe.strict_windows, spend_memory=bool(probe.spend_fields))
     prep_s = time.perf_counter() - t1
     log(f"contexts built in {prep_s:.1f}s")
     y = df["TX_FRAUD"].to_numpy().astype(np.int64)
@@ -367,8 +372,8 @@ def run(input_path: Path, output: Path, cfg: TrainConfig, progress: bool = True,
     if cfg.baseline:
         t3 = time.perf_counter()
         feats = handbook_features(df, cfg.labels_delay_days)
-        if cfg.review_per_day > 0:  # the same investigators' feedback, as the state's review fields
-            feats = with_review_features(feats, ctx)
+        if cfg.review_per_day > 0 or ctx.spend_num.shape[1]:  # the same feedback and spend fields as the model's
+            feats = with_state_features(feats, ctx)
         log(f"handbook features in {time.perf_counter() - t3:.1f}s")
         lgb_scores = train_lightgbm(feats, y, split.train, split.val, cfg.seed)
         results["lightgbm-handbook"] = metrics(val_df, lgb_scores)

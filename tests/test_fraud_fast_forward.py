@@ -64,13 +64,13 @@ def _ctx(scorer, n, seed, customers=6, terminals=4):
 @given(layers=st.integers(1, 3), heads=st.sampled_from([1, 2, 4]), rope=st.sampled_from([4, 8]),
        q_lora=st.sampled_from([None, 16]), interleave=st.booleans(), groups=st.sampled_from([1, 2]),
        dense_first=st.integers(0, 1), experts_per_tok=st.sampled_from([1, 2, 3]), bias=st.booleans(),
-       use_ids=st.booleans(), reviews=st.booleans(), history=st.tuples(st.integers(1, 9), st.integers(1, 9)), n=st.integers(2, 70),
+       use_ids=st.booleans(), reviews=st.booleans(), spend=st.booleans(), history=st.tuples(st.integers(1, 9), st.integers(1, 9)), n=st.integers(2, 70),
        seed=st.integers(0, 2**16))
 def test_any_config_gives_the_reference_logits(layers, heads, rope, q_lora, interleave, groups, dense_first,
-                                               experts_per_tok, bias, use_ids, reviews, history, n, seed):
+                                               experts_per_tok, bias, use_ids, reviews, spend, history, n, seed):
     torch.manual_seed(seed)
     cfg = FraudModelConfig.from_preset(
-        "tiny", customer_history=history[0], terminal_history=history[1], use_ids=use_ids, reviews=reviews,
+        "tiny", customer_history=history[0], terminal_history=history[1], use_ids=use_ids, reviews=reviews, spend=spend,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, qk_rope_head_dim=rope,
         q_lora_rank=q_lora, rope_interleave=interleave, n_group=groups, topk_group=1 if groups == 1 else 1,
         n_routed_experts=8, num_experts_per_tok=experts_per_tok, first_k_dense_replace=min(dense_first, layers - 1),

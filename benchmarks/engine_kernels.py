@@ -39,8 +39,12 @@ from models.engine import fused_moe as FM  # noqa: E402
 from models.engine import fused_router as FR  # noqa: E402
 from models.engine import kernels as K  # noqa: E402
 from models.engine import load_engine  # noqa: E402
+from models.engine import fused_mla as ML  # noqa: E402
 from models.engine.random_init import random_hf_model  # noqa: E402
 from models.presets import preset_config  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_serving import set_kernel_version  # noqa: E402
 
 R: dict = {}
 CUDA = torch.cuda.is_available()
@@ -135,6 +139,14 @@ def correctness(moe, cfg, tokens, dev, dtype):
             row["fused_nan"] = bool(torch.isnan(y).any())
             sp_k, be_k = FM.moe_align_triton(pe_r, moe.weights.n_experts)
             row["align_kernel_equal"] = bool(torch.equal(sp, sp_k) and torch.equal(be, be_k))
+        if moe.router_kernel and moe.kernels:
+            pe_k, pw_k = moe.route_pairs(x, K.eager)
+            pe2, pw2, sp2, be2 = FR.route_and_align(x, moe.gate_weight, moe.router.bias, a.top_k, a.norm_topk_prob,
+                                                    a.routed_scaling_factor, moe.weights.n_shared)
+            sp3, be3 = K.eager.moe_align(pe2, moe.weights.n_experts)
+            row["route_align_pairs_equal"] = bool(torch.equal(pe2, pe_k))
+            row["route_align_weight_max_err"] = (pw2 - pw_k).abs().max().item()
+            row["route_align_blocks_equal"] = bool(torch.equal(sp2, sp3) and torch.equal(be2, be3))
         if moe.router_kernel:
             pe, pw = moe.route_pairs(x, K.eager)
             s_k, o_k = pe.view(t, per).sort(1)
@@ -146,6 +158,41 @@ def correctness(moe, cfg, tokens, dev, dtype):
                 row["router_weight_max_err"] = (wk[same] - wr[same]).abs().max().item()
         res[t] = row
         print(f"check T={t}: {row}", flush=True)
+    return res
+
+
+def prologue_check(engine, tokens, dev, dtype):
+    """The attention prologue kernel vs the compiled PyTorch kernels it replaces: cache rows, q_rope, time."""
+    res = {}
+    m, a = engine.model, engine.model.args
+    attns = [b.attn for b in m.blocks]
+    for t in tokens:
+        g = torch.Generator(device=dev).manual_seed(7 + t)
+        hs = [torch.randn(t, attn.w_in.shape[0], device=dev, dtype=dtype, generator=g) for attn in attns]
+        pos = torch.randint(0, m.max_seq_len - 1, (t,), device=dev, generator=g)
+        cos, sin = m.rope.cos[pos], m.rope.sin[pos]
+        caches = [torch.zeros(t, m.max_seq_len, a.latent_dim, device=dev, dtype=dtype) for _ in range(2)]
+
+        def run(kernel, cache):
+            def fn():
+                for attn, h in zip(attns, hs):
+                    f = ML.mla_prologue if kernel else ML.mla_prologue_reference
+                    extra = () if kernel else (K.decode,)
+                    f(h[:, : attn.split_in], h[:, attn.split_in :], cos, sin, attn.kv_norm, attn.kv_eps, cache, pos,
+                      a.num_heads, a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank, a.rope_interleave, *extra)
+            return fn
+        attn, h = attns[0], hs[0]
+        args = (h[:, : attn.split_in], h[:, attn.split_in :], cos, sin, attn.kv_norm, attn.kv_eps)
+        tail = (pos, a.num_heads, a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank, a.rope_interleave)
+        q1 = ML.mla_prologue(*args, caches[0], *tail)
+        q2 = ML.mla_prologue_reference(*args, caches[1], *tail, K.decode)
+        row = {"q_rope_max_err": (q1.float() - q2.float()).abs().max().item(),
+               "cache_max_err": (caches[0].float() - caches[1].float()).abs().max().item(),
+               "cache_rows_bitwise_equal": bool(torch.equal(caches[0], caches[1]))}
+        row["reference_us"] = graph_ms(run(False, caches[1])) / len(attns) * 1e3
+        row["kernel_us"] = graph_ms(run(True, caches[0])) / len(attns) * 1e3
+        res[t] = row
+        print(f"prologue T={t}: {row}", flush=True)
     return res
 
 
@@ -161,9 +208,9 @@ def layer_times(layers, cfg, tokens, dev, dtype):
         rs = [torch.randn(t, cfg.hidden_size, device=dev, dtype=dtype, generator=g) for _ in layers]
         row = {}
 
-        def run_all(flag, align_kernel=True, router_block_h=None):
+        def run_all(flag, align_kernel=True, router_block_h=None, route_align=True):
             for m in layers:
-                m.fused, m.align_kernel, m.router_block_h = flag, align_kernel, router_block_h
+                m.fused, m.align_kernel, m.router_block_h, m.route_align = flag, align_kernel, router_block_h, route_align
 
             def fn():
                 for m, x, r in zip(layers, xs, rs):
@@ -172,8 +219,15 @@ def layer_times(layers, cfg, tokens, dev, dtype):
 
         row["old_moe_us"] = graph_ms(run_all(False)) / len(layers) * 1e3
         if layers[0].kernels:
-            row["fused_v1_moe_us"] = graph_ms(run_all(True, False, 128)) / len(layers) * 1e3
+            row["fused_v1_moe_us"] = graph_ms(run_all(True, False, 128, False)) / len(layers) * 1e3
+            row["fused_v2_moe_us"] = graph_ms(run_all(True, True, None, False)) / len(layers) * 1e3
             row["fused_moe_us"] = graph_ms(run_all(True)) / len(layers) * 1e3
+
+            def route_align():
+                for m, x in zip(layers, xs):
+                    FR.route_and_align(x, m.gate_weight, m.router.bias, a.top_k, a.norm_topk_prob,
+                                       a.routed_scaling_factor, m.weights.n_shared)
+            row["route_and_align_us"] = graph_ms(route_align) / len(layers) * 1e3
 
             def align(kernel):
                 pes = [m.route_pairs(x, K.eager)[0] for m, x in zip(layers, xs)]
@@ -215,7 +269,7 @@ def layer_times(layers, cfg, tokens, dev, dtype):
             row["router_kernel_v1_us"] = graph_ms(router(True, 128)) / len(layers) * 1e3
             row["router_kernel_us"] = graph_ms(router(True)) / len(layers) * 1e3
         for m in layers:
-            m.fused, m.align_kernel, m.router_block_h = False, m.kernels, None
+            m.fused, m.align_kernel, m.router_block_h, m.route_align = False, m.kernels, None, m.router_kernel and m.kernels
         res[t] = row
         print(f"time T={t}: {row}", flush=True)
     return res
@@ -277,12 +331,10 @@ def bench_engines(hf, cfg, args, dev):
     vocab = cfg.vocab_size
     check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
     out = {}
-    for name in ("fused_v1", "fused"):
+    for name in ("fused_v2", "fused"):
         t0 = now()
         engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len, fused_moe=True)
-        if name == "fused_v1":  # alignment in compiled PyTorch, router blocks of 128 (commit 03b88cb)
-            for m in moe_layers(engine):
-                m.align_kernel, m.router_block_h = False, 128
+        set_kernel_version(engine, name.replace("_", "-"))  # fused_v2: the state of commit bb5a590
         res = {"load_s": now() - t0}
         t0 = now()
         res["check_tokens"] = engine.generate(check, 16)
@@ -308,31 +360,36 @@ def bench_engines(hf, cfg, args, dev):
         gc.collect()
         if CUDA:
             torch.cuda.empty_cache()
-    a, b = out["fused_v1"]["check_tokens"], out["fused"]["check_tokens"]
+    a, b = out["fused_v2"]["check_tokens"], out["fused"]["check_tokens"]
     out["check_tokens_equal"] = [x == y for x, y in zip(a, b)]
     out["check_tokens_first_diff"] = [next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None) for x, y in zip(a, b)]
-    print(f"greedy tokens equal (fused_v1 vs fused), per prompt: {out['check_tokens_equal']} "
+    print(f"greedy tokens equal (fused_v2 vs fused), per prompt: {out['check_tokens_equal']} "
           f"first differing step: {out['check_tokens_first_diff']}", flush=True)
     return out
 
 
 def table():
     print("\nper MoE layer (us), CUDA graphs over all MoE layers:")
-    print("T  old_moe  fused_v1  fused_moe  expert_kernels  TB/s  of_copy  align_torch  align_kernel  router_ref  "
-          "router_v1  router_kernel  old_err  fused_err  router_diff  align_equal")
+    print("T  old_moe  fused_v1  fused_v2  fused_moe  expert_kernels  TB/s  of_copy  align_torch  align_kernel  router_ref  "
+          "router_v1  router_kernel  route_and_align  old_err  fused_err  router_diff  align_equal  route_align_equal")
     for t, row in R.get("layer_times", {}).items():
         c = R.get("correctness", {}).get(t, {})
 
         def f(v, fmt="{:.1f}"):
             return fmt.format(v) if isinstance(v, (int, float)) else "-"
-        print(f"{t}  {f(row.get('old_moe_us'))}  {f(row.get('fused_v1_moe_us'))}  {f(row.get('fused_moe_us'))}  "
+        print(f"{t}  {f(row.get('old_moe_us'))}  {f(row.get('fused_v1_moe_us'))}  {f(row.get('fused_v2_moe_us'))}  "
+              f"{f(row.get('fused_moe_us'))}  "
               f"{f(row.get('expert_kernels_us'))}  {f(row.get('expert_kernels_TBps'), '{:.2f}')}  "
               f"{f(row.get('expert_kernels_of_copy'), '{:.2f}')}  {f(row.get('align_torch_us'))}  {f(row.get('align_kernel_us'))}  "
               f"{f(row.get('router_ref_us'))}  {f(row.get('router_kernel_v1_us'))}  {f(row.get('router_kernel_us'))}  "
+              f"{f(row.get('route_and_align_us'))}  "
               f"{f(c.get('old_rel_err'), '{:.1e}')}  {f(c.get('fused_rel_err'), '{:.1e}')}  {c.get('router_tokens_differ', '-')}  "
-              f"{c.get('align_kernel_equal', '-')}")
+              f"{c.get('align_kernel_equal', '-')}  {c.get('route_align_pairs_equal', '-')}/{c.get('route_align_blocks_equal', '-')}")
+    for t, row in R.get("prologue", {}).items():
+        print(f"attention prologue T={t}: PyTorch {row['reference_us']:.1f} us, kernel {row['kernel_us']:.1f} us per layer; "
+              f"max err q_rope {row['q_rope_max_err']:.2e}, cache {row['cache_max_err']:.2e} (bitwise {row['cache_rows_bitwise_equal']})")
     eng = R.get("engines", {})
-    for name in ("fused_v1", "fused"):
+    for name in ("fused_v2", "fused"):
         res = eng.get(name)
         if not res:
             continue
@@ -379,7 +436,8 @@ def main(argv=None):
     layers = moe_layers(engine)
     with torch.inference_mode():
         for phase, fn in (("correctness", lambda: correctness(layers[0], cfg, tokens, dev, dtype)),
-                          ("layer_times", lambda: layer_times(layers, cfg, tokens, dev, dtype) if dev.type == "cuda" else {})):
+                          ("layer_times", lambda: layer_times(layers, cfg, tokens, dev, dtype) if dev.type == "cuda" else {}),
+                          ("prologue", lambda: prologue_check(engine, [1, 32], dev, dtype) if dev.type == "cuda" else {})):
             t0 = time.perf_counter()
             try:
                 R[phase] = fn()

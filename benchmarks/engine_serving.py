@@ -7,7 +7,7 @@
 
 Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
 of an older models/engine put on `--engine-path`; `none` for whole prompts; `mixed`: decode rows and
-prompt pieces in one forward per step; `fused`: the fused router + MoE kernels, `fused-v1` their first version) is built once over the same random-weight model, warmed (every
+prompt pieces in one forward per step; `fused`: the fused decode kernels, `fused-v1` / `fused-v2` earlier versions of them) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -148,6 +148,25 @@ def static_figures(engine, vocab, args):
     return out
 
 
+# Earlier versions of the decode kernels, for A/B runs in one call (attributes set before any capture).
+KERNEL_VERSIONS = {
+    # the first fused MoE: alignment in compiled PyTorch, router blocks of 128 (commit 03b88cb)
+    "fused-v1": {"mlp": {"align_kernel": False, "router_block_h": 128, "route_align": False},
+                 "attn": {"prologue_kernel": False}},
+    # alignment kernel + autotuned single-program router; attention prologue in PyTorch (commit bb5a590)
+    "fused-v2": {"mlp": {"route_align": False}, "attn": {"prologue_kernel": False}},
+}
+
+
+def set_kernel_version(engine, version):
+    for part, attrs in KERNEL_VERSIONS.get(version, {}).items():
+        for block in getattr(getattr(engine, "model", None), "blocks", []):
+            mod = getattr(block, part)
+            for k, v in attrs.items():
+                if hasattr(mod, k):
+                    setattr(mod, k, v)
+
+
 def bench_engine(name, spec, hf, vocab, args, rates):
     module, _, rest = spec.partition(":")
     budget, _, rest = rest.partition(":")
@@ -159,16 +178,14 @@ def bench_engine(name, spec, hf, vocab, args, rates):
             raise SystemExit(f"engine {name}: mode must be 'mixed' or 'separate', not {mode!r}")
         kw["mixed_step"] = mode == "mixed"
     if moe:
-        if moe not in ("fused", "unfused", "fused-v1"):
-            raise SystemExit(f"engine {name}: MoE must be 'fused', 'fused-v1' or 'unfused', not {moe!r}")
+        if moe not in ("fused", "unfused", *KERNEL_VERSIONS):
+            raise SystemExit(f"engine {name}: kernels must be fused, unfused or one of {sorted(KERNEL_VERSIONS)}, not {moe!r}")
         kw["fused_moe"] = moe != "unfused"
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
-    if moe == "fused-v1":  # the first fused version: alignment in compiled PyTorch, router blocks of 128
-        for block in engine.model.blocks:
-            if hasattr(block.mlp, "align_kernel"):
-                block.mlp.align_kernel, block.mlp.router_block_h = False, 128    # greedy tokens of a fixed batch served from idle (compared across engines in main)
+    set_kernel_version(engine, moe)
+    # greedy tokens of a fixed batch served from idle (compared across engines in main)
     check = [p for p, _ in workload(8, 1.0, args, vocab, seed=args.seed + 99)]
     tokens = engine.generate(check, min(16, args.new_tokens))
     res = {"module": module, "prefill_budget": getattr(engine, "prefill_budget", "none (whole prompts)"),
@@ -263,7 +280,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused|fused-v1|fused-v2]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

@@ -370,6 +370,26 @@ def test_fused_moe_engine_gives_transformers_tokens(hf_model):
     assert outs == [hf_greedy(hf_model, p, n) for p, n in zip(PROMPTS, lengths)]
 
 
+def test_mla_prologue_reference_is_the_projection_and_cache_write_of_decode(hf_model):
+    from models.engine import fused_mla
+
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=32)
+    attn, a = engine.model.blocks[0].attn, engine.model.args
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, hf_model.config.hidden_size, generator=g)
+    pos = torch.tensor([0, 17, 5])
+    cos, sin = engine.model.rope.cos[pos], engine.model.rope.sin[pos]
+    q_nope, q_rope, rows = attn._project(x, cos, sin, kernels.eager)
+    h = torch.nn.functional.linear(x, attn.w_in, attn.b_in)
+    cache = torch.zeros(4, 32, a.latent_dim)
+    got = fused_mla.mla_prologue_reference(h[:, : attn.split_in], h[:, attn.split_in :], cos, sin, attn.kv_norm, attn.kv_eps,
+                                           cache, pos, a.num_heads, a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank,
+                                           a.rope_interleave)
+    torch.testing.assert_close(got, q_rope)
+    torch.testing.assert_close(cache[torch.arange(3), pos], rows)
+    assert cache.abs().sum() == rows.abs().sum()  # nothing else written
+
+
 def test_fused_kernels_equal_their_reference_in_the_triton_interpreter(tmp_path):
     # Runs only where Triton is installed (its CPU interpreter); the GPU benchmark
     # (benchmarks/engine_kernels.py) compares the compiled kernels against the same references.
@@ -398,6 +418,35 @@ for T in (1, 7, 20):
 for p, E in ((8, 66), (256, 66), (512, 64), (5, 3)):  # the lite shape's pair counts, experts not a power of 2
     pe = torch.randint(0, E, (p,))
     assert all(torch.equal(a, b) for a, b in zip(FM.moe_align(pe, E), FM.moe_align_triton(pe, E)))
+for T, E, H, k, S, norm in ((1, 8, 64, 3, 2, True), (20, 16, 96, 4, 1, False), (64, 64, 128, 6, 2, True), (3, 10, 64, 2, 0, True)):
+    x, gate, bias = torch.randn(T, H), torch.randn(E, H), torch.randn(E) / 10
+    pe, pw, sp, be = FR.route_and_align(x, gate, bias, k, norm, 2.5, S, block_h=32)
+    pe_r, pw_r = FR.route_pairs_reference(x, gate, bias, k, 1, 1, norm, 2.5, S, K.eager)
+    assert torch.equal(pe.view(T, -1).sort(1)[0], pe_r.view(T, -1).sort(1)[0])
+    torch.testing.assert_close(pw.view(T, -1).sum(1), pw_r.view(T, -1).sum(1))
+    assert all(torch.equal(a, b) for a, b in zip((sp, be), FM.moe_align(pe, E + S)))
+from models.engine import fused_mla as ML
+for interleave in (True, False):
+    B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10
+    q, kv = torch.randn(B, heads * (nope + rope)), torch.randn(B, 2 * (rank + rope))[:, : rank + rope]
+    cos, sin, w, pos = torch.randn(B, rope // 2), torch.randn(B, rope // 2), torch.randn(rank), torch.tensor([0, 9, 4])
+    c1, c2 = torch.randn(B, seq, rank + rope), None
+    c2 = c1.clone()
+    r1 = ML.mla_prologue(q, kv, cos, sin, w, 1e-6, c1, pos, heads, nope, rope, rank, interleave)
+    r2 = ML.mla_prologue_reference(q, kv, cos, sin, w, 1e-6, c2, pos, heads, nope, rope, rank, interleave)
+    torch.testing.assert_close(r1, r2)
+    torch.testing.assert_close(c1, c2)
+# the whole engine with every kernel (interpreted) gives transformers' greedy tokens
+from transformers import DeepseekV3ForCausalLM
+from models.engine import load_engine
+from models.presets import preset_config
+hf = DeepseekV3ForCausalLM(preset_config("tiny")).eval()
+engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True)
+assert engine.model.blocks[0].attn.prologue_kernel and engine.model.blocks[0].mlp.route_align
+prompts = [[5, 6, 7, 8, 9], [1, 2, 3], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
+with torch.no_grad():
+    expected = [hf.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False)[0, len(p):].tolist() for p in prompts]
+assert engine.generate(prompts, 5) == expected
 print("ok")
 """
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -192,9 +192,9 @@ if triton is not None:
             tl.store(y_ptrs, acc, mask=valid[:, None] & n_mask[None, :])
 
     @triton.jit
-    def _align_kernel(pair_expert_ptr, sorted_pair_ptr, block_expert_ptr, shift_ptr, n_pairs,
-                      E: tl.constexpr, P_P2: tl.constexpr, E_P2: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
-                      NB_P2: tl.constexpr, BLOCK_M: tl.constexpr, FILL: tl.constexpr):
+    def _align_body(pair_expert_ptr, sorted_pair_ptr, block_expert_ptr, shift_ptr, n_pairs,
+                    E: tl.constexpr, P_P2: tl.constexpr, E_P2: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
+                    NB_P2: tl.constexpr, BLOCK_M: tl.constexpr, FILL: tl.constexpr):
         # One program: counts by histogram, pairs sorted by (expert, pair id), each moved by its
         # expert's (padded start - packed start); the sentinel written first, a barrier, then the pairs.
         offs_p = tl.arange(0, P_P2)
@@ -221,6 +221,13 @@ if triton is not None:
         be = tl.sum(((offs_b[:, None] * BLOCK_M >= ends[None, :]) & real[None, :]).to(tl.int32), axis=1)
         tl.store(block_expert_ptr + offs_b, be, mask=offs_b < NB)
 
+    @triton.jit
+    def _align_kernel(pair_expert_ptr, sorted_pair_ptr, block_expert_ptr, shift_ptr, n_pairs,
+                      E: tl.constexpr, P_P2: tl.constexpr, E_P2: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
+                      NB_P2: tl.constexpr, BLOCK_M: tl.constexpr, FILL: tl.constexpr):
+        _align_body(pair_expert_ptr, sorted_pair_ptr, block_expert_ptr, shift_ptr, n_pairs,
+                    E, P_P2, E_P2, ROWS, NB, NB_P2, BLOCK_M, FILL)
+
     def _configs():
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
@@ -240,19 +247,24 @@ if triton is not None:
 ALIGN_MAX_PAIRS = 1024
 
 
+def align_buffers(n_pairs: int, n_experts: int, device, block_m: int = BLOCK_M):
+    """(sorted_pair, block_expert, scratch, constexpr kwargs) for the one-program alignment."""
+    nb = max_blocks(n_pairs, n_experts, block_m)
+    e_p2 = triton.next_power_of_2(n_experts + 1)
+    sorted_pair = torch.empty(nb * block_m, dtype=torch.int32, device=device)
+    block_expert = torch.empty(nb, dtype=torch.int32, device=device)
+    shift = torch.empty(e_p2, dtype=torch.int32, device=device)
+    meta = dict(E=n_experts, P_P2=max(16, triton.next_power_of_2(n_pairs)), E_P2=e_p2, ROWS=nb * block_m, NB=nb,
+                NB_P2=max(16, triton.next_power_of_2(nb)), BLOCK_M=block_m, FILL=1024)
+    return sorted_pair, block_expert, shift, meta
+
+
 def moe_align_triton(pair_expert: torch.Tensor, n_experts: int, block_m: int = BLOCK_M):
     """moe_align in one Triton program (at most ALIGN_MAX_PAIRS pairs): the same two tensors."""
     p = pair_expert.numel()
     assert p <= ALIGN_MAX_PAIRS
-    nb = max_blocks(p, n_experts, block_m)
-    e_p2 = triton.next_power_of_2(n_experts + 1)
-    dev = pair_expert.device
-    sorted_pair = torch.empty(nb * block_m, dtype=torch.int32, device=dev)
-    block_expert = torch.empty(nb, dtype=torch.int32, device=dev)
-    shift = torch.empty(e_p2, dtype=torch.int32, device=dev)
-    _align_kernel[(1,)](pair_expert, sorted_pair, block_expert, shift, p, E=n_experts,
-                        P_P2=max(16, triton.next_power_of_2(p)), E_P2=e_p2, ROWS=nb * block_m, NB=nb,
-                        NB_P2=max(16, triton.next_power_of_2(nb)), BLOCK_M=block_m, FILL=1024, num_warps=4)
+    sorted_pair, block_expert, shift, meta = align_buffers(p, n_experts, pair_expert.device, block_m)
+    _align_kernel[(1,)](pair_expert, sorted_pair, block_expert, shift, p, **meta, num_warps=4)
     return sorted_pair, block_expert
 
 

@@ -60,6 +60,11 @@ def masked_softmax(scores: torch.Tensor, scale: float, valid_len: torch.Tensor) 
     return torch.softmax(s, dim=-1).to(scores.dtype)
 
 
+def masked_softmax_upto(scores: torch.Tensor, scale: float, pos: torch.Tensor) -> torch.Tensor:
+    """masked_softmax over keys 0..pos[b] (the +1 inside, so a compiled decode step fuses it)."""
+    return masked_softmax(scores, scale, pos + 1)
+
+
 def route_sigmoid_topk(
     logits: torch.Tensor,
     bias: torch.Tensor,
@@ -145,7 +150,7 @@ from .fused_moe import combine as moe_combine  # noqa: E402 - the fused MoE's Py
 from .fused_moe import moe_align  # noqa: E402
 from .fused_router import append_shared  # noqa: E402
 
-_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "route_sigmoid_topk",
+_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "masked_softmax_upto", "route_sigmoid_topk",
             "expert_order", "combine_experts", "append_shared", "moe_align", "moe_combine")
 
 # Two kernel sets: prefill always runs `eager` (compute-bound, and it sees many shapes); decode runs

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_moe, fused_router, triton_moe
+from . import fused_mla, fused_moe, fused_router, triton_moe
 from . import kernels as K
 from .config import EngineArgs
 from .mixed_batch import MixedBatch
@@ -76,6 +76,8 @@ class MLAAttention(nn.Module):
         self.w_o = hf_attn.o_proj.weight
         self.b_o = getattr(hf_attn.o_proj, "bias", None)
         self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
+        # decode: norm, ropes and the cache write in one kernel (fused_mla.py), else the PyTorch kernels
+        self.prologue_kernel = fused_mla.available(self.w_in.device) and a.qk_rope_head_dim % 2 == 0
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
@@ -137,26 +139,37 @@ class MLAAttention(nn.Module):
 
     def decode(self, x, cos, sin, cache: torch.Tensor, pos: torch.Tensor, seq_bucket: int) -> torch.Tensor:
         """x [B, H], one token per cache slot 0..B-1 at positions pos [B]; attends to cache[:B, :seq_bucket]."""
+        if self.prologue_kernel:
+            a = self.args
+            h = F.linear(x, self.w_in, self.b_in)
+            q, kv = h[..., : self.split_in], h[..., self.split_in :]
+            if self.q_lora:
+                q = F.linear(K.decode.rms_norm(q, self.q_a_norm, self.q_a_eps), self.w_q_b)
+            q_rope = fused_mla.mla_prologue(q, kv, cos, sin, self.kv_norm, self.kv_eps, cache, pos, a.num_heads,
+                                            a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank, a.rope_interleave)
+            q_nope = q.unflatten(-1, (a.num_heads, a.qk_head_dim))[..., : a.qk_nope_head_dim]
+            return self._out(self._attend_decode(q_nope, q_rope, None, cache, pos, seq_bucket, K.decode))
         q_nope, q_rope, rows = self._project(x, cos, sin, K.decode)
         return self._out(self._attend_decode(q_nope, q_rope, rows, cache, pos, seq_bucket, K.decode))
 
     def _attend_decode(self, q_nope, q_rope, rows, cache, pos, seq_bucket: int, kk) -> torch.Tensor:
         """Absorbed MLA for one token per slot 0..B-1: q_nope @ W_UK gives a query in latent space,
         scores are taken against the cached [latent | rope key] rows directly, and W_UV is applied to
-        the attention-weighted latent. Writes the B cache rows. Returns [B, heads * dv], before o_proj."""
+        the attention-weighted latent. Writes the B cache rows (rows None: already written). Returns
+        [B, heads * dv], before o_proj."""
         a = self.args
-        bsz = rows.shape[0]
-        max_seq = cache.shape[1]
-        flat = torch.arange(bsz, device=rows.device) * max_seq + pos
-        cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
+        bsz = q_nope.shape[0]
+        if rows is not None:
+            flat = torch.arange(bsz, device=rows.device) * cache.shape[1] + pos
+            cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
         q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [B, heads, r]
         q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
         kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
         scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
         # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
         # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
-        softmax = kk.masked_softmax if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax
-        probs = softmax(scores, self.scale, pos + 1)
+        softmax = kk.masked_softmax_upto if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
+        probs = softmax(scores, self.scale, pos)
         o_lat = _weighted_latent(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
         return o.reshape(bsz, a.num_heads * a.v_head_dim)
@@ -260,6 +273,7 @@ class MoE(nn.Module):
         self.align_kernel = self.kernels  # the alignment in one Triton program, else compiled PyTorch
         self.router_block_h: int | None = None  # the router kernel's block width (None: autotuned)
         self.router_kernel = (fused_router.available(self.gate_weight.device) and args.n_group <= 1)
+        self.route_align = self.router_kernel and self.align_kernel  # split gate GEMV + one route/align program
 
     def route_pairs(self, flat: torch.Tensor, kk) -> tuple[torch.Tensor, torch.Tensor]:
         a, n_shared = self.args, self.weights.n_shared
@@ -277,6 +291,14 @@ class MoE(nn.Module):
             res = residual.reshape(flat.shape) if residual is not None else torch.zeros_like(flat)
             if self.shared is not None and not self.weights.n_shared:  # shared width not in expert slices
                 res = res + self.shared(flat, kk)
+            if (self.route_align and self.router_kernel and self.align_kernel and self.kernels
+                    and flat.shape[0] <= fused_router.ROUTE_ALIGN_MAX_TOKENS):
+                a = self.args
+                pair_expert, pair_weight, sorted_pair, block_expert = fused_router.route_and_align(
+                    flat.contiguous(), self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
+                    a.routed_scaling_factor, self.weights.n_shared)
+                y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
+                return kk.moe_combine(y, res, flat.shape[0]).view(shape)
             pair_expert, pair_weight = self.route_pairs(flat, kk)
             if self.kernels:
                 if self.align_kernel and pair_expert.numel() <= fused_moe.ALIGN_MAX_PAIRS:

@@ -327,6 +327,38 @@ def profile_step(engine, batch, prompt_len, vocab, path):
     return {"gpu_ms_per_step": sum(e.device_time_total for e in avg) / 3 / 1e3, "kernels_per_step": kernels_per_step}
 
 
+def profile_prefill(engine, vocab, path, n=16, lo=256, hi=2048):
+    """One engine step that prefills n prompts of the serving benchmark's lengths (no decode running):
+    wall time, GPU kernel time and the kernel table (where saturation's prefill time goes)."""
+    import random
+
+    from torch.profiler import ProfilerActivity, profile
+
+    rng = random.Random(5)
+
+    def prompts(seed):
+        rng.seed(seed)
+        return [[rng.randrange(2, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
+    for h in [engine.submit(p, 1) for p in prompts(1)]:  # warm (shapes differ; kernels compile once)
+        h.result()
+    work = prompts(2)
+    handles = [engine.submit(p, 1) for p in work]
+    t0 = now()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        sync()
+    wall = now() - t0
+    while engine.step():
+        pass
+    assert all(h.request.done.is_set() for h in handles)
+    avg = prof.key_averages()
+    with open(path, "w") as f:
+        f.write(avg.table(sort_by="cuda_time_total", row_limit=30))
+    tokens = sum(len(p) for p in work)
+    gpu = sum(e.device_time_total for e in avg) / 1e6
+    return {"prompts": n, "prompt_tokens": tokens, "wall_s": wall, "gpu_kernel_s": gpu, "tok_s": tokens / wall}
+
+
 def bench_engines(hf, cfg, args, dev):
     vocab = cfg.vocab_size
     check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
@@ -347,6 +379,13 @@ def bench_engines(hf, cfg, args, dev):
                 res[f"decode_b{b}"] = {"error": repr(exc)[:300]}
             print(f"{name} decode b{b}: {res[f'decode_b{b}']}", flush=True)
         if CUDA:
+            if name == "fused":
+                try:
+                    res["prefill_profile"] = profile_prefill(engine, vocab, os.path.join(args.out or "/tmp", "kernels_prefill.txt"))
+                    print(f"{name} prefill: {res['prefill_profile']}", flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc()
+                    res["prefill_profile"] = {"error": repr(exc)[:300]}
             for b in (1, 32):
                 try:
                     res[f"profile_b{b}"] = profile_step(engine, b, args.prompt, vocab,

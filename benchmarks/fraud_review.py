@@ -9,7 +9,8 @@ Both see the same feedback rules on the same file, in time order:
 argus-moe: the loop of `argus fraud replay --review-per-day K --review-latency 1h`
 (models/review_replay.py, the same code) over the whole file with the checkpoint (the shipped one:
 trained only on days before the window; see its model card). Needs no polars (runs on a bare GPU image).
-lightgbm: the fraud-detection handbook's features plus the state's review fields, trained on the
+lightgbm: the fraud-detection handbook's features plus the state's spend fields (models/fraud_spend.py)
+and review fields, trained on the
 same train days as the checkpoint (2018-04-08 .. 2018-06-26: every label known before the window);
 before the window its investigators rank by `--pre-ranker` (default: the checkpoint, so both enter
 the window with the same verdicts), from the window's first day by LightGBM's own scores.
@@ -40,6 +41,7 @@ def lightgbm_with_reviews(df: pd.DataFrame, eval_start: pd.Timestamp, train_end:
     import lightgbm as lgb
 
     from models.fraud_reviews import REVIEW_FIELDS
+    from models.fraud_spend import SPEND_FIELDS
     from models.fraud_state import DAY, FraudState, TxColumns
     from models.review_simulator import day_chunks, review_day
     from models.train_fraud import _cpus, handbook_features
@@ -48,11 +50,12 @@ def lightgbm_with_reviews(df: pd.DataFrame, eval_start: pd.Timestamp, train_end:
     feats = handbook_features(df, delay_days)
     log(f"  handbook features in {time.perf_counter() - t0:.1f}s")
     review = np.zeros((len(df), len(REVIEW_FIELDS)), np.float32)
+    spend = np.zeros((len(df), len(SPEND_FIELDS)), np.float32)
     cols = TxColumns(df["TRANSACTION_ID"].astype(str).tolist(), df["TS"].to_numpy(np.float64),
                      df["CUSTOMER_ID"].astype(str).tolist(), df["TERMINAL_ID"].astype(str).tolist(),
                      df["TX_AMOUNT"].to_numpy(np.float64))
     fraud = df["TX_FRAUD"].to_numpy().astype(bool)
-    state = FraudState(8, 7, delay_days)
+    state = FraudState(8, 7, delay_days, spend_memory=True)
     start_s, train_end_s = eval_start.timestamp(), train_end.timestamp()
     scores = np.full(len(df), np.nan)
     clf = None
@@ -62,6 +65,7 @@ def lightgbm_with_reviews(df: pd.DataFrame, eval_start: pd.Timestamp, train_end:
     for n, idx in enumerate(chunks):
         ctx = state.advance_columns(cols.take(idx))
         review[idx] = ctx.review_num
+        spend[idx] = ctx.spend_num
         state.apply_label_columns([cols.transaction_id[i] for i in idx], fraud[idx])
         day_rows.append(idx)
         day_ctx.append(ctx)
@@ -71,14 +75,16 @@ def lightgbm_with_reviews(df: pd.DataFrame, eval_start: pd.Timestamp, train_end:
         if cols.ts[rows[0]] >= start_s:
             if clf is None:  # the window's first day: fit on the train days (all their labels are known now)
                 train = np.nonzero((cols.ts < train_end_s) & (cols.ts >= cols.ts[0] + 7 * DAY))[0]
-                X = feats.assign(**{f: review[:, i] for i, f in enumerate(REVIEW_FIELDS)})
+                X = feats.assign(**{f: review[:, i] for i, f in enumerate(REVIEW_FIELDS)},
+                                 **{f: spend[:, i] for i, f in enumerate(SPEND_FIELDS)})
                 t1 = time.perf_counter()
                 clf = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, subsample=0.8,
                                          subsample_freq=1, colsample_bytree=0.8, random_state=seed, verbose=-1,
                                          n_jobs=max(1, min(8, _cpus())))
                 clf.fit(X.iloc[train], fraud[train].astype(int))
                 log(f"  LightGBM fitted on {len(train):,} rows in {time.perf_counter() - t1:.1f}s")
-            X_day = feats.iloc[rows].assign(**{f: review[rows, i] for i, f in enumerate(REVIEW_FIELDS)})
+            X_day = feats.iloc[rows].assign(**{f: review[rows, i] for i, f in enumerate(REVIEW_FIELDS)},
+                                            **{f: spend[rows, i] for i, f in enumerate(SPEND_FIELDS)})
             day_scores = clf.predict_proba(X_day)[:, 1]
             scores[rows] = day_scores
         else:
@@ -156,11 +162,11 @@ def run_lightgbm(args, df, start, win, results) -> None:
     scores = lightgbm_with_reviews(df, start, pd.Timestamp(args.train_end, tz="UTC"), pre_scorer.probabilities, k,
                                    latency, 7.0, 0)
     m = handbook_metrics(df.iloc[win], scores[win])
-    results["lightgbm-handbook+reviews"] = {**{x: m[x] for x in ("ap", "auc", "cp100")}, "rows": len(win),
+    results["lightgbm-handbook+spend+reviews"] = {**{x: m[x] for x in ("ap", "auc", "cp100")}, "rows": len(win),
                                             "frauds": int(df["TX_FRAUD"].iloc[win].sum()),
                                             "pre_window_ranker": pre_scorer.model_version,
                                             "seconds": round(time.perf_counter() - t0, 1)}
-    print(f"lightgbm-handbook+reviews: {json.dumps(results['lightgbm-handbook+reviews'])}", flush=True)
+    print(f"lightgbm-handbook+spend+reviews: {json.dumps(results['lightgbm-handbook+spend+reviews'])}", flush=True)
 
 
 if __name__ == "__main__":

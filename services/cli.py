@@ -642,6 +642,8 @@ def train_fraud_cmd(
                                             "true labels; the model reads their verdicts (0: off)."),
     review_latency: str = typer.Option("1h", "--review-latency", help="Verdicts this long after the day's end."),
     ranker: Optional[Path] = typer.Option(None, "--ranker", help="Checkpoint ranking the cards (default: shipped)."),
+    spend: bool = typer.Option(False, "--spend/--no-spend",
+                               help="Also read each customer's usual amount (30-day median, unusual amounts)."),
 ) -> None:
     """Train the MoE fraud scorer (streaming-safe features, time split with a label-delay gap) next to LightGBM."""
     from rich.table import Table
@@ -655,7 +657,7 @@ def train_fraud_cmd(
     cfg = TrainConfig(preset=preset, epochs=epochs, seed=seed, max_rows=max_rows, batch_size=batch_size, device=device,
                       baseline=baseline, labels_delay_days=settings.fraud.labels_delay_days,
                       review_per_day=review_per_day, review_latency_s=_duration_s(review_latency, "--review-latency"),
-                      ranker=None if ranker is None else str(ranker))
+                      ranker=None if ranker is None else str(ranker), overrides={"spend": True} if spend else {})
     try:
         result = run(input_path, out, cfg, progress=True, log=console.print)
     except TrainDataError as exc:

@@ -37,6 +37,21 @@ def test_cli_trains_tiny_end_to_end(tmp_path, monkeypatch):
     assert 0.0 <= s.score <= 1.0
 
 
+def test_cli_trains_a_model_that_reads_the_spend_fields(tmp_path, monkeypatch):
+    from models.fraud_scorer import FraudScorer
+    from models.fraud_spend import SPEND_FIELDS
+
+    monkeypatch.setenv("ARGUS_HOME", str(tmp_path))
+    data = write_handbook_csv(tmp_path / "hb.csv.gz")
+    result = CliRunner().invoke(app, ["train", "fraud", "--preset", "tiny", "--input", str(data), "--output",
+                                      str(tmp_path / "ck"), "--epochs", "1", "--batch-size", "256", "--spend",
+                                      "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    scorer = FraudScorer.load(tmp_path / "ck")
+    assert scorer.config.spend_fields == list(SPEND_FIELDS) and scorer.new_state().spend is not None
+    assert FraudScorer.load(None).new_state().spend is None  # the shipped checkpoint keeps no spend memory
+
+
 def test_bad_input_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")

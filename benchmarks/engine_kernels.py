@@ -359,6 +359,41 @@ def profile_prefill(engine, vocab, path, n=16, lo=256, hi=2048):
     return {"prompts": n, "prompt_tokens": tokens, "wall_s": wall, "gpu_kernel_s": gpu, "tok_s": tokens / wall}
 
 
+def bench_prefill(hf, cfg, args):
+    """Prefill with the eager elementwise kernels vs the compiled ones (same decode kernels): one step
+    of 16 serving-length prompts (profiled), and one 32K-token prompt (static figure, best of 2)."""
+    out = {}
+    vocab = cfg.vocab_size
+    long_prompt = rand_prompts(1, 32768, vocab, 11)[0]
+    for name, compiled in (("prefill_eager", False), ("prefill_compiled", True)):
+        res = {}
+        engine = load_engine(hf, max_batch=16, max_seq_len=args.max_seq_len, fused_moe=True)
+        K.set_prefill_compiled(compiled)
+        try:
+            res["serving_prompts"] = profile_prefill(engine, vocab, os.path.join(args.out or "/tmp", f"kernels_{name}.txt"))
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            res["serving_prompts"] = {"error": repr(exc)[:300]}
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        engine = load_engine(hf, max_batch=1, max_seq_len=32768 + 64, fused_moe=True)
+        times = []
+        for _ in range(3):
+            t0 = now()
+            engine.generate([long_prompt], 1)
+            times.append(now() - t0)
+        res["prefill_32k_s"] = min(times[1:])
+        res["prefill_32k_first_s"] = times[0]
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        out[name] = res
+        print(f"{name}: {res}", flush=True)
+    K.set_prefill_compiled(True)
+    return out
+
+
 def bench_engines(hf, cfg, args, dev):
     vocab = cfg.vocab_size
     check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
@@ -452,6 +487,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-seq-len", type=int, default=2304)
     ap.add_argument("--skip-engines", action="store_true")
+    ap.add_argument("--prefill-only", action="store_true", help="only the prefill A/B (eager vs compiled elementwise)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
     if args.dry_run:
@@ -471,6 +507,10 @@ def main(argv=None):
     hf = random_hf_model(cfg, dev, dtype, experts_implementation="grouped_mm" if dev.type == "cuda" else "eager")
     if dev.type == "cuda":
         K.enable_compile()
+    if args.prefill_only:
+        R["prefill"] = bench_prefill(hf, cfg, args)
+        save(args)
+        return R
     engine = load_engine(hf, max_batch=8, max_seq_len=64, fused_moe=False, use_cuda_graphs=False)
     layers = moe_layers(engine)
     with torch.inference_mode():

@@ -155,11 +155,19 @@ KERNEL_VERSIONS = {
                  "attn": {"prologue_kernel": False}},
     # alignment kernel + autotuned single-program router; attention prologue in PyTorch (commit bb5a590)
     "fused-v2": {"mlp": {"route_align": False}, "attn": {"prologue_kernel": False}},
+    # the decode kernels of commit d30a1b7 (route + align up to 32 tokens) with the prefill eager
+    "fused-v3": {"prefill_compiled": False},
 }
 
 
 def set_kernel_version(engine, version):
-    for part, attrs in KERNEL_VERSIONS.get(version, {}).items():
+    from models.engine import kernels
+
+    spec = KERNEL_VERSIONS.get(version, {})
+    kernels.set_prefill_compiled(spec.get("prefill_compiled", True))  # global: engines run one after another
+    for part, attrs in spec.items():
+        if part == "prefill_compiled":
+            continue
         for block in getattr(getattr(engine, "model", None), "blocks", []):
             mod = getattr(block, part)
             for k, v in attrs.items():
@@ -280,7 +288,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused|fused-v1|fused-v2]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused|fused-v1|fused-v2|fused-v3]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

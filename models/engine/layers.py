@@ -99,7 +99,7 @@ class MLAAttention(nn.Module):
     def prefill(self, x, cos, sin, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int) -> torch.Tensor:
         """x [B, C, H] at positions start..start+C-1. With a cache, the chunk's rows are written to
         cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
-        q_nope, q_rope, rows = self._project(x, cos, sin, K.eager)
+        q_nope, q_rope, rows = self._project(x, cos, sin, K.prefill)
         return self._out(self._attend_prefill(q_nope, q_rope, rows, cache, slots, start))
 
     def _attend_prefill(self, q_nope, q_rope, rows, cache, slots, start: int) -> torch.Tensor:
@@ -329,9 +329,9 @@ class Block(nn.Module):
         self.mlp = MoE(args, mlp, use_grouped_mm) if hasattr(mlp, "experts") else DenseMLP(mlp)
 
     def prefill(self, x, cos, sin, cache, slots, start):
-        h = self.attn.prefill(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
-        h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return self._mlp(normed, h, K.eager)
+        h = self.attn.prefill(K.prefill.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, slots, start)
+        h, normed = K.prefill.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return self._mlp(normed, h, K.prefill)
 
     def _mlp(self, normed, h, kk):
         """h + mlp(normed); the MoE adds the residual in its own combine."""

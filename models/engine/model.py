@@ -68,7 +68,7 @@ class EngineModel(nn.Module):
         h = F.embedding(tokens, self.embed)
         for i, block in enumerate(self.blocks):
             h = block.prefill(h, cos, sin, None if cache is None else cache[i], slots, start)
-        return self._final(h)
+        return self._final(h, K.prefill)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: torch.Tensor, seq_bucket: int) -> torch.Tensor:

@@ -42,8 +42,14 @@ import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.stream_fixtures
 
 
-def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, out_path: str, seconds: float,
-                 idle_exit_s: float) -> None:
+def _job_process(settings_data: dict, store_url: str, overrides: dict, owned, done, stop, out_path: str,
+                 seconds: float) -> None:
+    """One consumer. `owned`: how many transactions partitions it has claimed and restored (the parent
+    starts producing once the group has settled with every consumer holding some); `done`: rows it has
+    committed; `stop`: set by the parent once every row is committed (no idle exit: a consumer idle
+    through the warm-up would leave the group and its partner would do all the work)."""
+    import threading
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if os.environ.get("ARGUS_BENCH_LOG"):  # the job's JSON log lines on stderr (rebalances, claims, retries)
         from pipelines.fraud_stream import configure_json_logging
@@ -54,27 +60,44 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, ready, ou
 
     job = build_job(Settings(**settings_data), store_url, **overrides)
     commits: list[tuple[float, list[str]]] = []
+    topic = overrides["transactions_topic"]
 
     def on_batch(j) -> None:
         # on_batch runs after the store write, the alerts flush and the commit of that batch
         out = j.last_output
+        ids = [r["transaction_id"] for r in out.score_rows] if out is not None else []
         # with the job's CPU time (all its threads): CPU per transaction compares runs on a loaded machine
-        commits.append((time.time(), [r["transaction_id"] for r in out.score_rows] if out is not None else [],
-                        time.process_time()))
-        if not ready.is_set():
-            ready.set()
+        commits.append((time.time(), ids, time.process_time()))
+        with done.get_lock():
+            done.value += len(ids)
 
+    def watch() -> None:
+        while not stop.wait(0.1):
+            owned.value = sum(1 for tp in list(job.runtime._ready) if tp.topic == topic)  # noqa: SLF001
+        job.stop()
+
+    threading.Thread(target=watch, daemon=True).start()
     profile_to = os.environ.get("ARGUS_BENCH_PROFILE")  # cProfile the job: stats to <this>.<consumer name>
     if profile_to:
         import cProfile
 
         prof = cProfile.Profile()
-        counts = prof.runcall(job.run, seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
+        counts = prof.runcall(job.run, seconds=seconds, on_batch=on_batch)
         prof.dump_stats(f"{profile_to}.{overrides.get('name', 'job')}")
     else:
-        counts = job.run(seconds=seconds, idle_exit_s=idle_exit_s, on_batch=on_batch)
+        counts = job.run(seconds=seconds, on_batch=on_batch)
     with open(out_path, "w") as f:
         json.dump({"counts": counts.as_dict(), "commits": commits, "steps_ms": _step_means(job)}, f)
+
+
+def _wait_for(what: str, cond, timeout_s: float, procs) -> None:
+    deadline = time.time() + timeout_s
+    while not cond():
+        if any(not p.is_alive() for p in procs):
+            raise SystemExit(f"a stream job exited while waiting for {what}")
+        if time.time() > deadline:
+            raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def _step_means(job) -> dict[str, float]:
@@ -192,24 +215,33 @@ def main() -> None:
             ctx = mp.get_context("spawn")
             overrides = dict(topics, group="bench", max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              snapshot_interval_s=30.0, checkpoint=args.checkpoint)
-            procs, readies, outs = [], [], []
+            procs, owned, outs = [], [], []
+            done, stop = ctx.Value("q", 0), ctx.Event()
             for i in range(args.consumers):
-                readies.append(ctx.Event())
+                owned.append(ctx.Value("i", 0))
                 outs.append(str(tmp / f"commits-{i}.json"))
                 procs.append(ctx.Process(target=_job_process, args=(settings_data(settings), store_url,
-                                                                    {**overrides, "name": f"fraud-{i}"}, readies[i],
-                                                                    outs[i], 600.0, 4.0)))
+                                                                    {**overrides, "name": f"fraud-{i}"}, owned[i],
+                                                                    done, stop, outs[i], 900.0)))
                 procs[-1].start()
+            # the group settled: every partition claimed and restored, each consumer holding some, for 2 s
+            want = min(args.consumers, args.partitions)
+            settled = {"since": None}
+
+            def group_settled() -> bool:
+                ok = (sum(o.value for o in owned) == args.partitions and sum(o.value > 0 for o in owned) == want)
+                settled["since"] = (settled["since"] or time.time()) if ok else None
+                return ok and time.time() - settled["since"] >= 2.0
+
+            _wait_for("the consumer group to settle", group_settled, 300, procs)
             # the producer shares the cores with the job: librdkafka's costs it ~20x less CPU than kafka-python's
             producer = (FastProducer(settings, **{"linger.ms": 5}) if args.producer == "fast"
                         else make_producer(settings, linger_ms=5))
-            for key, value, _ in warm:  # warm-up: the group join, model load and first batches are not measured
+            for key, value, _ in warm:  # warm-up: model load and first batches are not measured
                 producer.send(topics["transactions_topic"], value, key=key)
             producer.flush()
-            for ready in readies:
-                if not ready.wait(180):
-                    raise SystemExit("a stream job did not start within 180 s")
-            time.sleep(3.0)
+            _wait_for("the warm-up records", lambda: done.value >= len(warm), 180, procs)
+            time.sleep(1.0)
 
             sent_at: dict[str, float] = {}
             t0 = time.time()
@@ -222,8 +254,12 @@ def main() -> None:
                 producer.send(topics["transactions_topic"], value, key=key)
             producer.flush()
             produce_s = time.time() - t0
-            for proc in procs:
-                proc.join(600)
+            try:
+                _wait_for("every record to be committed", lambda: done.value >= len(warm) + len(payloads), 600, procs)
+            finally:
+                stop.set()
+                for proc in procs:
+                    proc.join(120)
             results = [json.loads(Path(o).read_text()) for o in outs]
             alert_seen = alerts_reader.close()
     finally:

@@ -272,6 +272,7 @@ class FraudScorer:
         self.backend = select_backend(backend, device, None, "fraud scorer")
         self._graphs = FraudGraphs(self.model) if self.backend == ENGINE else None
         self._fast: tuple[tuple[int, int], FastFraudForward] | None = None  # (weights' fingerprint, forward)
+        self._params: tuple[FraudModel, list[torch.Tensor]] | None = None  # (model, its parameters)
 
     @property
     def config(self) -> FraudModelConfig:
@@ -327,9 +328,12 @@ class FraudScorer:
         parameters changed: a hot swap or an in-place load); None where it does not apply (CUDA, int8)."""
         if self._graphs is not None or self._explain_model is not None or torch.device(self.device).type != "cpu":
             return None
-        key = (id(self.model), sum(p._version for p in self.model.parameters()))
+        model = self.model
+        if self._params is None or self._params[0] is not model:  # walking the module tree costs ~ms: once per model
+            self._params = (model, list(model.parameters()))
+        key = (id(model), sum(p._version for p in self._params[1]))
         if self._fast is None or self._fast[0] != key:
-            self._fast = (key, FastFraudForward(self.model))
+            self._fast = (key, FastFraudForward(model))
         return self._fast[1]
 
     def probabilities(self, ctx: FraudContext) -> np.ndarray:
@@ -369,26 +373,33 @@ class FraudScorer:
                       review_threshold: float = 0.2, explain_top_k: int = 5) -> list["FraudScore"]:
         """Score transactions whose context is already read (no state change): a failure here can be
         retried on any subset of rows (`ctx.take`) without touching the state."""
-        from pipelines.contracts import Decision, FraudScore, Reason
+        from pipelines.contracts import FraudScore, Reason
 
+        probs, decisions, reasons = self.score_columns(ctx, alert_threshold, review_threshold, explain_top_k)
+        return [FraudScore(transaction_id=tx.transaction_id, score=p, decision=d,
+                           reasons=[Reason(**r) for r in reasons.get(i, ())], model_version=self.model_version)
+                for i, (tx, p, d) in enumerate(zip(transactions, probs, decisions, strict=True))]
+
+    def score_columns(self, ctx: FraudContext, alert_threshold: float = 0.5, review_threshold: float = 0.2,
+                      explain_top_k: int = 5) -> tuple[list[float], list[str], dict[int, list[dict[str, Any]]]]:
+        """`score_context` without a contract object per row (the stream's path): scores in [0, 1],
+        decisions (`Decision` values), and for each row at or above the review threshold its reasons
+        as `Reason` fields (source, feature, weight, detail). Same numbers as `score_context`."""
         probs = self.probabilities(ctx)
         flagged = np.nonzero(probs >= review_threshold)[0]
-        reasons: dict[int, list[Reason]] = {}
+        reasons: dict[int, list[dict[str, Any]]] = {}
         if len(flagged) and explain_top_k > 0:
             sub = ctx.take(flagged)
             fast = self.cpu_forward()
             ranked = explain(self._explain_model or self.model, context_tensors(sub, self.device), explain_top_k,
                              forward=fast.from_embeds if fast is not None else None)
             for row, items in zip(flagged.tolist(), ranked):
-                reasons[row] = [Reason(source=src, feature=feat if i < 0 else f"{src}[{i}]", weight=round(w, 5),
-                                       detail=_detail(ctx, row, src, feat, i)) for src, feat, i, w in items]
-        out = []
-        for i, (tx, p) in enumerate(zip(transactions, probs.tolist())):
-            decision = Decision.decline if p >= alert_threshold else (
-                Decision.review if p >= review_threshold else Decision.approve)
-            out.append(FraudScore(transaction_id=tx.transaction_id, score=min(max(p, 0.0), 1.0), decision=decision,
-                                  reasons=reasons.get(i, []), model_version=self.model_version))
-        return out
+                reasons[row] = [{"source": src, "feature": feat if i < 0 else f"{src}[{i}]", "weight": round(w, 5),
+                                 "detail": _detail(ctx, row, src, feat, i)} for src, feat, i, w in items]
+        values = probs.tolist()
+        decisions = ["decline" if p >= alert_threshold else ("review" if p >= review_threshold else "approve")
+                     for p in values]
+        return [min(max(p, 0.0), 1.0) for p in values], decisions, reasons
 
 
 def _detail(ctx: FraudContext, row: int, source: str, feature: str, i: int) -> str:

@@ -37,13 +37,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import TopicPartition
 
 from models.fraud_state import FraudState
-from pipelines.contracts import ContractError, FraudScore, Label, Transaction, decode
+from pipelines.contracts import ContractError, Label, Transaction, decode
 from pipelines.errors import ArgusError, BrokerError, StoreRejected
 from pipelines.fraud_state_store import PartitionStateStore
 from pipelines.kafka_io import DeadLetterPublisher, make_producer, topic_partitions
@@ -172,7 +173,12 @@ class Item:
     record: Any
     tx: Transaction
     hash: str = ""
-    score: FraudScore | None = None
+    # the scorer's answer (FraudScorer.score_columns: plain values, no contract object per row)
+    score: float | None = None
+    decision: str = ""
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str | None = None
+    scored_at: datetime | None = None
 
 
 def _out_of(po: "PartitionOut | Callable[[Any], PartitionOut]", item: Any) -> "PartitionOut":
@@ -394,7 +400,7 @@ class FraudStreamJob:
         live = {p: (out.part(p), parts[c.transactions_topic].live) for p, parts in by_p.items()
                 if c.transactions_topic in parts and parts[c.transactions_topic].live}
         fresh = self.admit(live)
-        scored: list[tuple[PartitionOut, Item]] = []
+        advanced: list[tuple[PartitionOut, Item, Any]] = []
         for p, parts in sorted(by_p.items()):
             owned = self.owned[p]
             po = out.part(p)
@@ -407,10 +413,13 @@ class FraudStreamJob:
                     self.rebuild(owned, txs.replay)
                     self._expire_labels(po, owned)
                 if txs.live:
-                    scored.extend((po, it) for it in self.score_live(po, owned, fresh.get(p, [])))
+                    advanced.extend((po, it, ctx) for it, ctx in self._advance(po, owned, fresh.get(p, [])))
                     self._expire_labels(po, owned)
                 owned.tx_next = (txs.live or txs.replay)[-1].offset + 1
-        self.validate_output(scored)
+        # one scorer call for every partition's rows (each read from its own partition's state above):
+        # the forward's and the reasons' fixed costs once per batch, not once per partition
+        self.score(advanced)
+        self.validate_output([(po, it) for po, it, _ in advanced if it.score is not None])
         self._pick_snapshot(out, {tp.partition for tp, pb in batch.parts.items()
                                   if tp.topic == c.transactions_topic and pb.live})
         self.last_output = out
@@ -559,11 +568,9 @@ class FraudStreamJob:
 
     def score_live(self, po: PartitionOut, owned: OwnedPartition, items: list[Item]) -> list[Item]:
         """Admitted items of one partition: the state takes them in, then one scorer call; the scored items."""
-        advanced = self._advance(po, owned, items)
-        if not advanced:
-            return []
-        self.score(po, advanced)
-        return [it for it, _ in advanced if it.score is not None]
+        advanced = [(po, it, ctx) for it, ctx in self._advance(po, owned, items)]
+        self.score(advanced)
+        return [it for _, it, _ in advanced if it.score is not None]
 
     def _advance(self, po: PartitionOut | None, owned: OwnedPartition, items: list[Item]) -> list[tuple[Item, Any]]:
         """The state reads each item's context and takes it in; (item, context) pairs. A record the
@@ -584,41 +591,57 @@ class FraudStreamJob:
                     self._dead(po, it.record, f"state update failed: {type(exc).__name__}", "state")
         return out
 
-    def score(self, po: PartitionOut, advanced: list[tuple[Item, Any]]) -> None:
-        """One scorer call per partition on the contexts read; a failing call is bisected to the record."""
+    def score(self, advanced: list[tuple[PartitionOut, Item, Any]]) -> None:
+        """One scorer call over the contexts read (of any partitions); a failing call is bisected to
+        the record, which goes to its partition's dead letters (stage `score`)."""
         import numpy as np
 
+        from models.fraud_state import FraudContext
+
+        if not advanced:
+            return
         c = self.config
-        groups: dict[int, tuple[Any, list[tuple[Item, int]]]] = {}
-        for it, (ctx, i) in advanced:
-            groups.setdefault(id(ctx), (ctx, []))[1].append((it, i))
+        scorer = self.scorer
+        version = getattr(scorer, "model_version", None)
+        groups: dict[int, tuple[Any, list[tuple[PartitionOut, Item, int]]]] = {}
+        for po, it, (ctx, i) in advanced:
+            groups.setdefault(id(ctx), (ctx, []))[1].append((po, it, i))
+        parts, members = [], []
+        for ctx, ms in groups.values():
+            idx = np.fromiter((i for _, _, i in ms), np.int64, len(ms))
+            whole = len(idx) == len(ctx) and bool((idx == np.arange(len(idx))).all())
+            parts.append(ctx if whole else ctx.take(idx))
+            members.extend(ms)
+        every = parts[0] if len(parts) == 1 else FraudContext.concat(parts)
 
-        def run(ctx, members) -> None:
+        def run(rows: np.ndarray) -> None:
             try:
-                sub = ctx.take(np.array([i for _, i in members], np.int64))
-                scores = self.scorer.score_context([it.tx for it, _ in members], sub, c.alert_threshold,
-                                                   c.review_threshold, explain_top_k=c.explain_top_k)
-                for (it, _), s in zip(members, scores, strict=True):
-                    it.score = s
+                sub = every if len(rows) == len(every) else every.take(rows)
+                probs, decisions, reasons = scorer.score_columns(sub, c.alert_threshold, c.review_threshold,
+                                                                 explain_top_k=c.explain_top_k)
+                scored_at = datetime.now(timezone.utc)
+                for k, (r, p, d) in enumerate(zip(rows.tolist(), probs, decisions, strict=True)):
+                    it = members[r][1]
+                    it.score, it.decision, it.reasons = p, d, reasons.get(k, [])
+                    it.model_version, it.scored_at = version, scored_at
             except Exception as exc:  # noqa: BLE001
-                if len(members) == 1:
-                    self._dead(po, members[0][0].record, f"scoring failed: {type(exc).__name__}", "score")
+                if len(rows) == 1:
+                    po, it, _ = members[int(rows[0])]
+                    self._dead(po, it.record, f"scoring failed: {type(exc).__name__}", "score")
                     return
-                half = len(members) // 2
-                run(ctx, members[:half])
-                run(ctx, members[half:])
+                half = len(rows) // 2
+                run(rows[:half])
+                run(rows[half:])
 
-        for ctx, members in groups.values():
-            run(ctx, members)
+        run(np.arange(len(members)))
 
     def validate_output(self, scored: list[tuple[PartitionOut, Item]]) -> None:
         """One check over the batch's scores; each row goes to its partition's output or dead letters."""
         if not scored:
             return
         c = self.config
-        plain = [{"transaction_id": it.score.transaction_id, "model_version": it.score.model_version,
-                  "score": it.score.score, "decision": it.score.decision.value, "_i": i}
-                 for i, (_, it) in enumerate(scored)]
+        plain = [{"transaction_id": it.tx.transaction_id, "model_version": it.model_version, "score": it.score,
+                  "decision": it.decision, "_i": i} for i, (_, it) in enumerate(scored)]
         bad = self._row_failures(plain, lambda rows: validate_scores(
             rows, alert_threshold=c.alert_threshold, review_threshold=c.review_threshold, engine=c.validation_engine))
         # the labelled child once per batch: labels() per row was ~10% of the job's CPU (py-spy)
@@ -627,16 +650,16 @@ class FraudStreamJob:
             if i in bad:
                 self._dead(po, it.record, bad[i], "validate_output")
                 continue
-            s, tx = it.score, it.tx
-            # the fraud_scores row, built directly (score_row's model_dump of each Reason costs ~40 us a row)
-            row = {"transaction_id": s.transaction_id, "score": float(s.score), "decision": s.decision.value,
-                   "reasons": [dict(x) for x in s.reasons], "model_version": s.model_version, "scored_at": s.scored_at,
+            tx = it.tx
+            # the fraud_scores row, built directly (no FraudScore / Reason objects on the stream's path)
+            row = {"transaction_id": tx.transaction_id, "score": float(it.score), "decision": it.decision,
+                   "reasons": it.reasons, "model_version": it.model_version, "scored_at": it.scored_at,
                    "customer_id": tx.customer_id, "terminal_id": tx.terminal_id, "timestamp": tx.timestamp,
                    "amount": tx.amount, "payload_hash": it.hash, "source_position": position(it.record)}
             po.score_rows.append(row)
-            po.keys[s.transaction_id] = tx.customer_id
-            score_histogram.observe(s.score)
-            if s.score >= c.alert_threshold:
+            po.keys[tx.transaction_id] = tx.customer_id
+            score_histogram.observe(it.score)
+            if it.score >= c.alert_threshold:
                 po.alerts.append(row)
 
     def _dead(self, po: PartitionOut, record: Any, reason: str, stage: str) -> None:

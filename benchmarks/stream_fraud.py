@@ -1,12 +1,16 @@
 """End-to-end throughput and latency of the fraud stream job: produce -> broker -> job -> row committed.
 
 Starts its own tansu broker (free port), a store (a scratch PostgreSQL schema with --pg-url, else a
-temporary SQLite file), and the stream job in a separate process (the same `FraudStreamJob` a Ray
-consumer actor runs; one consumer). A paced producer sends N transactions at --rate tx/s, recording
-each one's send time; the job records the time it COMMITTED each batch (after the store write and
-the alerts flush). Latency = commit time - send time, per transaction; throughput = transactions /
-(last commit - first send). Alert latency = the time a reader of the alerts topic (librdkafka, in this
-process) received the alert - the transaction's send time.
+temporary SQLite file), and the stream job in separate processes (the same `FraudStreamJob` a Ray
+consumer actor runs; --consumers of them in one group). It produces once the group has settled
+(every partition claimed and restored, each consumer holding some) and 200 warm-up transactions are
+committed, and stops the consumers once every transaction is committed (no idle exit: a consumer
+idle through the warm-up would leave, and its partner would do all the work). A paced producer sends
+N transactions at --rate tx/s, recording each one's send time; the job records the time it
+COMMITTED each batch (after the store write and the alerts flush). Latency = commit time - send
+time, per transaction; throughput = transactions / (last commit - first send). Alert latency = the
+time a reader of the alerts topic (librdkafka, in this process) received the alert - the
+transaction's send time.
 
     python benchmarks/stream_fraud.py --rate 8000 --n 60000             # sustained throughput
     python benchmarks/stream_fraud.py --rate 2000 --n 20000             # latency at 2,000 tx/s
@@ -20,7 +24,9 @@ a loaded machine.
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
 ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr;
-ARGUS_BENCH_PROFILE=/tmp/p writes each job's cProfile stats to /tmp/p.<consumer name>.
+ARGUS_BENCH_PROFILE=/tmp/p writes each job's cProfile stats to /tmp/p.<consumer name>;
+ARGUS_BENCH_DUMP=/tmp/d.json the raw per-batch commit times, ids and CPU with each send time (to find
+the batches behind a p99). `job_steps_ms`' collect includes the empty polls while nothing comes.
 """
 
 from __future__ import annotations
@@ -270,6 +276,8 @@ def main() -> None:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         shutil.rmtree(tmp, ignore_errors=True)
 
+    if os.environ.get("ARGUS_BENCH_DUMP"):
+        Path(os.environ["ARGUS_BENCH_DUMP"]).write_text(json.dumps({"results": results, "sent_at": sent_at, "t0": t0}))
     lat, last_commit, cpu_s, cpu_n = [], 0.0, 0.0, 0
     for r in results:
         cpu_before = None

@@ -394,6 +394,37 @@ def bench_prefill(hf, cfg, args):
     return out
 
 
+def prefill_accuracy(cfg, dev, layers=4, n=4, length=1024):
+    """Eager vs compiled prefill against float32: the lite shape cut to `layers` layers (bf16 model and an
+    fp32 copy of the same weights both fit), prefill_hidden of n random prompts; ||x - ref|| / ||ref||."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.num_hidden_layers = layers
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    hf = random_hf_model(cfg, dev, dtype, scaled_residual=True, experts_implementation="grouped_mm")
+    ref_model = copy.deepcopy(hf).float()
+    ref_engine = load_engine(ref_model, max_batch=n, max_seq_len=length + 64, fused_moe=False, compile=False,
+                             use_cuda_graphs=False)
+    prompts = rand_prompts(n, length, cfg.vocab_size, 21)
+    K.set_prefill_compiled(False)
+    with torch.inference_mode():
+        ref = ref_engine.prefill_hidden(prompts).float()
+    del ref_engine, ref_model
+    gc.collect()
+    torch.cuda.empty_cache()
+    out = {"layers": layers, "prompts": n, "length": length}
+    engine = load_engine(hf, max_batch=n, max_seq_len=length + 64)
+    for name, compiled in (("eager", False), ("compiled", True)):
+        K.set_prefill_compiled(compiled)
+        with torch.inference_mode():
+            got = engine.prefill_hidden(prompts).float()
+        out[f"{name}_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+    K.set_prefill_compiled(True)
+    print(f"prefill accuracy vs float32: {out}", flush=True)
+    return out
+
+
 def bench_engines(hf, cfg, args, dev):
     vocab = cfg.vocab_size
     check = rand_prompts(8, min(64, args.max_seq_len // 4), vocab, 99)
@@ -488,6 +519,7 @@ def main(argv=None):
     ap.add_argument("--max-seq-len", type=int, default=2304)
     ap.add_argument("--skip-engines", action="store_true")
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill A/B (eager vs compiled elementwise)")
+    ap.add_argument("--prefill-accuracy", action="store_true", help="only eager vs compiled prefill against fp32 (4 layers)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
     if args.dry_run:
@@ -504,6 +536,13 @@ def main(argv=None):
     if dev.type == "cuda":
         ceiling()
         print(f"copy ceiling {R['ceiling_copy_TBps']:.2f} TB/s", flush=True)
+    if args.prefill_accuracy:
+        if args.dry_run:
+            args.max_seq_len = 64
+        K.enable_compile()
+        R["prefill_accuracy"] = prefill_accuracy(cfg, dev, length=32 if args.dry_run else 1024)
+        save(args)
+        return R
     hf = random_hf_model(cfg, dev, dtype, experts_implementation="grouped_mm" if dev.type == "cuda" else "eager")
     if dev.type == "cuda":
         K.enable_compile()

@@ -23,17 +23,21 @@ API
     logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
-prefill_chunk=32768,
-prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)` takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an
-`Engine`; for any other model family it returns a `TransformersEngine` with the same methods over
-transformers' `generate()`. `compile` (default: on CUDA) fuses the elementwise kernels with
-torch.compile; `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through the fused
-router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their PyTorch reference); `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
+prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)`
+takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
+family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
+`compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
+`fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
+the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
+PyTorch reference); on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
+Triton kernel too. `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
 
 Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA attention, router,
 grouped experts, MLP, block), `model.py` (decoder, prefill/decode), `cuda_graphs.py` (graph buckets),
-`scheduler.py` (continuous batching, streaming, the `Engine`), `fallback.py`, `random_init.py`.
+`scheduler.py` (continuous batching, streaming, the `Engine`), `fallback.py`, `random_init.py`;
+Triton kernels: `fused_router.py` (routing, alignment), `fused_moe.py` (experts), `fused_mla.py`
+(decode attention prologue), `triton_moe.py` (the per-pair GEMV of the unfused path).
 
 Cache: per layer and slot, one row per token of [normed kv latent (kv_lora_rank) | roped key
 (qk_rope_head_dim)]: 576 values = 1,152 bytes in bf16 for the lite shape, 30.4 KiB/token over 27

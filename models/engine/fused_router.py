@@ -186,7 +186,8 @@ def route_pairs(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, 
     return pair_expert, pair_weight
 
 
-ROUTE_ALIGN_MAX_TOKENS = 32  # measured on an H100: at 64 tokens the one-program top-k is slower (17 us vs 14)
+ROUTE_ALIGN_MAX_TOKENS = 32  # used up to here: on an H100 at 64 tokens the one-program top-k was slower (17 us vs 14)
+ROUTE_ALIGN_LIMIT = 64  # tested (interpreter, device) up to here
 
 
 def route_and_align(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, top_k: int, norm_topk_prob: bool,
@@ -197,7 +198,7 @@ def route_and_align(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tens
     route_pairs + moe_align would (routed pairs in increasing expert id, then the shared slices)."""
     t, h = x.shape
     e = gate_weight.shape[0]
-    assert t <= ROUTE_ALIGN_MAX_TOKENS and x.stride(-1) == 1 and gate_weight.is_contiguous()
+    assert t <= ROUTE_ALIGN_LIMIT and x.stride(-1) == 1 and gate_weight.is_contiguous()
     block_h = min(block_h, triton.next_power_of_2(h))
     split = triton.cdiv(h, block_h)
     e_p2 = triton.next_power_of_2(e)

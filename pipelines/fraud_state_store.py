@@ -15,6 +15,11 @@ consumer (one that lost the partition) cannot write one. A consumer that is assi
 loads its snapshot, seeks to the snapshot's offsets and replays the records between the snapshot
 and the stored position into the state only (no scoring, no writes), then continues: the replay
 rebuilds exactly the state the old owner had.
+
+The co-partitioned side topics (labels, investigators' dispositions) have their own offsets in the
+snapshot: the next record of each not yet in the state (None: from the start of the topic). A
+snapshot written before the dispositions offset existed (store schema < 9) reads as None, so the
+dispositions are read again from the start: applying one twice is a no-op in the state.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ fraud_state_snapshots = Table(
     Column("partition", Integer, nullable=False),
     Column("tx_offset", BigInteger, nullable=False),  # next transactions offset not yet in the state
     Column("labels_offset", BigInteger),  # next labels offset not yet in the state (None: from the start)
+    Column("dispositions_offset", BigInteger),  # next dispositions offset not yet in the state (schema v9)
     Column("state", LargeBinary, nullable=False),  # FraudState.snapshot()
     Column("model_version", String(128)),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -52,6 +58,7 @@ class PartitionSnapshot:
     labels_offset: int | None
     state: bytes
     model_version: str | None
+    dispositions_offset: int | None = None
 
 
 class PartitionStateStore:
@@ -69,29 +76,32 @@ class PartitionStateStore:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
-    def save_step(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
-                  model_version: str | None = None):
+    def save_step(self, partition: int, tx_offset: int, labels_offset: int | None, dispositions_offset: int | None,
+                  state: bytes, model_version: str | None = None):
         """The upsert of one snapshot, as a step for `Store.write_batch(also=[...])`."""
         row = {"stream": self.stream, "partition": partition, "tx_offset": tx_offset, "labels_offset": labels_offset,
-               "state": state, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+               "dispositions_offset": dispositions_offset, "state": state, "model_version": model_version,
+               "created_at": datetime.now(timezone.utc)}
         ins = (postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert)(fraud_state_snapshots)
         stmt = ins.values(row).on_conflict_do_update(index_elements=["stream", "partition"],
                                                      set_={k: ins.excluded[k] for k in row if k not in ("stream", "partition")})
         return lambda conn: conn.execute(stmt)
 
     def save(self, partition: int, tx_offset: int, labels_offset: int | None, state: bytes,
-             model_version: str | None = None) -> None:
+             model_version: str | None = None, dispositions_offset: int | None = None) -> None:
         """Save one snapshot in a transaction of its own (tools and tests; the stream uses `save_step`)."""
-        self.store._transact(self.save_step(partition, tx_offset, labels_offset, state, model_version))  # noqa: SLF001
+        self.store._transact(self.save_step(partition, tx_offset, labels_offset, dispositions_offset, state,  # noqa: SLF001
+                                            model_version))
 
     def load(self, partition: int) -> PartitionSnapshot | None:
         t = fraud_state_snapshots.c
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(t.tx_offset, t.labels_offset, t.state, t.model_version)
+            row = conn.execute(select(t.tx_offset, t.labels_offset, t.state, t.model_version, t.dispositions_offset)
                                .where(t.stream == self.stream, t.partition == partition)).first()
         if row is None:
             return None
-        return PartitionSnapshot(partition, int(row[0]), None if row[1] is None else int(row[1]), bytes(row[2]), row[3])
+        opt = lambda v: None if v is None else int(v)  # noqa: E731
+        return PartitionSnapshot(partition, int(row[0]), opt(row[1]), bytes(row[2]), row[3], opt(row[4]))
 
     def clear(self) -> None:
         with self.store.engine.begin() as conn:

@@ -5,6 +5,7 @@ The job is its steps and its state; the loop (poll, pause, retry, positions, com
 out by running more (`services/fraud_stream_actor.py`, up to the partition count). A batch:
 
     apply_labels      chargebacks/confirmations -> the partition's risk state    bad -> dead letter
+    apply_dispositions investigators' verdicts -> the partition's review memory  bad -> dead letter
     decode            bytes -> Transaction (pipelines.contracts: never raises)    bad -> dead letter
     validate_input    great-expectations checks (or the same checks, fast engine)  bad -> dead letter
     deduplicate       same transaction_id: same payload -> skipped, other payload -> dead letter
@@ -43,8 +44,8 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from models.fraud_state import FraudState
-from pipelines.contracts import ContractError, Label, Transaction, decode
+from models.fraud_state import FraudState, LabelStatus
+from pipelines.contracts import ContractError, Disposition, Label, Transaction, decode
 from pipelines.errors import ArgusError, BrokerError, StoreRejected
 from pipelines.fraud_state_store import PartitionStateStore
 from pipelines.kafka_io import DeadLetterPublisher, make_producer, topic_partitions
@@ -65,6 +66,9 @@ log = logging.getLogger("argus.fraud_stream")
 class StreamConfig:
     transactions_topic: str = "argus.transactions"
     labels_topic: str | None = "argus.labels"
+    # investigators' verdicts on alerts (pipelines/alert_review.py), keyed by customer_id like the labels;
+    # None or "" reads none
+    dispositions_topic: str | None = "argus.dispositions"
     alerts_topic: str = "argus.alerts"
     dead_letter_topic: str = "argus.dead-letter"
     group: str = "argus-fraud"
@@ -92,7 +96,8 @@ class StreamConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "StreamConfig":
         f, t = settings.fraud, settings.topics
-        base = dict(transactions_topic=t.transactions, labels_topic=t.labels, alerts_topic=t.alerts,
+        base = dict(transactions_topic=t.transactions, labels_topic=t.labels, dispositions_topic=t.dispositions,
+                    alerts_topic=t.alerts,
                     dead_letter_topic=t.dead_letter, group=f"{settings.kafka.consumer_group}-fraud",
                     max_batch=f.batch_max_size, max_wait_ms=f.batch_max_wait_ms, alert_threshold=f.alert_threshold,
                     review_threshold=f.review_threshold, max_amount=f.max_amount, labels_delay_days=f.labels_delay_days)
@@ -143,6 +148,7 @@ class StreamCounts:
     duplicates: int = 0
     alerts: int = 0
     labels: int = 0
+    dispositions: int = 0
     batches: int = 0
     rebuilt: int = 0
     store_retries: int = 0
@@ -194,7 +200,8 @@ class PartitionOut:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[tuple[DeadLetter, Any]] = field(default_factory=list)  # (row, source record)
     keys: dict[str, str] = field(default_factory=dict)  # transaction_id -> customer_id (alert key)
-    snapshot: tuple[int, int | None, bytes] | None = None  # (tx offset, labels offset, state)
+    # (tx offset, labels offset, dispositions offset, state)
+    snapshot: tuple[int, int | None, int | None, bytes] | None = None
 
 
 @dataclass
@@ -219,11 +226,13 @@ class Output:
 
 @dataclass
 class OwnedPartition:
-    """Everything this consumer keeps for one partition number (transactions + co-partitioned labels)."""
+    """Everything this consumer keeps for one partition number (transactions + co-partitioned labels
+    and dispositions)."""
 
     state: FraudState
     tx_next: int | None  # next transactions offset reflected by the state (None: from the start)
     labels_next: int | None  # next labels offset reflected by the state
+    dispositions_next: int | None = None  # next dispositions offset reflected by the state
     snap_time: float = field(default_factory=time.monotonic)
     snap_tx: int = 0  # tx offset of the last snapshot
     epochs: dict[str, int] = field(default_factory=dict)  # topic -> claimed epoch
@@ -253,7 +262,7 @@ class FraudStreamJob:
         # the suites' checks are read from great-expectations, whose import takes seconds: before the
         # group join, not in the first batch (it held that batch's records ~5 s)
         checks_for("transactions"), checks_for("scores")
-        topics = [c.transactions_topic] + ([c.labels_topic] if c.labels_topic else [])
+        topics = [c.transactions_topic] + [t for t in (c.labels_topic, c.dispositions_topic) if t]
         self.runtime = StreamRuntime(settings, store, self, topics, c.group, name=name, max_records=c.max_batch,
                                      max_wait_ms=c.max_wait_ms, metrics=self.metrics,
                                      retry=RetryPolicy(c.retry_initial_s, c.retry_max_s))
@@ -264,16 +273,19 @@ class FraudStreamJob:
 
     def _check_copartitioning(self) -> None:
         c = self.config
-        if not c.labels_topic:
+        sides = [(what, topic) for what, topic in (("labels", c.labels_topic), ("dispositions", c.dispositions_topic))
+                 if topic]
+        if not sides:
             return
         n_tx = topic_partitions(self.settings.kafka.bootstrap_servers, c.transactions_topic, self.settings)
-        n_lb = topic_partitions(self.settings.kafka.bootstrap_servers, c.labels_topic, self.settings)
         if n_tx == 0:
             raise BrokerError(f"topic {c.transactions_topic} does not exist")
-        if n_lb and n_lb != n_tx:
-            raise ArgusError(f"labels topic {c.labels_topic} has {n_lb} partitions and {c.transactions_topic} {n_tx}: "
-                             "they must match (labels are keyed by customer_id like transactions and go to the same "
-                             "partition's state)")
+        for what, topic in sides:
+            n = topic_partitions(self.settings.kafka.bootstrap_servers, topic, self.settings)
+            if n and n != n_tx:
+                raise ArgusError(f"{what} topic {topic} has {n} partitions and {c.transactions_topic} {n_tx}: "
+                                 f"they must match ({what} are keyed by customer_id like transactions and go to the "
+                                 "same partition's state)")
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -319,8 +331,8 @@ class FraudStreamJob:
             for p, o in self.owned.items():
                 if o.tx_next is None:
                     continue
-                steps.append(self.snapshots.save_step(p, o.tx_next, o.labels_next, o.state.snapshot(),
-                                                      getattr(self.scorer, "model_version", None)))
+                steps.append(self.snapshots.save_step(p, o.tx_next, o.labels_next, o.dispositions_next,
+                                                      o.state.snapshot(), getattr(self.scorer, "model_version", None)))
                 epochs.update({(topic, p): e for topic, e in o.epochs.items()})
             if steps:
                 self.store.write_batch(also=[fence(self.config.group, epochs), *steps])
@@ -343,17 +355,20 @@ class FraudStreamJob:
         starts: dict[TopicPartition, int | None] = {}
         for p in sorted({tp.partition for tp in claims}):
             tx_tp, lb_tp = TopicPartition(c.transactions_topic, p), TopicPartition(c.labels_topic or "", p)
-            tx_claim, lb_claim = claims.get(tx_tp), claims.get(lb_tp)
+            ds_tp = TopicPartition(c.dispositions_topic or "", p)
+            tx_claim, lb_claim, ds_claim = claims.get(tx_tp), claims.get(lb_tp), claims.get(ds_tp)
             owned = self.owned.get(p)
             if owned is None:
                 snap = self.snapshots.load(p)
+                # a side offset of None (a snapshot from before that topic was read) reads it from the start
+                not_ahead = lambda claim, offset: (claim is None or claim.next_offset is None or offset is None  # noqa: E731
+                                                   or offset <= claim.next_offset)
                 usable = (snap is not None and tx_claim is not None and tx_claim.next_offset is not None
                           and snap.tx_offset <= tx_claim.next_offset
-                          and (lb_claim is None or lb_claim.next_offset is None or snap.labels_offset is None
-                               or snap.labels_offset <= lb_claim.next_offset))
+                          and not_ahead(lb_claim, snap.labels_offset) and not_ahead(ds_claim, snap.dispositions_offset))
                 if usable:
                     owned = OwnedPartition(self.new_state().restore(snap.state), snap.tx_offset, snap.labels_offset,
-                                           snap_tx=snap.tx_offset)
+                                           snap.dispositions_offset, snap_tx=snap.tx_offset)
                 else:
                     owned = OwnedPartition(self.new_state(), None, None)
                 self.owned[p] = owned
@@ -363,6 +378,9 @@ class FraudStreamJob:
             if lb_claim is not None:
                 owned.epochs[lb_tp.topic] = lb_claim.epoch
                 starts[lb_tp] = owned.labels_next if owned.tx_next is not None else None
+            if ds_claim is not None:
+                owned.epochs[ds_tp.topic] = ds_claim.epoch
+                starts[ds_tp] = owned.dispositions_next if owned.tx_next is not None else None
             log.info("partition restored", extra={"consumer": self.name, "partition": p,
                                                   "snapshot_offset": owned.tx_next,
                                                   "stored": None if tx_claim is None else tx_claim.next_offset})
@@ -375,15 +393,16 @@ class FraudStreamJob:
         siblings = set()
         for p in {tp.partition for tp in tps}:
             if self.owned.pop(p, None) is not None:
-                siblings |= {TopicPartition(t, p) for t in (c.transactions_topic, c.labels_topic) if t}
+                siblings |= {TopicPartition(t, p) for t in (c.transactions_topic, c.labels_topic, c.dispositions_topic)
+                             if t}
         return siblings - tps
 
     # -- the steps over one batch ------------------------------------------------------------------
 
     def process(self, batch: Batch) -> Output:
         """decode -> validate_input -> deduplicate over the whole batch (each a fixed cost per call:
-        once, not once per partition), then per partition in offset order apply_labels -> advance the
-        state -> score, then validate_output over the whole batch."""
+        once, not once per partition), then per partition in offset order apply_labels ->
+        apply_dispositions -> advance the state, then one score call and validate_output over the batch."""
         c = self.config
         if self.models is not None:  # between batches: the whole batch is scored by one model version
             scorer = self.models.current()
@@ -408,6 +427,11 @@ class FraudStreamJob:
             if labels is not None:
                 self.apply_labels(po, owned, labels)
                 owned.labels_next = (labels.live or labels.replay)[-1].offset + 1
+            # before the partition's transactions: a verdict is visible from its decided time on anyway
+            verdicts = parts.get(c.dispositions_topic or "")
+            if verdicts is not None:
+                self.apply_dispositions(po, owned, verdicts)
+                owned.dispositions_next = (verdicts.live or verdicts.replay)[-1].offset + 1
             if txs is not None:
                 if txs.replay:
                     self.rebuild(owned, txs.replay)
@@ -457,6 +481,51 @@ class FraudStreamJob:
                 self.counts.labels += len(good)
                 self.metrics.labels.labels(self.metrics.job).inc(len(good))
             self._expire_labels(po, owned)
+
+    def apply_dispositions(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:
+        """Investigators' verdicts (`Disposition`, pipelines/alert_review.py) -> the partition's review
+        memories, at once: each is visible to transactions from its `disposed_at` on (read time), so
+        applying it before or after some transactions changes no score, and applying it again (a replay,
+        an old snapshot) is a no-op. A verdict without a customer or terminal is located in the store
+        (`fraud_scores`) or the state's index; one found in neither is dead-lettered (stage
+        `disposition`), as is any record that is not a Disposition (`decode_disposition`). Replayed
+        verdicts update the state only."""
+        limit = self.settings.kafka.max_message_bytes
+        for replay, records in ((True, pb.replay), (False, pb.live)):
+            good: list[tuple[Disposition, Any]] = []
+            for r in records:
+                try:
+                    good.append((decode(Disposition, r.value, limit), r))
+                except ContractError as exc:
+                    if not replay:
+                        self._dead(po, r, exc.reason, "decode_disposition")
+            if not good:
+                continue
+            where: dict[str, tuple] = {}
+            missing = [d.transaction_id for d, _ in good if d.customer_id is None or d.terminal_id is None]
+            if missing:
+                where = self.runtime.retry("disposition lookup", lambda: self.store.score_locations(missing))
+            applied = 0
+            for d, r in good:  # one by one: a verdict the state refuses is that record's dead letter, not the batch's
+                c, t = d.customer_id, d.terminal_id
+                if (c is None or t is None) and where.get(d.transaction_id) is not None:
+                    found = where[d.transaction_id]
+                    c, t = c if c is not None else found[0], t if t is not None else found[1]
+                try:
+                    status = owned.state.apply_dispositions([d.transaction_id], [d.disposition.value], [d.disposed_at],
+                                                            [c], [t])[0]
+                except Exception as exc:  # noqa: BLE001
+                    if not replay:
+                        self._dead(po, r, f"disposition not applied: {type(exc).__name__}", "disposition")
+                    continue
+                if status == LabelStatus.UNKNOWN:
+                    if not replay:
+                        self._dead(po, r, "disposition for an unknown transaction (no customer or terminal)",
+                                   "disposition")
+                    continue
+                applied += 1
+            self.counts.dispositions += applied
+            self.metrics.dispositions.labels(self.metrics.job).inc(applied)
 
     def _expire_labels(self, po: PartitionOut, owned: OwnedPartition) -> None:
         """Labels that waited too long for their transaction -> dead letters at the label's own
@@ -680,7 +749,7 @@ class FraudStreamJob:
             return
         p = min(due, key=lambda q: self.owned[q].snap_time)
         owned = self.owned[p]
-        out.part(p).snapshot = (owned.tx_next, owned.labels_next, owned.state.snapshot())
+        out.part(p).snapshot = (owned.tx_next, owned.labels_next, owned.dispositions_next, owned.state.snapshot())
         owned.snap_time, owned.snap_tx = now, owned.tx_next
 
     # -- side effects (called by the runtime, inside its retry) -------------------------------------

@@ -58,6 +58,8 @@ class StreamMetrics:
         self.alerts = Counter("argus_stream_alerts_total", "Alerts published", ["job"], registry=r)
         self.duplicates = Counter("argus_stream_duplicates_total", "Same-payload duplicates skipped", ["job"], registry=r)
         self.labels = Counter("argus_stream_labels_total", "Labels applied to the risk state", ["job"], registry=r)
+        self.dispositions = Counter("argus_stream_dispositions_total",
+                                    "Investigators' dispositions applied to the risk state", ["job"], registry=r)
         self.store_retries = Counter("argus_stream_store_retries_total", "Store writes retried after a failure",
                                      ["job"], registry=r)
         self.paused = Gauge("argus_stream_paused", "1 while consumption is paused (backpressure)", ["job"], registry=r)

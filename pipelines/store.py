@@ -33,7 +33,7 @@ The schema is versioned by this module itself (no Alembic): ``MIGRATIONS`` lists
 description, function) and is only ever appended to (v1 tables, v2 ``fraud_scores.amount`` +
 indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication, v4
 ``stream_positions``, v5 ``owner``, v6 ``content_hash``, v7 ``alert_dispositions``, v8 ``model_registry``
-and ``model_registry_events``);
+and ``model_registry_events``, v9 ``fraud_state_snapshots.dispositions_offset``);
 ``schema_version`` holds one row per applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
 under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
 
@@ -307,6 +307,16 @@ def _v8_model_registry(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS model_registry_status_idx ON model_registry (status)"))
 
 
+def _v9_snapshot_dispositions_offset(conn: Connection) -> None:
+    # the table is pipelines/fraud_state_store.py's (created there when first used, already with the column)
+    from sqlalchemy import inspect
+
+    tables = inspect(conn)
+    if tables.has_table("fraud_state_snapshots") and "dispositions_offset" not in {
+            c["name"] for c in tables.get_columns("fraud_state_snapshots")}:
+        conn.execute(text("ALTER TABLE fraud_state_snapshots ADD COLUMN dispositions_offset BIGINT"))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
@@ -316,6 +326,8 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (6, "report_summaries.content_hash (batch resume keyed on id and content)", _v6_summary_content_hash),
     (7, "alert_dispositions (investigators' verdicts) and the alerts queue index", _v7_alert_dispositions),
     (8, "model_registry and model_registry_events (champion/challenger, audited promotions)", _v8_model_registry),
+    (9, "fraud_state_snapshots.dispositions_offset (the stream reads investigators' dispositions)",
+     _v9_snapshot_dispositions_offset),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

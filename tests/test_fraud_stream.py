@@ -36,6 +36,7 @@ def scorer():
 
 def topics(broker, partitions: int = 4) -> dict[str, str]:
     return {"transactions_topic": broker.new_topic("tx", partitions), "labels_topic": broker.new_topic("lb", partitions),
+            "dispositions_topic": broker.new_topic("ds", partitions),
             "alerts_topic": broker.new_topic("alerts", 1), "dead_letter_topic": broker.new_topic("dlq", 1)}
 
 
@@ -359,7 +360,7 @@ def test_periodic_snapshots_take_one_due_partition_per_batch():
         out = Output()
         FraudStreamJob._pick_snapshot(job, out, {0, 1, 2})
         taken += [(p, po.snapshot) for p, po in out.parts.items() if po.snapshot]
-    assert taken == [(1, (500, 7, b"s1")), (0, (500, None, b"s0"))]  # stalest first, one per batch, then none due
+    assert taken == [(1, (500, 7, None, b"s1")), (0, (500, None, None, b"s0"))]  # stalest first, one per batch, then none due
 
 
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_batch_is_written(kafka_broker, fresh_pg_url, scorer):
@@ -390,3 +391,151 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_batch_is_written(ka
         assert stages == ["decode", "store"]
         assert positions(s, "g-refused")[(tx, 0)] == 3
     job.runtime.close()
+
+
+# --- investigators' dispositions --------------------------------------------------------------------
+
+def _until(cond, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _stored_partition(url: str, topic: str) -> dict[int, list[tuple[int, str, float]]]:
+    """{partition: [(offset, transaction_id, score), ...] in offset order} from fraud_scores."""
+    out: dict[int, list] = defaultdict(list)
+    with Store.from_url(url) as s, s.engine.connect() as conn:
+        for tid, score, pos in conn.execute(text("SELECT transaction_id, score, source_position FROM fraud_scores")):
+            t, p, o = pos.rsplit(":", 2)
+            assert t == topic
+            out[int(p)].append((int(o), tid, score))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def test_a_disposition_reaches_the_next_score_and_survives_crashes_and_old_snapshots(kafka_broker, fresh_pg_url):
+    """An analyst's verdict produced on the dispositions topic while the stream runs changes the review
+    fields and the score of the customer's next transaction: every stored score equals an offline
+    replay of the partition with the verdict known from its `disposed_at` (and the probes' differ from
+    a replay without it). Hostile dispositions are dead-lettered and the job goes on. A crash after a
+    snapshot that carries the dispositions offset, and a restore from an old snapshot without one
+    (read again from the start), keep the verdict counted once and write no dead letter twice."""
+    from datetime import timedelta
+
+    from models.fraud_reviews import REVIEW_FIELDS
+    from models.fraud_scorer import FraudScorer
+    from pipelines.contracts import Disposition
+    from pipelines.fraud_state_store import PartitionStateStore
+    from tests.test_fraud_reviews import tiny_review_model
+
+    scorer = FraudScorer(tiny_review_model(), "tiny-review")
+    names = topics(kafka_broker, partitions=2)
+    tx_topic, ds_topic = names["transactions_topic"], names["dispositions_topic"]
+    valid = transactions(160, customers=6, terminals=10, seed=9, prefix="dp")
+    by_id = {t.transaction_id: t for t in valid}
+    target = valid[100]
+    cust = target.customer_id
+    decided = valid[119].timestamp + timedelta(minutes=1)
+    verdict = Disposition(transaction_id=target.transaction_id, disposition="fraud", disposed_by="ana",
+                          disposed_at=decided, customer_id=cust, terminal_id=target.terminal_id)
+    good = json.loads(verdict.to_json())
+    hostile = [b"{not json", json.dumps({**good, "disposition": "maybe"}).encode(),
+               json.dumps({k: v for k, v in good.items() if k != "disposed_at"}).encode(),
+               json.dumps(good).encode().replace(json.dumps(good["disposed_at"]).encode(), b"NaN"),
+               b'{"transaction_id":' + b"[" * 5000 + b"]" * 5000 + b"}",
+               json.dumps({**good, "transaction_id": "never-seen", "customer_id": None, "terminal_id": None}).encode()]
+    probes = [target.model_copy(update={"transaction_id": f"probe-{i}", "timestamp": decided + timedelta(hours=i + 1)})
+              for i in range(3)]
+    by_id.update({t.transaction_id: t for t in probes})
+
+    # a consumer that dies stays in the group until its session ends and the group's rebalance waits for it:
+    # short timeouts keep the three restarts quick (a batch here takes milliseconds)
+    quick = kafka_broker.settings.model_copy(update={"kafka": kafka_broker.settings.kafka.model_copy(update=dict(
+        session_timeout_ms=2000, heartbeat_interval_ms=500, max_poll_interval_ms=3000))})
+
+    def job_for(**kw):
+        config = StreamConfig.from_settings(quick, group="g-disp", **names, max_batch=256, snapshot_interval_s=0.0,
+                                            snapshot_min_records=1, **kw)
+        return FraudStreamJob(quick, Store.from_url(fresh_pg_url), scorer, config, StreamMetrics(), name="g-disp")
+
+    # 1. a running consumer: transactions, then the verdicts (and hostile ones), then the customer's next one
+    job = job_for()
+    job.close = lambda: None  # it will die: no snapshot on the way out
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.setdefault("counts", job.run(seconds=120)))
+    thread.start()
+    try:
+        produce(kafka_broker.settings, tx_topic, valid[:120])
+        _until(lambda: job.counts.scored >= 120, "the first transactions")
+        old = {p: PartitionStateStore(job.store, job.snapshots.stream).load(p) for p in (0, 1)}
+        produce(kafka_broker.settings, ds_topic, [(cust, v) for v in hostile] + [(cust, verdict.to_json())])
+        _until(lambda: job.counts.dispositions >= 1 and job.counts.dead_letters >= len(hostile), "the dispositions")
+        produce(kafka_broker.settings, tx_topic, [probes[0]])
+        _until(lambda: job.counts.scored >= 121, "the probe")
+    finally:
+        job.stop()
+        thread.join(60)
+    assert job.counts.dispositions == 1
+    owner = next(p for p, st in job.states.items() if cust in st.customers.index)
+    snap = PartitionStateStore(job.store, job.snapshots.stream).load(owner)
+    assert snap.dispositions_offset == len(hostile) + 1  # the probe's batch snapshotted the partition
+    assert old[owner] is None or old[owner].dispositions_offset is None
+
+    # 2. a crash after that snapshot: the next consumer restores it and does not read the verdicts again
+    produce(kafka_broker.settings, tx_topic, [probes[1]] + valid[120:])
+    job2 = job_for()
+    counts2 = job2.run(seconds=120, idle_exit_s=1.0)
+    assert counts2.dispositions == 0
+
+    # 3. a restore from an old snapshot (taken before the verdict, without a dispositions offset): the
+    # dispositions are read again from the start; the verdict still counts once
+    snaps = PartitionStateStore(Store.from_url(fresh_pg_url), job.snapshots.stream)
+    if old[owner] is not None:
+        snaps.save(owner, old[owner].tx_offset, old[owner].labels_offset, old[owner].state)
+    else:
+        with Store.from_url(fresh_pg_url) as s, s.engine.begin() as conn:
+            conn.execute(text("DELETE FROM fraud_state_snapshots WHERE partition = :p"), {"p": owner})
+    produce(kafka_broker.settings, tx_topic, [probes[2]])
+    job3 = job_for()
+    job3.close = lambda: None  # keep the states to inspect them
+    counts3 = job3.run(seconds=120, idle_exit_s=1.0)
+    assert counts3.dispositions == 1 and counts3.rebuilt > 0
+    probe = probes[2].model_copy(update={"transaction_id": "probe-x", "timestamp": probes[2].timestamp
+                                         + timedelta(hours=1)})
+    ctx = job3.states[owner].context_batch([probe])
+    assert ctx.review_num[0, REVIEW_FIELDS.index("customer_reviewed_frauds")] == 0.25  # min(1, 8) / 4: once
+    job3.consumer.close(autocommit=False)
+    job3.producer.close(1)
+
+    # every transaction scored once; the hostile dispositions dead-lettered once each, with their reasons
+    stored = _stored_partition(fresh_pg_url, tx_topic)
+    assert sorted(tid for v in stored.values() for _, tid, _ in v) == sorted(by_id)
+    with Store.from_url(fresh_pg_url) as s:
+        letters = [r for r in s.dead_letter_rows(limit=100) if r["source"] == ds_topic]
+    assert sorted(r["offset"] for r in letters) == list(range(len(hostile)))
+    assert [r["stage"] for r in sorted(letters, key=lambda r: r["offset"])] == ["decode_disposition"] * 5 + ["disposition"]
+    assert "disposition" in sorted(letters, key=lambda r: r["offset"])[1]["reason"]
+
+    # the scores: an offline replay of the owner's partition with the verdict known from disposed_at
+    def replay(with_verdict: bool) -> dict[str, float]:
+        state = scorer.new_state()
+        if with_verdict:
+            state.apply_dispositions([target.transaction_id], ["fraud"], [decided], [cust], [target.terminal_id])
+        txs = [by_id[tid] for _, tid, _ in stored[owner]]
+        return {s.transaction_id: s.score for s in scorer.score(txs, state, explain_top_k=0)}
+
+    known, unknown = replay(True), replay(False)
+    got = {tid: score for _, tid, score in stored[owner]}
+    assert max(abs(known[k] - got[k]) for k in got) < 1e-4
+    for p in probes:
+        assert abs(known[p.transaction_id] - unknown[p.transaction_id]) > 1e-3, p.transaction_id
+    before = [t.transaction_id for t in valid[:120] if t.customer_id == cust]
+    assert all(known[k] == unknown[k] for k in before)  # decided after them: no earlier score changes
+
+
+def test_a_dispositions_topic_with_another_partition_count_is_a_clear_error(kafka_broker, fresh_pg_url, scorer):
+    from pipelines.errors import ArgusError
+
+    names = {**topics(kafka_broker, partitions=2), "dispositions_topic": kafka_broker.new_topic("ds", 3)}
+    with pytest.raises(ArgusError, match="dispositions topic .* has 3 partitions"):
+        make_job(kafka_broker, fresh_pg_url, scorer, names, "g-disp-parts")

@@ -63,6 +63,7 @@ def test_stream_swaps_between_batches_without_losing_or_repeating_a_record(kafka
 
     registry = seed_registry(fresh_pg_url, checkpoints)
     names = {"transactions_topic": kafka_broker.new_topic("tx", 2), "labels_topic": kafka_broker.new_topic("lb", 2),
+             "dispositions_topic": kafka_broker.new_topic("ds", 2),
              "alerts_topic": kafka_broker.new_topic("alerts", 1), "dead_letter_topic": kafka_broker.new_topic("dlq", 1)}
     config = StreamConfig.from_settings(kafka_broker.settings, group="g-swap", max_batch=50, **names)
     store = Store.from_url(fresh_pg_url)

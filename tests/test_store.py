@@ -60,6 +60,38 @@ def test_create_schema_upgrades_from_v1(store_url: str):
     store.close()
 
 
+def test_upgrade_to_v9_gives_old_state_snapshots_a_dispositions_offset(store_url: str):
+    """A v8 store whose fraud_state_snapshots table (made by pipelines/fraud_state_store.py) has no
+    dispositions_offset: v9 adds it, the old snapshot reads with None (the stream then reads the
+    dispositions from the start) and new ones keep it. A store whose table was made with the column
+    already upgrades too."""
+    from sqlalchemy import MetaData, Table
+
+    from pipelines.fraud_state_store import PartitionStateStore, fraud_state_snapshots
+
+    store = Store.from_url(store_url)
+    with store.engine.begin() as conn:
+        assert _migrate(conn, target=8) == 8
+        v8 = Table("fraud_state_snapshots", MetaData(), *[c._copy() for c in fraud_state_snapshots.columns
+                                                          if c.name != "dispositions_offset"])
+        v8.create(conn)
+        conn.execute(v8.insert().values(stream="g/tx", partition=0, tx_offset=10, labels_offset=3, state=b"s0",
+                                        created_at=datetime.now(timezone.utc)))
+    assert store.create_schema() == SCHEMA_VERSION >= 9
+    assert "dispositions_offset" in {c["name"] for c in inspect(store.engine).get_columns("fraud_state_snapshots")}
+    snaps = PartitionStateStore(store, "g/tx")
+    old = snaps.load(0)
+    assert (old.tx_offset, old.labels_offset, old.dispositions_offset, old.state) == (10, 3, None, b"s0")
+    snaps.save(1, 20, None, b"s1", dispositions_offset=7)
+    assert snaps.load(1).dispositions_offset == 7
+    # a store recorded at v8 whose table already has the column (made by the new fraud_state_store first)
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM schema_version WHERE version >= 9"))
+    assert store.create_schema() == SCHEMA_VERSION
+    assert snaps.load(1).dispositions_offset == 7
+    store.close()
+
+
 @pytest.mark.parametrize("n", [3, 1200])  # executemany path and (on PostgreSQL) the COPY path
 def test_upsert_scores_is_idempotent_and_updates(store: Store, n: int):
     rows = [fs(i) for i in range(n)]

@@ -2,7 +2,8 @@
 
 Each strategy yields `(kind, key, value)` where `kind` names what the stream must do with it:
 
-    dead        a dead letter with a reason (decode, validate_input, deduplicate, decode_label, label_horizon)
+    dead        a dead letter with a reason (decode, validate_input, deduplicate, decode_label, label_horizon,
+                decode_disposition, disposition)
     skip        a same-payload duplicate of a valid transaction: skipped, scored once
     accept      valid although odd (unknown customer, out-of-order time): scored once
 
@@ -109,6 +110,37 @@ def hostile_labels() -> st.SearchStrategy:
     )
 
 
+def hostile_dispositions() -> st.SearchStrategy:
+    """(kind, key, value) hostile investigators' dispositions: malformed ones (`dead_disposition`: not
+    JSON, wrong or missing fields, an unknown kind, bad or non-finite times, control characters, huge or
+    deep values) and well-formed ones about a transaction nobody knows (`unknown_disposition`: no
+    customer or terminal to update)."""
+    good = {"transaction_id": "x", "disposition": "fraud", "disposed_by": "analyst", "disposed_at": "2024-03-01T00:00:00Z",
+            "customer_id": "C0001"}
+    dead = lambda v: ("dead_disposition", "k", v)  # noqa: E731
+    return st.one_of(
+        st.binary(max_size=300).map(dead),
+        nested().map(dead),
+        bad_times.map(lambda v: dead(_dumps(_with(good, disposed_at=v)))),
+        st.sampled_from(RAW_NUMBERS).map(lambda v: dead(_dumps(good).replace(b'"2024-03-01T00:00:00Z"', v.encode()))),
+        st.one_of(st.text(max_size=20).filter(lambda k: k not in ("fraud", "legitimate", "unsure")),
+                  st.sampled_from([1, 2, True, None, [], {}, "FRAUD", "fraud "])).map(
+            lambda v: dead(_dumps(_with(good, disposition=v)))),
+        st.sampled_from(["transaction_id", "disposition", "disposed_by", "disposed_at"]).map(
+            lambda f: dead(_dumps({k: v for k, v in good.items() if k != f}))),
+        st.tuples(st.sampled_from(["transaction_id", "disposed_by", "customer_id", "note"]),
+                  st.builds(lambda a, c, b: a + c + b, st.text(max_size=8), st.sampled_from(CONTROL), st.text(max_size=8))
+                  ).map(lambda fv: dead(_dumps(_with(good, **{fv[0]: fv[1]})))),
+        st.integers(min_value=1001, max_value=1_100_000).map(lambda n: dead(_dumps(_with(good, note="x" * n)))),
+        st.dictionaries(st.text(max_size=10).filter(lambda k: k not in good and k not in ("note", "terminal_id", "schema_version")),
+                        st.integers(), min_size=1, max_size=3).map(lambda extra: dead(_dumps({**good, **extra}))),
+        st.sampled_from([2, 0, "1", None]).map(lambda v: dead(_dumps(_with(good, schema_version=v)))),
+        st.sampled_from(["fraud", "legitimate", "unsure"]).map(
+            lambda k: ("unknown_disposition", None, _dumps({**{f: v for f, v in good.items() if f != "customer_id"},
+                                                            "disposition": k}))),
+    )
+
+
 def draw(strategy: st.SearchStrategy, n: int, at_seed: int) -> list[Any]:
     """n examples of a strategy, the same ones for the same seed (hypothesis' own generator)."""
     out: list[Any] = []
@@ -145,7 +177,11 @@ def realise(examples: list[tuple[str, Any, Any]], valid: list[Transaction], pref
             data = json.loads(value)
             data["transaction_id"] = f"{prefix}-ghost-{i}"
             out.append(("dead", data["transaction_id"], json.dumps(data).encode()))
-        elif kind == "dead_label":
+        elif kind == "unknown_disposition":
+            data = json.loads(value)
+            data["transaction_id"] = f"{prefix}-ghost-disposition-{i}"
+            out.append(("dead", data["transaction_id"], json.dumps(data).encode()))
+        elif kind in ("dead_label", "dead_disposition"):
             out.append(("dead", key, value))
         else:
             out.append((kind, key, value))

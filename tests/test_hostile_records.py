@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.contracts import ContractError, Label, Transaction, decode
+from pipelines.contracts import ContractError, Disposition, Label, Transaction, decode
 from pipelines.kafka_io import DeadLetterPublisher
-from tests.hostile import draw, hostile_labels, hostile_transactions, realise
+from tests.hostile import draw, hostile_dispositions, hostile_labels, hostile_transactions, realise
 from tests.stream_fixtures import produce, transactions
 
 VALID = transactions(50, seed=11, prefix="hv")
@@ -41,6 +41,7 @@ def _only_contract_errors(model, raw) -> str | None:
 def test_random_bytes_are_a_reason_never_an_exception(raw):
     _only_contract_errors(Transaction, raw)
     _only_contract_errors(Label, raw)
+    _only_contract_errors(Disposition, raw)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -71,6 +72,30 @@ def test_hostile_labels_are_rejected_or_name_an_unseen_transaction(example):
     assert (reason is None) == (kind == "unknown_label")
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(hostile_dispositions())
+def test_hostile_dispositions_are_rejected_or_name_an_unknown_transaction(example):
+    """Not JSON, wrong or missing fields, an unknown kind, bad or non-finite times, control characters,
+    huge or deep values: a reason at decode. The rest is well-formed (the stream finds no customer)."""
+    kind, _, value = example
+    reason = _only_contract_errors(Disposition, value)
+    assert (reason is None) == (kind == "unknown_disposition"), (kind, value[:300])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values, st.sampled_from(["disposition", "disposed_at", "transaction_id", "disposed_by", "note", "extra"]))
+def test_any_json_in_any_disposition_field_is_a_reason_or_a_verdict_the_state_takes(value, field):
+    base = {"transaction_id": "t-1", "disposition": "legitimate", "disposed_by": "analyst",
+            "disposed_at": "2024-03-01T00:00:00Z", "customer_id": "C1"}
+    raw = json.dumps({**base, field: value}, allow_nan=True).encode()
+    if _only_contract_errors(Disposition, raw) is None:  # accepted: the state takes it
+        from models.fraud_state import FraudState
+
+        d = decode(Disposition, raw)
+        assert FraudState().apply_dispositions([d.transaction_id], [d.disposition.value], [d.disposed_at],
+                                               [d.customer_id], [d.terminal_id])[0].name == "APPLIED"
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.binary(min_size=0, max_size=300_000), st.text(max_size=3000), st.binary(max_size=2000) | st.none())
 def test_a_dead_letter_always_fits_the_topic(payload, reason, key):
@@ -85,9 +110,9 @@ def test_a_dead_letter_always_fits_the_topic(payload, reason, key):
 
 @pytest.mark.integration
 def test_a_stream_over_hostile_records_scores_every_valid_one_and_dead_letters_the_rest(kafka_broker, tmp_path):
-    """400 valid transactions with ~150 hostile records and 40 hostile labels (drawn by hypothesis,
-    fixed seed) interleaved on the topics: nothing stops the job; counting rows proves the outcome of
-    every record."""
+    """400 valid transactions with ~150 hostile records, 40 hostile labels and 30 hostile dispositions
+    (drawn by hypothesis, fixed seed) interleaved on the topics: nothing stops the job; counting rows
+    proves the outcome of every record."""
     from sqlalchemy import text
 
     from pipelines.fraud_stream import FraudStreamJob, StreamConfig, load_scorer
@@ -97,13 +122,16 @@ def test_a_stream_over_hostile_records_scores_every_valid_one_and_dead_letters_t
     valid = transactions(400, seed=12, prefix="hs")
     hostile = realise(draw(hostile_transactions(valid, max_oversize=1_100_000), 150, 12), valid[:200], "hs")
     labels = realise(draw(hostile_labels(), 40, 13), valid, "hs")
+    verdicts = realise(draw(hostile_dispositions(), 30, 14), valid, "hs")
     tx_topic, lb_topic = kafka_broker.new_topic("htx", 2), kafka_broker.new_topic("hlb", 2)
-    names = {"transactions_topic": tx_topic, "labels_topic": lb_topic,
+    ds_topic = kafka_broker.new_topic("hds", 2)
+    names = {"transactions_topic": tx_topic, "labels_topic": lb_topic, "dispositions_topic": ds_topic,
              "alerts_topic": kafka_broker.new_topic("hal", 1), "dead_letter_topic": kafka_broker.new_topic("hdl", 1)}
     produce(kafka_broker.settings, tx_topic, valid[:200])
     produce(kafka_broker.settings, tx_topic, [((k or "k"), v) for _, k, v in hostile])  # after their originals
     produce(kafka_broker.settings, tx_topic, valid[200:])
     produce(kafka_broker.settings, lb_topic, [((k or "k"), v) for _, k, v in labels])
+    produce(kafka_broker.settings, ds_topic, [((k or "k"), v) for _, k, v in verdicts])
     url = f"sqlite:///{tmp_path}/h.db"
     config = StreamConfig.from_settings(kafka_broker.settings, group="g-hostile", max_batch=128,
                                         pending_horizon_days=0.05, **names)
@@ -111,11 +139,13 @@ def test_a_stream_over_hostile_records_scores_every_valid_one_and_dead_letters_t
                          StreamMetrics(), name="hostile")
     job.run(seconds=180, idle_exit_s=3.0)
 
-    dead = sum(1 for kind, _, _ in hostile + labels if kind == "dead")
+    dead = sum(1 for kind, _, _ in hostile + labels + verdicts if kind == "dead")
     with Store.from_url(url) as s, s.engine.connect() as conn:
         ids = set(conn.execute(text("SELECT transaction_id FROM fraud_scores")).scalars())
         letters = conn.execute(text('SELECT reason, stage FROM dead_letters')).all()
     assert ids == {t.transaction_id for t in valid}
     assert len(letters) == dead, (len(letters), dead)
     assert all(reason.strip() for reason, _ in letters)
-    assert {stage for _, stage in letters} <= {"decode", "deduplicate", "decode_label", "label_horizon"}
+    assert {stage for _, stage in letters} <= {"decode", "deduplicate", "decode_label", "label_horizon",
+                                               "decode_disposition", "disposition"}
+    assert sum(1 for _, stage in letters if stage in ("decode_disposition", "disposition")) == len(verdicts)

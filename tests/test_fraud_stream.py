@@ -467,7 +467,9 @@ def test_a_disposition_reaches_the_next_score_and_survives_crashes_and_old_snaps
     try:
         produce(kafka_broker.settings, tx_topic, valid[:120])
         _until(lambda: job.counts.scored >= 120, "the first transactions")
-        old = {p: PartitionStateStore(job.store, job.snapshots.stream).load(p) for p in (0, 1)}
+        owner = next(p for p, st in job.states.items() if cust in st.customers.index)
+        o = job.owned[owner]  # the consumer is idle: its state as a snapshot would hold it, before the verdict
+        old = (o.tx_next, o.labels_next, o.state.snapshot())
         produce(kafka_broker.settings, ds_topic, [(cust, v) for v in hostile] + [(cust, verdict.to_json())])
         _until(lambda: job.counts.dispositions >= 1 and job.counts.dead_letters >= len(hostile), "the dispositions")
         produce(kafka_broker.settings, tx_topic, [probes[0]])
@@ -476,10 +478,8 @@ def test_a_disposition_reaches_the_next_score_and_survives_crashes_and_old_snaps
         job.stop()
         thread.join(60)
     assert job.counts.dispositions == 1
-    owner = next(p for p, st in job.states.items() if cust in st.customers.index)
     snap = PartitionStateStore(job.store, job.snapshots.stream).load(owner)
     assert snap.dispositions_offset == len(hostile) + 1  # the probe's batch snapshotted the partition
-    assert old[owner] is None or old[owner].dispositions_offset is None
 
     # 2. a crash after that snapshot: the next consumer restores it and does not read the verdicts again
     produce(kafka_broker.settings, tx_topic, [probes[1]] + valid[120:])
@@ -489,12 +489,7 @@ def test_a_disposition_reaches_the_next_score_and_survives_crashes_and_old_snaps
 
     # 3. a restore from an old snapshot (taken before the verdict, without a dispositions offset): the
     # dispositions are read again from the start; the verdict still counts once
-    snaps = PartitionStateStore(Store.from_url(fresh_pg_url), job.snapshots.stream)
-    if old[owner] is not None:
-        snaps.save(owner, old[owner].tx_offset, old[owner].labels_offset, old[owner].state)
-    else:
-        with Store.from_url(fresh_pg_url) as s, s.engine.begin() as conn:
-            conn.execute(text("DELETE FROM fraud_state_snapshots WHERE partition = :p"), {"p": owner})
+    PartitionStateStore(Store.from_url(fresh_pg_url), job.snapshots.stream).save(owner, *old)
     produce(kafka_broker.settings, tx_topic, [probes[2]])
     job3 = job_for()
     job3.close = lambda: None  # keep the states to inspect them
@@ -510,6 +505,8 @@ def test_a_disposition_reaches_the_next_score_and_survives_crashes_and_old_snaps
     # every transaction scored once; the hostile dispositions dead-lettered once each, with their reasons
     stored = _stored_partition(fresh_pg_url, tx_topic)
     assert sorted(tid for v in stored.values() for _, tid, _ in v) == sorted(by_id)
+    last = next(o for o, tid, _ in stored[owner] if tid == probes[2].transaction_id)
+    assert counts3.rebuilt == last - old[0]  # restored from the old snapshot, not from the start
     with Store.from_url(fresh_pg_url) as s:
         letters = [r for r in s.dead_letter_rows(limit=100) if r["source"] == ds_topic]
     assert sorted(r["offset"] for r in letters) == list(range(len(hostile)))

@@ -96,7 +96,8 @@ def stream_state_source(source: str, store_url: str | None) -> tuple[Any, Any]:
     store = Store.from_url(store_url, check=False)
     try:
         with store.engine.connect() as conn:
-            rows = conn.execute(select(t.c.partition, t.c.tx_offset, t.c.labels_offset, t.c.state)
+            rows = conn.execute(select(t.c.partition, t.c.tx_offset, t.c.labels_offset, t.c.dispositions_offset,
+                                       t.c.state)
                                 .where(t.c.stream == stream).order_by(t.c.partition)).all()
     finally:
         store.close()
@@ -109,7 +110,8 @@ def stream_state_source(source: str, store_url: str | None) -> tuple[Any, Any]:
             state.restore(bytes(row.state))
         return state
 
-    return tuple((r.partition, r.tx_offset, r.labels_offset) for r in rows), read
+    # every offset the snapshot carries: a snapshot that only took in dispositions is a change too
+    return tuple((r.partition, r.tx_offset, r.labels_offset, r.dispositions_offset) for r in rows), read
 
 
 @serve.deployment(name="FraudScorer", max_ongoing_requests=256)

@@ -37,6 +37,24 @@ def test_store_source_merges_partitions_and_tracks_offsets(tmp_path):
     store.close()
 
 
+def test_store_source_notices_a_snapshot_that_only_took_in_dispositions(tmp_path):
+    """A batch with verdicts and no new transactions or labels moves only `dispositions_offset`
+    (schema v9): the REST scorer must still reload, or it scores without those verdicts."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = Store.from_url(url)
+    store.create_schema()
+    snaps = PartitionStateStore(store, "argus/argus.transactions")
+    snaps.save(0, 100, 7, _state_with("cust-a", "term-1").snapshot(), dispositions_offset=3)
+    token = stream_state_source("store://argus/argus.transactions", url)[0]
+
+    snaps.save(0, 100, 7, _state_with("cust-a", "term-1").snapshot(), dispositions_offset=4)
+    moved, read = stream_state_source("store://argus/argus.transactions", url)
+    assert moved != token and read().customer_keys() == ["cust-a"]
+    snaps.save(0, 100, 7, _state_with("cust-a", "term-1").snapshot(), dispositions_offset=None)  # an older snapshot
+    assert stream_state_source("store://argus/argus.transactions", url)[0] not in (token, moved)
+    store.close()
+
+
 def test_file_source(tmp_path):
     path = tmp_path / "state.npz"
     assert stream_state_source(str(path), None) == (None, None)

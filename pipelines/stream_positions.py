@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -125,11 +125,11 @@ def advance(stream: str, moves: Iterable[Advance]):
         if gaps:
             detail = ", ".join(f"{k[0]}:{k[1]} stored {stored[k][1]}" for k in sorted(gaps))
             raise OffsetGap(f"batch does not start at the stored position ({detail})", gaps)
-        now = datetime.now(timezone.utc)
-        for m in moves:
-            conn.execute(update(stream_positions).where(
-                t.stream == stream, t.topic == m.topic, t.partition == m.partition).values(
-                next_offset=m.next, updated_at=now))
+        # one executemany (psycopg pipelines it: one round trip), not one statement per partition
+        conn.execute(update(stream_positions).where(
+            t.stream == stream, t.topic == bindparam("b_topic"), t.partition == bindparam("b_partition")).values(
+            next_offset=bindparam("b_next"), updated_at=datetime.now(timezone.utc)),
+            [{"b_topic": m.topic, "b_partition": m.partition, "b_next": m.next} for m in moves])
 
     return step
 

@@ -17,6 +17,8 @@ transaction's send time.
     python benchmarks/stream_fraud.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/stream_fraud.py --rate 500 --n 10000 --pg-url ...   # alerts on the alerts topic at 500 tx/s
 
+The last figures, before and after the issue-14 changes in the same minutes: README, "Stream performance".
+
 Each figure is printed beside its target and anchor (issue 14) and the load average at the start and
 end of the run (the machine is shared: compare runs only with their load). `job_cpu_us_per_tx` (the
 jobs' CPU time per transaction, poll to commit) is the steadier figure for comparing two versions on

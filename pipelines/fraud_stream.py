@@ -72,7 +72,7 @@ class StreamConfig:
     alerts_topic: str = "argus.alerts"
     dead_letter_topic: str = "argus.dead-letter"
     group: str = "argus-fraud"
-    max_batch: int = 1024  # reached only under lag; idle batches end at max_wait_ms
+    max_batch: int = 1024  # reached only under lag; without lag a batch ends once the partitions are read
     max_wait_ms: int = 20
     alert_threshold: float = 0.5
     review_threshold: float = 0.2

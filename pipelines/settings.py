@@ -99,8 +99,8 @@ class FraudSettings(BaseModel):
     alert_threshold: float = Field(0.5, ge=0.0, le=1.0)
     review_threshold: float = Field(0.2, ge=0.0, le=1.0)
     labels_delay_days: float = 7.0
-    batch_max_size: int = 1024  # a bound, reached only under lag (an idle stream cuts batches at batch_max_wait_ms)
-    batch_max_wait_ms: int = 20
+    batch_max_size: int = 1024  # a bound, reached only under lag (without lag a batch ends once the partitions are read)
+    batch_max_wait_ms: int = 20  # under lag, a batch ends this long after its first record at the latest
     max_amount: float = 1_000_000.0
 
 

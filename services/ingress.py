@@ -19,7 +19,9 @@ that made it, and `GET /v1/results/{id}` finds only the caller's own (an admin k
 an unknown one. The review queue (scope `alerts:review`) follows the same rule: `GET /v1/alerts` lists
 the open alerts of the caller's tenant's scores (admin: every alert) by score, paged by keyset, and
 `POST /v1/alerts/{id}/disposition` stores the tenant's verdict, `GET /v1/alerts/{id}/history` shows
-the customer's and terminal's latest scores beside an alert; another tenant's alert is a 404. The
+the customer's and terminal's latest scores beside an alert; another tenant's alert is a 404. Their
+twins `POST /v1/alerts/disposition` (the id in the body) and `GET /v1/alerts/history?transaction_id=`
+take every id, one that a URL path cannot carry (`/`, `.`, `..`) too; the page uses them. The
 analysts' page at `/review` (services/review_page.py) is static files that call these routes.
 Nothing here logs a request body: log lines carry route, status, latency and the key's short id.
 """
@@ -217,7 +219,16 @@ class DispositionIn(BaseModel):
     note: _str(None, MAX_NOTE_CHARS) | None = None
 
 
+class AlertDispositionIn(DispositionIn):
+    """The same verdict with the alert's id in the body: any transaction id (one with `/`, or `.`,
+    `..`, `%2F`) can be disposed this way, where a URL path would be normalised or cut."""
+
+    model_config = ConfigDict(title="AlertDispositionIn")
+    transaction_id: _str(1, 128)
+
+
 DISPOSITION_BODY = TypeAdapter(DispositionIn)
+ALERT_DISPOSITION_BODY = TypeAdapter(AlertDispositionIn)
 MAX_ALERTS_PER_PAGE = 200
 MAX_ALERT_HISTORY = 50  # recent scores per side (customer, terminal) beside an alert
 
@@ -332,6 +343,8 @@ DISPOSITION_EXAMPLES = {
     "fraud": {"summary": "Confirmed fraud", "value": {"disposition": "fraud", "note": "customer confirms the card was stolen"}},
     "legitimate": {"summary": "Confirmed legitimate", "value": {"disposition": "legitimate"}},
 }
+ALERT_DISPOSITION_EXAMPLES = {name: {"summary": ex["summary"], "value": {"transaction_id": "tx-1001", **ex["value"]}}
+                              for name, ex in DISPOSITION_EXAMPLES.items()}
 SUMMARIZE_EXAMPLES = {
     "text": {"summary": "Plain text", "value": {
         "text": "Revenue rose 12% to $4.2 billion in the quarter. Operating margin was 18.5%. "
@@ -719,16 +732,8 @@ def create_api(backend: IngressCore) -> FastAPI:
         alerts_out = [AlertOut(**{k: r[k] for k in AlertOut.model_fields}) for r in rows]
         return AlertPage(alerts=alerts_out, next_after=alerts_out[-1].transaction_id if len(rows) == limit else None)
 
-    @api.post("/v1/alerts/{transaction_id}/disposition", response_model=Disposition, tags=["alerts"],
-              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
-                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
-    async def dispose(transaction_id: Annotated[str, Path(min_length=1, max_length=128)], request: Request,
-                      principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
-        """Dispose an alert (`fraud`, `legitimate` or `unsure`, an optional note): stored with the
-        alert as the verdict of the caller's tenant, overwriting an earlier one, then published on
-        the dispositions topic (keyed by the customer; in the background, when configured).
-        Another tenant's alert is a 404, the same as an unknown id."""
-        body = await read_body(request, DISPOSITION_BODY)
+    async def dispose_alert(transaction_id: str, body: DispositionIn, principal: Principal) -> Disposition:
+        """Store the tenant's verdict on the alert (404 when the key may not see it), then publish it."""
         tenant = None if principal.is_admin else principal.tenant
 
         def work() -> Disposition | None:
@@ -746,17 +751,59 @@ def create_api(backend: IngressCore) -> FastAPI:
         backend.publish_later(record)
         return record
 
+    @api.post("/v1/alerts/disposition", response_model=Disposition, tags=["alerts"],
+              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
+                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    async def dispose_by_body(request: Request, principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
+        """Dispose an alert named in the body (`transaction_id`, `disposition`: `fraud`, `legitimate`
+        or `unsure`, an optional note): the same as `POST /v1/alerts/{transaction_id}/disposition`
+        for every id, one a URL path cannot carry (`/`, `.`, `..`) included. Stored with the alert as
+        the verdict of the caller's tenant, overwriting an earlier one, then published on the
+        dispositions topic. Another tenant's alert is a 404, the same as an unknown id."""
+        body = await read_body(request, ALERT_DISPOSITION_BODY)
+        return await dispose_alert(body.transaction_id, body, principal)
+
+    @api.post("/v1/alerts/{transaction_id}/disposition", response_model=Disposition, tags=["alerts"],
+              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
+                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+    async def dispose(transaction_id: Annotated[str, Path(min_length=1, max_length=128)], request: Request,
+                      principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
+        """Dispose an alert (`fraud`, `legitimate` or `unsure`, an optional note): stored with the
+        alert as the verdict of the caller's tenant, overwriting an earlier one, then published on
+        the dispositions topic (keyed by the customer; in the background, when configured).
+        Another tenant's alert is a 404, the same as an unknown id. An id with `/` (or `.`, `..`)
+        cannot be a path segment: `POST /v1/alerts/disposition` takes the id in the body."""
+        body = await read_body(request, DISPOSITION_BODY)
+        return await dispose_alert(transaction_id, body, principal)
+
+    history_responses = {**AUTH_ERRORS, 404: _error("no alert with this id that this key may review"),
+                         422: _error("the id or `limit` is out of range", model=ValidationErrorOut),
+                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})}
+
+    @api.get("/v1/alerts/history", response_model=AlertHistory, tags=["alerts"], responses=history_responses)
+    def alert_history_by_query(
+            transaction_id: Annotated[str, Query(min_length=1, max_length=128, description="the alert's transaction id")],
+            limit: Annotated[int, Query(ge=1, le=MAX_ALERT_HISTORY)] = 20,
+            principal: Principal = Depends(require(REVIEW_SCOPE))) -> AlertHistory:
+        """The history beside the alert named by the `transaction_id` query parameter: the same as
+        `GET /v1/alerts/{transaction_id}/history` for every id, one a URL path cannot carry (`/`,
+        `.`, `..`) included. Only the caller's tenant's scores (admin: all); another tenant's alert
+        is a 404, the same as an unknown id."""
+        return alert_history_of(transaction_id, limit, principal)
+
     @api.get("/v1/alerts/{transaction_id}/history", response_model=AlertHistory, tags=["alerts"],
-             responses={**AUTH_ERRORS, 404: _error("no alert with this id that this key may review"),
-                        422: _error("the id or `limit` is out of range", model=ValidationErrorOut),
-                        503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+             responses=history_responses)
     def alert_history(transaction_id: Annotated[str, Path(min_length=1, max_length=128)],
                       limit: Annotated[int, Query(ge=1, le=MAX_ALERT_HISTORY)] = 20,
                       principal: Principal = Depends(require(REVIEW_SCOPE))) -> AlertHistory:
         """What an investigator reads beside an alert: the latest scores (at most `limit` each, newest
         first) of its customer and of its terminal up to the alert's transaction time, each with its
         disposition and note when it was a disposed alert. Only the caller's tenant's scores (admin:
-        all). Another tenant's alert is a 404, the same as an unknown id."""
+        all). Another tenant's alert is a 404, the same as an unknown id. An id with `/` (or `.`,
+        `..`) cannot be a path segment: `GET /v1/alerts/history?transaction_id=` takes any id."""
+        return alert_history_of(transaction_id, limit, principal)
+
+    def alert_history_of(transaction_id: str, limit: int, principal: Principal) -> AlertHistory:
         if _CONTROL.search(transaction_id):  # an id no alert can have (nor PostgreSQL text hold)
             raise ApiError(404, "not_found", "no alert with this id")
         try:
@@ -831,6 +878,10 @@ def create_api(backend: IngressCore) -> FastAPI:
         dispose_op = doc["paths"]["/v1/alerts/{transaction_id}/disposition"]["post"]
         dispose_op["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/DispositionIn"}, "examples": DISPOSITION_EXAMPLES}}}
+        components["AlertDispositionIn"] = ALERT_DISPOSITION_BODY.json_schema(ref_template="#/components/schemas/{model}")
+        doc["paths"]["/v1/alerts/disposition"]["post"]["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/AlertDispositionIn"},
+                                 "examples": ALERT_DISPOSITION_EXAMPLES}}}
         doc["paths"]["/v1/alerts"]["get"]["responses"]["200"]["links"] = {"DisposeAlert": {
             "operationId": dispose_op["operationId"], "parameters": {"transaction_id": "$response.body#/alerts/0/transaction_id"},
             "description": "dispose the highest-scored open alert of the page"}}

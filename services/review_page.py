@@ -1,7 +1,8 @@
 """The analysts' review page, served by the Ingress at `/review`: plain HTML, CSS and JavaScript
 files (package data in services/review/, no build step) that call the REST API of the review queue
-(`GET /v1/alerts`, `GET /v1/alerts/{id}/history`, `POST /v1/alerts/{id}/disposition`, scope
-`alerts:review`) with the API key the analyst types in.
+(`GET /v1/alerts`, `GET /v1/alerts/history?transaction_id=`, `POST /v1/alerts/disposition` with the
+id in the body, so that every id works, one with `/` or equal to `.`/`..` too; scope `alerts:review`)
+with the API key the analyst types in.
 
 Security: the page itself needs no key (it holds no data; every datum comes from the API, which
 checks the key and its scope). The key is kept in the tab's sessionStorage and sent only in the

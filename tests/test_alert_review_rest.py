@@ -6,6 +6,7 @@ no body or query, however random, huge, deep or malformed, gets a 5xx."""
 from __future__ import annotations
 
 import json
+from urllib.parse import quote, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -161,6 +162,135 @@ def test_openapi_documents_the_new_routes(app):
     body = spec["components"]["schemas"]["DispositionIn"]
     assert body["additionalProperties"] is False and body["properties"]["note"]["anyOf"][0]["maxLength"] == MAX_NOTE_CHARS
     assert "not" in body["properties"]["note"]["anyOf"][0]  # no control characters, said in the schema
+    twin = spec["paths"]["/v1/alerts/disposition"]["post"]
+    assert set(post["responses"]) <= set(twin["responses"])
+    assert twin["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/AlertDispositionIn")
+    by_body = spec["components"]["schemas"]["AlertDispositionIn"]
+    assert by_body["additionalProperties"] is False and {"transaction_id", "disposition"} <= set(by_body["required"])
+    assert by_body["properties"]["transaction_id"]["maxLength"] == 128 and "not" in by_body["properties"]["transaction_id"]
+    history = spec["paths"]["/v1/alerts/history"]["get"]
+    assert {"200", "401", "403", "404", "422", "429", "503"} <= set(history["responses"])
+    assert {(p["name"], p["in"], p["required"]) for p in history["parameters"]} == {("transaction_id", "query", True),
+                                                                                   ("limit", "query", False)}
+
+
+# --- every id, through the twins that carry it in the body or the query ----------------------------
+
+# ids a URL path cannot carry (a "/" splits the segment, "." and ".." are dot segments a browser
+# resolves, "%2F" is decoded before routing) and others that are awkward in a query string
+HOSTILE_IDS = ["a/b", "/", "//", ".", "..", "../a1", "./", "%2F", "a%2Fb", "%2e%2e", "?x=1#y", "a b+c&d=e;f",
+               "ünïcødé-∑-🦊", "\\u0000", "x" * 128, "/v1/alerts", "null"]
+
+
+def hostile_alert(tid: str, score: float, customer: str = "c-h"):
+    s, tx = alert(0, score, customer=customer)
+    return s.model_copy(update={"transaction_id": tid}), tx.model_copy(update={"transaction_id": tid})
+
+
+def by_body(tid: str, key: str, disposition: str = "fraud", **extra):
+    return req("POST", "/v1/alerts/disposition", key, {"transaction_id": tid, "disposition": disposition, **extra})
+
+
+def by_query(tid: str, key: str, **params):
+    return req("GET", "/v1/alerts/history?" + urlencode({"transaction_id": tid, **params}, quote_via=quote), key)
+
+
+def test_every_id_is_disposed_and_its_history_read_through_the_twins(app, store_url):
+    with Store.from_url(store_url) as store:
+        seed(store, [hostile_alert(tid, 0.5 - i / 100) for i, tid in enumerate(HOSTILE_IDS)], owner="acme")
+    unknown = call(app, [by_body("never/seen", "globex"), by_query("never/seen", "globex")])
+    assert [r.status_code for r in unknown] == [404, 404]
+    # another tenant: byte for byte the answer for an unknown id, and nothing stored
+    theirs = call(app, [r for tid in HOSTILE_IDS for r in (by_body(tid, "globex"), by_query(tid, "globex"))])
+    assert [(r.status_code, r.content) for r in theirs] == [(404, unknown[0].content), (404, unknown[1].content)] * len(HOSTILE_IDS)
+    with Store.from_url(store_url) as store:
+        assert store.count("alert_dispositions") == 0
+
+    answers = call(app, [r for tid in HOSTILE_IDS for r in (
+        by_body(tid, "acme", "legitimate", note="checked: " + tid[:50]), by_query(tid, "acme", limit=5))])
+    for tid, done, history in zip(HOSTILE_IDS, answers[::2], answers[1::2]):
+        assert done.status_code == 200, (tid, done.text)
+        assert (done.json()["transaction_id"], done.json()["disposition"], done.json()["disposed_by"]) == (tid, "legitimate", "acme")
+        assert history.status_code == 200, (tid, history.text)
+        h = history.json()
+        assert h["transaction_id"] == tid and tid not in [r["transaction_id"] for r in h["customer"] + h["terminal"]]
+    with Store.from_url(store_url) as store:
+        for tid in HOSTILE_IDS:
+            d = store.get_disposition(tid)
+            assert (d["disposition"], d["disposed_by"], d["note"]) == ("legitimate", "acme", "checked: " + tid[:50])
+    assert ids(call(app, [req("GET", "/v1/alerts", "acme")])[0]) == ["a1", "a2", "a3", "a4"]  # the queue moved on
+    # a disposed hostile alert shows its verdict in a later alert's history
+    later = call(app, [by_query("a1", "admin")])[0]  # a1: customer c1; the hostile ones are c-h, so none
+    assert later.status_code == 200 and later.json()["transaction_id"] == "a1"
+
+
+def test_the_twins_keep_the_path_routes_answers(app):
+    path, body, path_history, query_history = call(app, [
+        req("POST", "/v1/alerts/a1/disposition", "acme", {"disposition": "unsure", "note": "n"}),
+        by_body("a1", "acme", "unsure", note="n"),
+        req("GET", "/v1/alerts/a2/history?limit=3", "acme"), by_query("a2", "acme", limit=3)])
+    assert path.status_code == body.status_code == 200
+    assert {k: v for k, v in path.json().items() if k != "disposed_at"} == {k: v for k, v in body.json().items() if k != "disposed_at"}
+    assert (path_history.status_code, path_history.json()) == (query_history.status_code, query_history.json())
+
+
+def test_the_twins_validate_strictly(app, store_url):
+    bad_bodies = [{"disposition": "fraud"},  # no id
+                  {"transaction_id": "a1", "disposition": "fraud", "extra": 1},
+                  {"transaction_id": "a1", "disposition": "fraud", "disposed_by": "someone-else"},
+                  {"transaction_id": "", "disposition": "fraud"}, {"transaction_id": "x" * 129, "disposition": "fraud"},
+                  {"transaction_id": "a\n1", "disposition": "fraud"}, {"transaction_id": "a\u00851", "disposition": "fraud"},
+                  {"transaction_id": 1, "disposition": "fraud"}, {"transaction_id": ["a1"], "disposition": "fraud"},
+                  {"transaction_id": None, "disposition": "fraud"}, {"transaction_id": "a1", "disposition": "Fraud"},
+                  {"transaction_id": "a1", "disposition": "fraud", "note": "a\nb"},
+                  {"transaction_id": "a1", "disposition": "fraud", "note": "x" * (MAX_NOTE_CHARS + 1)}, [], "a1"]
+    answers = call(app, [req("POST", "/v1/alerts/disposition", "acme", b) for b in bad_bodies]
+                   + [req("POST", "/v1/alerts/disposition", "acme", b"{not json"),
+                      req("GET", "/v1/alerts/history", "acme"), by_query("", "acme"), by_query("x" * 129, "acme"),
+                      by_query("a1", "acme", limit=0), by_query("a1", "acme", limit=51), by_query("a1", "acme", limit="x")])
+    for b, r in zip(bad_bodies + ["..."] * 7, answers):
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request", (b, r.text)
+        assert set(r.json()) == {"code", "detail"}
+    assert "someone-else" not in answers[2].text and "x" * 129 not in answers[4].text  # the input is never echoed
+    control = call(app, [by_query("a\x00b", "acme"), by_query("a\n1", "acme")])  # like the path route: no alert has it
+    assert [r.status_code for r in control] == [404, 404]
+    scope = call(app, [req("POST", "/v1/alerts/disposition", None, {"transaction_id": "a1", "disposition": "fraud"}),
+                       req("POST", "/v1/alerts/disposition", "fraud", b"{not json"),
+                       req("POST", "/v1/alerts/disposition", "reader", {"transaction_id": "a1", "disposition": "fraud"}),
+                       by_query("a1", None), by_query("a1", "fraud"), by_query("a1", "reader")])
+    assert [r.status_code for r in scope] == [401, 403, 403, 401, 403, 403]  # the body is never read without the scope
+    with Store.from_url(store_url) as store:
+        assert store.count("alert_dispositions") == 0
+
+
+ids_any = st.one_of(st.sampled_from(HOSTILE_IDS),
+                    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=128))
+
+
+@pytest.fixture(scope="module")
+def twin_app(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('twin') / 'a.db'}"
+    with Store.from_url(url) as store:
+        store.create_schema()
+    app = make_app(url)
+    app.state.url = url
+    return app
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(tid=ids_any, disposition=st.sampled_from(["fraud", "legitimate", "unsure"]))
+def test_any_valid_id_round_trips_through_the_twins(twin_app, tid, disposition):
+    with Store.from_url(twin_app.state.url) as store:
+        seed(store, [hostile_alert(tid, 0.9)], owner="acme")
+    theirs, unknown, done, history = call(twin_app, [
+        by_body(tid, "globex", disposition), by_body(tid + "-unknown" if len(tid) < 120 else "unknown", "acme", disposition),
+        by_body(tid, "acme", disposition), by_query(tid, "acme")])
+    assert (theirs.status_code, theirs.content) == (404, unknown.content)
+    assert done.status_code == 200, done.text
+    assert (done.json()["transaction_id"], done.json()["disposition"]) == (tid, disposition)
+    assert history.status_code == 200 and history.json()["transaction_id"] == tid, history.text
+    with Store.from_url(twin_app.state.url) as store:
+        assert store.get_disposition(tid)["disposition"] == disposition
 
 
 # --- no 5xx, whatever comes in -------------------------------------------------------------------
@@ -192,12 +322,31 @@ def fuzz_app(tmp_path_factory):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(tid=st.one_of(st.sampled_from(["a1", "a2"]), ids_), body=bodies)
 def test_no_disposition_body_gets_a_5xx(fuzz_app, tid, body):
-    from urllib.parse import quote
-
     r = call(fuzz_app, [req("POST", f"/v1/alerts/{quote(tid, safe='')}/disposition", "acme", body)])[0]
     assert r.status_code in (200, 404, 413, 422), (r.status_code, r.text[:300])
     assert set(r.json()) <= {"code", "detail", "transaction_id", "disposition", "disposed_by", "disposed_at", "note",
                              "customer_id", "terminal_id", "schema_version"}
+
+
+twin_bodies = st.one_of(
+    bodies,
+    st.fixed_dictionaries({"transaction_id": st.one_of(st.sampled_from(["a1", "a2"] + HOSTILE_IDS), st.text(max_size=200), json_values),
+                           "disposition": st.one_of(st.sampled_from(["fraud", "legitimate", "unsure"]), json_values)},
+                          optional={"note": st.one_of(st.text(max_size=50), json_values), "x": json_values}).map(
+        lambda d: json.dumps(d, allow_nan=True).encode()),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(body=twin_bodies, tid=st.one_of(st.sampled_from(HOSTILE_IDS), st.text(max_size=200)),
+       limit=st.one_of(st.none(), st.integers(-5, 80), st.text(max_size=6)))
+def test_no_twin_request_gets_a_5xx(fuzz_app, body, tid, limit):
+    params = {"transaction_id": tid} if limit is None else {"transaction_id": tid, "limit": str(limit)}
+    disposed, history = call(fuzz_app, [req("POST", "/v1/alerts/disposition", "acme", body),
+                                        req("GET", "/v1/alerts/history?" + urlencode(params, quote_via=quote), "acme")])
+    assert disposed.status_code in (200, 404, 413, 422), (disposed.status_code, disposed.text[:300])
+    assert history.status_code in (200, 404, 422), (history.status_code, history.text[:300])
+    assert set(history.json()) <= {"code", "detail", "transaction_id", "customer", "terminal"}
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

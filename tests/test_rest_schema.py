@@ -3,7 +3,8 @@ no 5xx, status codes, content types, headers and bodies as documented, schema-in
 rejected, schema-valid ones accepted, auth not ignored, ...), in every phase (examples, coverage,
 fuzzing, and stateful sequences that follow the document's links from POST /v1/fraud/score and
 /v1/reports/summarize to GET /v1/results/{id}, and from GET /v1/alerts to POST
-/v1/alerts/{id}/disposition), 200 examples per operation, a fixed seed.
+/v1/alerts/{id}/disposition), 200 examples per operation (the alert routes' twins, `POST
+/v1/alerts/disposition` and `GET /v1/alerts/history?transaction_id=`, included), a fixed seed.
 
 It runs the `schemathesis` command line, as an operator would (benchmarks/rest_contract.py is the
 same at 1,000+ examples against `argus serve`), and fails with its summary.
@@ -23,7 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OPERATIONS = {("POST", "/v1/fraud/score"), ("POST", "/v1/reports/summarize"), ("GET", "/v1/results/{result_id}"),
               ("GET", "/v1/ping"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/alerts"),
-              ("POST", "/v1/alerts/{transaction_id}/disposition")}
+              ("POST", "/v1/alerts/{transaction_id}/disposition"), ("POST", "/v1/alerts/disposition"),
+              ("GET", "/v1/alerts/{transaction_id}/history"), ("GET", "/v1/alerts/history")}
 
 
 def schemathesis_command(url: str, key: str, examples: int, seed: int, max_response_time_s: float,
@@ -52,6 +54,12 @@ def test_spec_documents_every_operation_body_and_status(serve_app):
     dispose = spec["paths"]["/v1/alerts/{transaction_id}/disposition"]["post"]
     assert {"200", "401", "403", "404", "413", "422", "429", "503"} <= set(dispose["responses"])
     assert dispose["requestBody"]["required"] is True
+    # the twins that take any id (one with "/", ".", "..") in the body or the query
+    by_body = spec["paths"]["/v1/alerts/disposition"]["post"]
+    assert {"200", "401", "403", "404", "413", "422", "429", "503"} <= set(by_body["responses"])
+    assert by_body["requestBody"]["required"] is True
+    for path in ("/v1/alerts/{transaction_id}/history", "/v1/alerts/history"):
+        assert {"200", "401", "403", "404", "422", "429", "503"} <= set(spec["paths"][path]["get"]["responses"])
 
 
 def test_schemathesis_finds_nothing(serve_app):

@@ -297,6 +297,51 @@ def test_a_key_without_the_scope_sees_a_clear_message(page, live):
     expect(page.locator("#queue .tx")).to_have_text(["g1"])
 
 
+def test_ids_a_url_path_cannot_carry_are_disposed_from_the_page(page, live):
+    """Ids with "/" and equal to ".." or "." (a browser resolves dot segments, a router splits at "/"):
+    the page sends the id in the body (`POST /v1/alerts/disposition`) and in the query
+    (`GET /v1/alerts/history?transaction_id=`), so each is disposed and its history opened."""
+    from playwright.sync_api import expect
+
+    reset(live.store_url)
+    with Store.from_url(live.store_url) as store:
+        mine = [scored("acct/77/tx-1", 0.95, "c/1", "t1", T0), scored("..", 0.9, "c/1", "t/2", T0 + timedelta(minutes=1)),
+                scored(".", 0.85, "c2", "t1", T0 + timedelta(minutes=2)), scored("h/1", 0.3, "c/1", "t/2", T0 - timedelta(hours=1))]
+        store.write_owned("acme", scores=mine)
+        store.insert_alerts([s for s, _ in mine])
+        store.dispose("h/1", "legitimate", "acme", note="known customer")
+    enter_key(page, live, "acme")
+    rows = page.locator("#queue > li.alert")
+    expect(page.locator("#queue .tx")).to_have_text(["acct/77/tx-1", "..", "."])  # h/1: disposed already
+    first = rows.nth(0)
+    first.locator(".history summary").click()
+    expect(first.locator(".history-tx")).to_have_text(["h/1"])  # customer c/1's earlier score; terminal t1 has none before
+    expect(first.locator(".history-note")).to_have_text(["known customer"])
+    first.locator(".note").fill("account takeover")
+    first.locator(".dispose-btn[data-disposition=fraud]").click()
+    expect(page.locator("#status")).to_have_text("Alert acct/77/tx-1 disposed as fraud.")
+    expect(page.locator("#queue .tx")).to_have_text(["..", "."])
+
+    dots = rows.nth(0)
+    dots.locator(".history summary").click()
+    # customer c/1 (acct/77/tx-1 with the verdict just given, h/1), then terminal t/2 (h/1)
+    expect(dots.locator(".history-tx")).to_have_text(["acct/77/tx-1", "h/1", "h/1"])
+    expect(dots.locator(".history-disposition")).to_have_text(["fraud", "legitimate", "legitimate"])
+    dots.locator(".dispose-btn[data-disposition=legitimate]").click()
+    expect(page.locator("#status")).to_have_text("Alert .. disposed as legitimate.")
+    expect(page.locator("#queue .tx")).to_have_text(["."])
+    rows.nth(0).locator(".dispose-btn[data-disposition=unsure]").click()
+    expect(page.locator("#queue .tx")).to_have_count(0)
+    with Store.from_url(live.store_url) as store:
+        got = {tid: (d["disposition"], d["disposed_by"], d["note"]) for tid in ("acct/77/tx-1", "..", ".")
+               for d in [store.get_disposition(tid)]}
+        assert got == {"acct/77/tx-1": ("fraud", "acme", "account takeover"), "..": ("legitimate", "acme", None),
+                       ".": ("unsure", "acme", None)}
+    api_calls = [r for r in page.requests if not isinstance(r, tuple) and "/v1/" in r.url]
+    assert any(r.method == "POST" and r.url.endswith("/v1/alerts/disposition") for r in api_calls)
+    assert not any("/v1/alerts/." in r.url or "acct" in r.url.split("?")[0] for r in api_calls)  # never in a path
+
+
 PAYLOADS = ["<script>window.__pwned=1</script>", '<img src=x onerror="window.__pwned=1">',
             '"><svg onload=window.__pwned=1>', "</td><img src=x onerror=window.__pwned=1>",
             "javascript:window.__pwned=1", '<iframe srcdoc="<script>parent.__pwned=1</script>"></iframe>',
@@ -338,19 +383,18 @@ def test_script_and_img_onerror_payloads_render_as_text(page, live):
     assert not any("x" == r.url.rsplit("/", 1)[-1] for r in page.requests if not isinstance(r, tuple))  # no <img src=x> fetched
 
 
-# ids: no control characters (the contract), no "/" (a path segment), not "." or ".." (dot segments
-# a browser resolves); notes: one line of <= 1,000 characters (the API's rule)
+# ids: no control characters (the contract; "/", "." and ".." are fine: the page sends ids in the body
+# or the query, never in a path); notes: one line of <= 1,000 characters (the API's rule)
 hostile = st.one_of(st.sampled_from(PAYLOADS), st.builds(lambda a, p, b: a + p + b, st.text(max_size=20),
                                                          st.sampled_from(PAYLOADS), st.text(max_size=20)))
 no_control = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp"), exclude_characters="\x85")
 
 
 def as_id(s: str) -> str:
-    return "".join(c for c in s if c not in "/\u2028\u2029" and not 0x7f <= ord(c) <= 0x9f and ord(c) >= 0x20)[:100] or "x"
+    return "".join(c for c in s if c not in "\u2028\u2029" and not 0x7f <= ord(c) <= 0x9f and ord(c) >= 0x20)[:100] or "x"
 
 
-hostile_id = st.one_of(hostile, st.text(no_control, min_size=1, max_size=40)).map(as_id).filter(
-    lambda s: s not in (".", ".."))
+hostile_id = st.one_of(hostile, st.text(no_control, min_size=1, max_size=40), st.sampled_from(["/", ".", "..", "a/../b", "%2F"])).map(as_id)
 hostile_note = st.one_of(hostile, st.text(no_control, min_size=1, max_size=200)).map(
     lambda s: "".join(c for c in s if ord(c) >= 0x20 and not 0x7f <= ord(c) <= 0x9f and c not in "\u2028\u2029")
     .strip()[:1000] or "n")

@@ -118,7 +118,9 @@
     item.dataset.historyLoaded = "1";
     body.replaceChildren(text("p", "loading…"));
     try {
-      const h = await api("v1/alerts/" + encodeURIComponent(alert.transaction_id) + "/history?limit=" + HISTORY_SIZE);
+      // the id travels as a query parameter: any id works, one with "/" or equal to "." or ".." too
+      const query = new URLSearchParams({ transaction_id: alert.transaction_id, limit: String(HISTORY_SIZE) });
+      const h = await api("v1/alerts/history?" + query.toString());
       body.replaceChildren(historyTable("Customer " + (alert.customer_id || "—"), h.customer),
                            historyTable("Terminal " + (alert.terminal_id || "—"), h.terminal));
     } catch (err) {
@@ -152,8 +154,10 @@
     const buttons = item.querySelectorAll("button");
     buttons.forEach((b) => { b.disabled = true; });
     try {
-      const body = note ? { disposition: disposition, note: note } : { disposition: disposition };
-      const done = await api("v1/alerts/" + encodeURIComponent(alert.transaction_id) + "/disposition", { body: body });
+      // the id travels in the body: any id works, one with "/" or equal to "." or ".." too
+      const body = { transaction_id: alert.transaction_id, disposition: disposition };
+      if (note) body.note = note;
+      const done = await api("v1/alerts/disposition", { body: body });
       item.remove();
       setStatus("Alert " + done.transaction_id + " disposed as " + done.disposition + ".", "ok");
       await loadQueue(false);

@@ -33,7 +33,8 @@ The schema is versioned by this module itself (no Alembic): ``MIGRATIONS`` lists
 description, function) and is only ever appended to (v1 tables, v2 ``fraud_scores.amount`` +
 indexes, v3 ``fraud_scores.payload_hash``/``source_position`` for stream de-duplication, v4
 ``stream_positions``, v5 ``owner``, v6 ``content_hash``, v7 ``alert_dispositions``, v8 ``model_registry``
-and ``model_registry_events``, v9 ``fraud_state_snapshots.dispositions_offset``);
+and ``model_registry_events``, v9 ``fraud_state_snapshots.dispositions_offset``, v10 the history indexes
+``fraud_scores (customer_id | terminal_id, timestamp, transaction_id)``);
 ``schema_version`` holds one row per applied migration; ``create_schema()`` applies the missing ones in order inside one transaction
 under a lock (a PostgreSQL advisory lock, or SQLite's write lock), so concurrent callers are safe.
 
@@ -317,6 +318,14 @@ def _v9_snapshot_dispositions_offset(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE fraud_state_snapshots ADD COLUMN dispositions_offset BIGINT"))
 
 
+def _v10_history_indexes(conn: Connection) -> None:
+    # the history beside an alert (`alert_history`): one customer's or one terminal's latest scores up
+    # to a time, newest first (ties by transaction_id): an index range read backwards, not a scan
+    for key in ("customer_id", "terminal_id"):
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS fraud_scores_{key.split('_')[0]}_history_idx "
+                          f'ON fraud_scores ({key}, "timestamp", transaction_id)'))
+
+
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial tables", _v1_initial),
     (2, "fraud_scores.amount; indexes on scored_at and report_id", _v2_amount_and_indexes),
@@ -328,6 +337,8 @@ MIGRATIONS: list[tuple[int, str, Any]] = [
     (8, "model_registry and model_registry_events (champion/challenger, audited promotions)", _v8_model_registry),
     (9, "fraud_state_snapshots.dispositions_offset (the stream reads investigators' dispositions)",
      _v9_snapshot_dispositions_offset),
+    (10, "indexes on fraud_scores (customer_id, timestamp) and (terminal_id, timestamp) for the alert history",
+     _v10_history_indexes),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -830,8 +841,9 @@ class Store:
         `limit` each) of the alert's customer and of its terminal, up to the alert's own transaction
         time and without the alert itself, each with its disposition (and note) when it was an alert
         that was disposed. With `tenant`, only that tenant's alert and scores. None when the alert is not
-        one the caller may see. (The scores table has no index on customer or terminal: a scan,
-        acceptable for one analyst's page, not for a hot path.)"""
+        one the caller may see. Each side is a backward range read of an index (schema v10:
+        `fraud_scores_customer_history_idx`, `fraud_scores_terminal_history_idx`), not a scan; a
+        tenant's filter is applied to the rows read."""
         s, d = fraud_scores.c, alert_dispositions.c
         limit = max(1, min(int(limit), 200))
         with self.engine.connect() as conn:

@@ -92,6 +92,38 @@ def test_upgrade_to_v9_gives_old_state_snapshots_a_dispositions_offset(store_url
     store.close()
 
 
+HISTORY_SQL = ('SELECT transaction_id FROM fraud_scores WHERE {key} = :v AND transaction_id <> :tid AND "timestamp" <= :at '
+               'ORDER BY "timestamp" DESC, transaction_id DESC LIMIT 20')  # Store.alert_history's query, per side
+
+
+def test_upgrade_to_v10_indexes_the_alert_history(store_url: str):
+    """A v9 store gets the two history indexes; its rows survive; the history query reads them (the
+    plan names the index, on PostgreSQL with sequential scans priced out as on a large table)."""
+    store = Store.from_url(store_url)
+    with store.engine.begin() as conn:
+        assert _migrate(conn, target=9) == 9
+    store.write_batch(scores=[score_row(fs(i), Transaction(
+        transaction_id=f"t{i}", timestamp=datetime(2024, 5, 1, i, tzinfo=timezone.utc), customer_id=f"c{i % 2}",
+        terminal_id=f"k{i % 3}", amount=1.0 + i)) for i in range(6)])
+    before = {i["name"] for i in inspect(store.engine).get_indexes("fraud_scores")}
+    assert not {"fraud_scores_customer_history_idx", "fraud_scores_terminal_history_idx"} & before
+    assert store.create_schema() == SCHEMA_VERSION >= 10
+    indexes = {i["name"]: i["column_names"] for i in inspect(store.engine).get_indexes("fraud_scores")}
+    assert indexes["fraud_scores_customer_history_idx"] == ["customer_id", "timestamp", "transaction_id"]
+    assert indexes["fraud_scores_terminal_history_idx"] == ["terminal_id", "timestamp", "transaction_id"]
+    assert store.count("fraud_scores") == 6
+    at = datetime(2024, 5, 1, 4, tzinfo=timezone.utc)
+    for key, index in (("customer_id", "fraud_scores_customer_history_idx"), ("terminal_id", "fraud_scores_terminal_history_idx")):
+        with store.engine.begin() as conn:
+            explain = "EXPLAIN QUERY PLAN " if store.engine.dialect.name == "sqlite" else "EXPLAIN "
+            if store.engine.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = " ".join(str(tuple(r)) for r in conn.execute(text(explain + HISTORY_SQL.format(key=key)),
+                                                               {"v": "c0" if key == "customer_id" else "k0", "tid": "t4", "at": at}))
+        assert index in plan, plan
+    store.close()
+
+
 @pytest.mark.parametrize("n", [3, 1200])  # executemany path and (on PostgreSQL) the COPY path
 def test_upsert_scores_is_idempotent_and_updates(store: Store, n: int):
     rows = [fs(i) for i in range(n)]

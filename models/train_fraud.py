@@ -196,7 +196,7 @@ def handbook_features(df: pd.DataFrame, delay_days: float = 7.0) -> pd.DataFrame
     """The handbook's engineered features (chapter 3), computed causally with time-based rolling windows."""
     out = pd.DataFrame(index=df.index)
     out["amount"] = df["TX_AMOUNT"].to_numpy()
-    out["weekend"] = (df["TX_DATETIME"].dt.weekday >= 5).astype(np.int8)
+    out["weekend"] = (df["TX_DATETIME"].dt.dayofweek >= 5).astype(np.int8)
     out["night"] = (df["TX_DATETIME"].dt.hour <= 6).astype(np.int8)
     t = df[["TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]].copy()
     t["one"] = 1.0

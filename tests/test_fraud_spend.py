@@ -177,3 +177,26 @@ def test_only_a_checkpoint_with_spend_fields_keeps_and_reads_them():
     # the spend fields are named in the reasons
     out = scorer.score_context(txs, ctx, review_threshold=0.0, explain_top_k=60)
     assert set(SPEND_FIELDS) <= {r.feature for r in out[-1].reasons}
+
+
+def test_the_shipped_review_checkpoint_reads_verdicts_and_usual_amounts():
+    """`fraud-small-reviews` keeps a spend memory and both kinds of feedback move its scores the right way."""
+    from pathlib import Path
+
+    from models.fraud_scorer import SHIPPED_CHECKPOINT, FraudScorer
+
+    scorer = FraudScorer.load(Path(SHIPPED_CHECKPOINT).parent / "fraud-small-reviews")
+    assert scorer.model_version.startswith("fraud-small-reviews-")
+    assert scorer.config.spend_fields == list(SPEND_FIELDS) and scorer.config.review_fields
+
+    def last_score(amount: float, verdict: bool) -> float:
+        """A card spending about 30, then 150, then `amount`; the 150 confirmed fraud a minute after it or not."""
+        state = scorer.new_state()
+        c = columns([(0, 8.0, a) for a in (30.0, 25.0, 35.0, 28.0, 32.0, 150.0)] + [(0, 2.0, amount)])
+        state.advance_columns(c.take(np.arange(len(c) - 1)))
+        if verdict:
+            state.apply_dispositions([c.transaction_id[-2]], ["fraud"], [c.ts[-2] + 60])
+        return float(scorer.probabilities(state.advance_columns(c.take(np.array([len(c) - 1]))))[0])
+
+    assert last_score(150.0, False) > 5 * last_score(31.0, False)  # an unusual amount (0.78 vs 0.01)
+    assert last_score(90.0, True) > 3 * last_score(90.0, False)  # on a card confirmed stolen (0.62 vs 0.09)

@@ -199,10 +199,10 @@ class StreamRuntime:
             on_batch: Callable[["StreamRuntime", Batch], None] | None = None) -> RuntimeCounts:
         """Loop over `step()` until `stop()`, `seconds`, `max_batches`, or `idle_exit_s` without a
         record once partitions are assigned and nothing is left to read."""
-        # what exists before the loop (imports, the model, the job: ~650k objects for the fraud job) lives
-        # for the process: out of the collector's reach, a full collection walks only what the loop
-        # made (one took 255 ms mid-batch, the p99 latency of benchmarks/stream_fraud.py at 2,000 tx/s)
-        gc.collect()
+        # what exists before the loop (imports, the model, the job: ~650k objects for the fraud job) is
+        # out of the collector's reach while it runs: a full collection walks only what the loop made
+        # (one over everything took 255 ms mid-batch, the p99 of benchmarks/stream_fraud.py at 2,000
+        # tx/s). Unfrozen when the loop ends, so a process that runs another job can reclaim this one.
         gc.freeze()
         start = last_data = time.monotonic()
         log.info("stream consumer started", extra={"consumer": self.name, "group": self.group})
@@ -220,7 +220,10 @@ class StreamRuntime:
                 elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s and self.drained():
                     break
         finally:
-            self.close()
+            try:
+                self.close()
+            finally:
+                gc.unfreeze()
         return self.counts
 
     def step(self) -> Batch | None:

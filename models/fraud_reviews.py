@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from models.keyed_rows import KeyedRows
+
 DAY = 86400.0
 REVIEW_FRAUD, REVIEW_LEGIT, REVIEW_UNSURE = 1, 2, 3
 REVIEW_KINDS = {"fraud": REVIEW_FRAUD, "legitimate": REVIEW_LEGIT, "unsure": REVIEW_UNSURE}
@@ -48,60 +50,29 @@ def review_kind(value: str | int) -> int:
     return kind
 
 
-class ReviewMemory:
+class ReviewMemory(KeyedRows):
     """The dispositions of one kind of key (customers or terminals): up to `k` per key in dense rows."""
 
     ARRAYS = ("decided", "kind", "txid")
     FILL = dict(decided=np.nan, kind=0, txid=0)
+    DTYPES = dict(decided=np.float64, kind=np.int8, txid=np.int64)
+    PER_KEY_ARRAY, WHAT = "decided", "dispositions"
 
     def __init__(self, window_days: float, k: int = REVIEW_MEMORY, capacity: int = 256):
         self.window_s = float(window_days) * DAY
-        self.k = int(k)
-        self.index: dict[str, int] = {}
-        self.names: list[str | None] = []
-        self.free: list[int] = []
-        self._alloc(capacity)
-
-    def _alloc(self, cap: int) -> None:
-        self.decided = np.full((cap, self.k), np.nan)
-        self.kind = np.zeros((cap, self.k), np.int8)
-        self.txid = np.zeros((cap, self.k), np.int64)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def nbytes(self) -> int:
-        return sum(getattr(self, a).nbytes for a in self.ARRAYS)
+        super().__init__(k, capacity)
 
     @property
     def horizon_s(self) -> float:
         """How far behind the clock an entry is dead: the window and a day of out-of-order margin."""
         return self.window_s + DAY
 
-    def _row(self, key: str) -> int:
-        j = self.index.get(key)
-        if j is not None:
-            return j
-        if self.free:
-            j = self.free.pop()
-            self.names[j] = key
-        else:
-            j = len(self.names)
-            self.names.append(key)
-            if j >= len(self.decided):
-                old = {a: getattr(self, a) for a in self.ARRAYS}
-                self._alloc(2 * len(self.decided))
-                for a, arr in old.items():
-                    getattr(self, a)[: len(arr)] = arr
-        self.index[key] = j
-        return j
-
     def add(self, keys: Sequence[str], hashes: Sequence[int], kinds: Sequence[int], decided: Sequence[float],
             clock: float) -> None:
         """Remember dispositions (in message order). The same transaction decided at the same time again:
         the later message's kind stands."""
         for key, h, kind, at in zip(keys, hashes, kinds, decided):
-            j = self._row(key)
+            j = self.row(key)
             d, kd, tx = self.decided[j], self.kind[j], self.txid[j]
             same = np.nonzero((tx == h) & (d == at))[0]
             if len(same):
@@ -127,7 +98,7 @@ class ReviewMemory:
         out[:, 1] = out[:, 3] = w_days
         if not self.index or not B:
             return out, verdict
-        idx = np.fromiter((self.index.get(k, -1) for k in keys), np.int64, B)
+        idx = self.rows(keys, create=False)
         has = np.nonzero(idx >= 0)[0]
         if not len(has):
             return out, verdict
@@ -158,30 +129,7 @@ class ReviewMemory:
         self.decided[:n][dead] = np.nan
         self.kind[:n][dead] = 0
         self.txid[:n][dead] = 0
-        empty = np.isnan(self.decided[:n]).all(1)
-        for j in np.nonzero(empty)[0].tolist():
-            name = self.names[j]
-            if name is not None:
-                del self.index[name]
-                self.names[j] = None
-                self.free.append(j)
-
-    # -- snapshot helpers ------------------------------------------------------------------------
-    def export(self, keys: Iterable[str] | None) -> tuple[list[str], dict[str, np.ndarray]]:
-        names = [k for k in self.names if k is not None] if keys is None else [k for k in keys if k in self.index]
-        rows = np.array([self.index[k] for k in names], np.int64)
-        return names, {a: getattr(self, a)[rows] for a in self.ARRAYS}
-
-    def merge(self, names: list[str], arrays: dict[str, np.ndarray]) -> None:
-        if not names:
-            return
-        k = arrays["decided"].shape[1]
-        if k != self.k:
-            raise ValueError(f"snapshot review memory holds {k} dispositions per key, this state {self.k}")
-        for i, name in enumerate(names):
-            j = self._row(name)
-            for a in self.ARRAYS:
-                getattr(self, a)[j] = arrays[a][i]
+        self.release(np.nonzero(np.isnan(self.decided[:n]).all(1))[0].tolist())
 
 
 def review_features(customer: np.ndarray, terminal: np.ndarray) -> np.ndarray:

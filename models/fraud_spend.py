@@ -18,9 +18,11 @@ features plus these went from AP 0.742 to 0.776 on 2018-07-04..07-31 (benchmarks
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from models.keyed_rows import KeyedRows
 
 DAY = 86400.0
 SPEND_WINDOW_DAYS = 30.0  # the median's window
@@ -32,54 +34,22 @@ SPEND_FIELDS = ("customer_median_amount_30d", "amount_over_customer_median", "cu
                 "customer_unusual_amounts_14d", "customer_unusual_amounts_1d")
 
 
-class SpendMemory:
+class SpendMemory(KeyedRows):
     """The last `k` (time, amount, unusual) events of each customer, in dense rows."""
 
     ARRAYS = ("time", "amount", "unusual", "count")
+    FILL = dict(time=np.nan, amount=0.0, unusual=False, count=0)
+    DTYPES = dict(time=np.float64, amount=np.float64, unusual=bool, count=np.int64)
+    ONE_D = ("count",)
+    PER_KEY_ARRAY, WHAT = "time", "amounts"
 
     def __init__(self, k: int = SPEND_MEMORY, capacity: int = 1024):
-        self.k = int(k)
-        self.index: dict[str, int] = {}
-        self.names: list[str | None] = []
-        self.free: list[int] = []
-        self._alloc(capacity)
-
-    def _alloc(self, cap: int) -> None:
-        self.time = np.full((cap, self.k), np.nan)
-        self.amount = np.zeros((cap, self.k))
-        self.unusual = np.zeros((cap, self.k), bool)
-        self.count = np.zeros(cap, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def nbytes(self) -> int:
-        return sum(getattr(self, a).nbytes for a in self.ARRAYS)
+        super().__init__(k, capacity)
 
     @property
     def horizon_s(self) -> float:
         """Events older than this behind the clock are in no window (a day of out-of-order margin)."""
         return (SPEND_WINDOW_DAYS + 1.0) * DAY
-
-    def _rows(self, keys: Sequence[str], create: bool) -> np.ndarray:
-        out = np.empty(len(keys), np.int64)
-        for i, key in enumerate(keys):
-            j = self.index.get(key)
-            if j is None and create:
-                if self.free:
-                    j = self.free.pop()
-                    self.names[j] = key
-                else:
-                    j = len(self.names)
-                    self.names.append(key)
-                    if j >= len(self.count):
-                        old = {a: getattr(self, a) for a in self.ARRAYS}
-                        self._alloc(2 * len(self.count))
-                        for a, arr in old.items():
-                            getattr(self, a)[: len(arr)] = arr
-                self.index[key] = j
-            out[i] = -1 if j is None else j
-        return out
 
     def _read(self, rows: np.ndarray, ts: np.ndarray, amount: np.ndarray) -> tuple[np.ndarray, ...]:
         """(median, events in the window, unusual counts per UNUSUAL_WINDOWS_DAYS...) of each row at its ts."""
@@ -99,7 +69,7 @@ class SpendMemory:
     def features(self, keys: Sequence[str], ts: np.ndarray, amount: np.ndarray) -> np.ndarray:
         """Scaled SPEND_FIELDS [B, 5] of each transaction against the memory (unknown customer: zeros)."""
         ts, amount = np.asarray(ts, np.float64), np.asarray(amount, np.float64)
-        median, n, u14, u1 = self._read(self._rows(keys, create=False), ts, amount)
+        median, n, u14, u1 = self._read(self.rows(keys, create=False), ts, amount)
         has = ~np.isnan(median)
         med = np.where(has, median, 1.0)
         ratio = np.where(has, np.clip(np.log(np.maximum(amount, 0.01) / np.maximum(med, 0.01)), -5.0, 5.0), 0.0)
@@ -111,7 +81,7 @@ class SpendMemory:
         if not len(keys):
             return
         ts, amount = np.asarray(ts, np.float64), np.asarray(amount, np.float64)
-        rows = self._rows(keys, create=True)
+        rows = self.rows(keys, create=True)
         median = self._read(rows, ts, amount)[0]
         slot = self.count[rows] % self.k
         self.time[rows, slot] = ts
@@ -125,29 +95,4 @@ class SpendMemory:
         if not n:
             return
         latest = np.nanmax(np.where(np.isnan(self.time[:n]), -np.inf, self.time[:n]), axis=1)
-        for j in np.nonzero(latest < clock - self.horizon_s)[0].tolist():
-            name = self.names[j]
-            if name is not None:
-                del self.index[name]
-                self.names[j] = None
-                self.free.append(j)
-                self.time[j] = np.nan
-                self.amount[j] = 0.0
-                self.unusual[j] = False
-                self.count[j] = 0
-
-    # -- snapshot helpers ------------------------------------------------------------------------
-    def export(self, keys: Iterable[str] | None) -> tuple[list[str], dict[str, np.ndarray]]:
-        names = [k for k in self.names if k is not None] if keys is None else [k for k in keys if k in self.index]
-        rows = np.array([self.index[k] for k in names], np.int64)
-        return names, {a: getattr(self, a)[rows] for a in self.ARRAYS}
-
-    def merge(self, names: list[str], arrays: dict[str, np.ndarray]) -> None:
-        if not names:
-            return
-        if arrays["time"].shape[1] != self.k:
-            raise ValueError(f"snapshot spend memory holds {arrays['time'].shape[1]} events per customer, "
-                             f"this state {self.k}")
-        rows = self._rows(names, create=True)
-        for a in self.ARRAYS:
-            getattr(self, a)[rows] = arrays[a]
+        self.release(np.nonzero(latest < clock - self.horizon_s)[0].tolist())

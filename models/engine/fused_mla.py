@@ -10,23 +10,10 @@ by Inductor (fp32 inside, one rounding to the model dtype; the norm's weight app
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import kernels as K
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and (device.type == "cuda" or _INTERPRET)
+from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
 
 
 def mla_prologue_reference(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope, rope, rank, interleave, kk=K.eager):

@@ -18,23 +18,13 @@ compares the kernels against them.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs
-    triton = None
+from .triton_support import INTERPRET as _INTERPRET
+from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
 
 BLOCK_M = 16
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and (device.type == "cuda" or _INTERPRET)
 
 
 def max_blocks(n_pairs: int, n_experts: int, block_m: int = BLOCK_M) -> int:

@@ -13,22 +13,11 @@ group-limited routing, and by the benchmark to check the kernel.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and (device.type == "cuda" or _INTERPRET)
+from .triton_support import INTERPRET as _INTERPRET
+from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
 
 
 def append_shared(weights: torch.Tensor, idx: torch.Tensor, n_routed: int, n_shared: int):

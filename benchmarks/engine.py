@@ -166,8 +166,8 @@ def engine_eager_step_ms(engine, batch, prompt_len, vocab):
     return res["step_ms"]
 
 
-def profile_decode(engine, batch, prompt_len, vocab, path):
-    """Kernel time by name for eager decode steps: which kernels the graph's time goes to."""
+def eager_step_profile(engine, batch, prompt_len, vocab):
+    """The CUDA profiler's key averages over 3 eager decode steps (graphs off) at `batch` x `prompt_len`."""
     from torch.profiler import ProfilerActivity, profile
 
     use = engine.runner.use_graphs
@@ -183,10 +183,16 @@ def profile_decode(engine, batch, prompt_len, vocab, path):
             pass
     finally:
         engine.runner.use_graphs = use
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    return prof.key_averages()
+
+
+def profile_decode(engine, batch, prompt_len, vocab, path):
+    """Kernel time by name for eager decode steps: which kernels the graph's time goes to."""
+    avg = eager_step_profile(engine, batch, prompt_len, vocab)
+    table = avg.table(sort_by="cuda_time_total", row_limit=25)
     with open(path, "w") as f:
         f.write(table)
-    total = sum(e.device_time_total for e in prof.key_averages()) / 3 / 1e3
+    total = sum(e.device_time_total for e in avg) / 3 / 1e3
     return table, total
 
 

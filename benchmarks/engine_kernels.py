@@ -45,19 +45,11 @@ from models.presets import preset_config  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_serving import set_kernel_version  # noqa: E402
+from engine import eager_step_profile, engine_decode, now, rand_prompts, sync  # noqa: E402
 
 R: dict = {}
 CUDA = torch.cuda.is_available()
 
-
-def sync():
-    if CUDA:
-        torch.cuda.synchronize()
-
-
-def now():
-    sync()
-    return time.perf_counter()
 
 
 def save(args):
@@ -275,52 +267,8 @@ def layer_times(layers, cfg, tokens, dev, dtype):
     return res
 
 
-def rand_prompts(n, length, vocab, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(2, vocab, (n, length), generator=g).tolist()
-
-
-def engine_decode(engine, batch, prompt_len, steps, vocab):
-    handles = [engine.submit(p, steps + 6) for p in rand_prompts(batch, prompt_len, vocab, batch)]
-    for _ in range(4):
-        engine.step()
-    t0 = now()
-    for _ in range(steps):
-        engine.step()
-    res = {"step_ms": (now() - t0) / steps * 1e3}
-    if engine.runner.use_graphs:
-        b, s = engine.runner.buckets_for(batch, prompt_len + steps + 4)
-        g, _ = engine.runner.graphs[(b, s)]
-        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(20):
-            g.replay()
-        e.record()
-        sync()
-        res["graph_replay_ms"] = a.elapsed_time(e) / 20
-    while engine.step():
-        pass
-    assert all(h.request.done.is_set() for h in handles)
-    return res
-
-
 def profile_step(engine, batch, prompt_len, vocab, path):
-    from torch.profiler import ProfilerActivity, profile
-
-    use = engine.runner.use_graphs
-    engine.runner.use_graphs = False
-    try:
-        [engine.submit(p, 8) for p in rand_prompts(batch, prompt_len, vocab, 7)]
-        engine.step()
-        engine.step()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                engine.step()
-        while engine.step():
-            pass
-    finally:
-        engine.runner.use_graphs = use
-    avg = prof.key_averages()
+    avg = eager_step_profile(engine, batch, prompt_len, vocab)
     with open(path, "w") as f:
         f.write(avg.table(sort_by="cuda_time_total", row_limit=30))
     kernels_per_step = sum(e.count for e in avg if e.device_time_total > 0) / 3

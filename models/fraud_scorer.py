@@ -168,13 +168,19 @@ class FraudModel(nn.Module):
             "cur_id": cur_id,
         }
 
+    def current_extras(self) -> list[tuple[str, nn.Linear]]:
+        """(context field, its embedding) of the current-token inputs beside `cur_num` that the config turns on:
+        the review fields, then the spend fields."""
+        return [(key, getattr(self, key)) for key, on in (("review_num", self.config.review_fields),
+                                                            ("spend_num", self.config.spend_fields)) if on]
+
     def current_num(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current transaction's numeric fields embedded (with the review and spend fields when the config has
         them)."""
         x = self.cur_num(t["cur_num"])
-        if self.config.review_fields:
-            x = x + self.review_num(t["review_num"])
-        return x + self.spend_num(t["spend_num"]) if self.config.spend_fields else x
+        for key, linear in self.current_extras():
+            x = x + linear(t[key])
+        return x
 
     def embed(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         p = self.embed_parts(t)
@@ -224,14 +230,10 @@ def explain(model: FraudModel, t: dict[str, torch.Tensor], top_k: int = 5,
         x = {k: v.detach() for k, v in t.items()}
         num_h = x["hist_num"].unsqueeze(-1) * model.hist_num.weight.T[None, None]  # [B, T, F, H]
         cur_x, cur_w, cur_b = x["cur_num"], model.cur_num.weight.T, model.cur_num.bias
-        if model.config.review_fields:  # the review fields are more current fields
-            cur_x = torch.cat([cur_x, x["review_num"]], -1)
-            cur_w = torch.cat([cur_w, model.review_num.weight.T], 0)
-            cur_b = cur_b + model.review_num.bias
-        if model.config.spend_fields:
-            cur_x = torch.cat([cur_x, x["spend_num"]], -1)
-            cur_w = torch.cat([cur_w, model.spend_num.weight.T], 0)
-            cur_b = cur_b + model.spend_num.bias
+        for key, linear in model.current_extras():  # the review and spend fields are more current fields
+            cur_x = torch.cat([cur_x, x[key]], -1)
+            cur_w = torch.cat([cur_w, linear.weight.T], 0)
+            cur_b = cur_b + linear.bias
         num_c = cur_x.unsqueeze(-1) * cur_w[None]  # [B, F, H]
         p = model.embed_parts(x)
         leaves = {"num_h": num_h.detach().requires_grad_(), "num_c": num_c.detach().requires_grad_(),

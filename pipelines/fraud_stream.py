@@ -462,20 +462,26 @@ class FraudStreamJob:
             fresh.setdefault(it.record.partition, []).append(it)
         return fresh
 
+    def _decoded(self, po: PartitionOut, model: Any, records: list, replay: bool, stage: str) -> list[tuple[Any, Any]]:
+        """(decoded, record) of the records that are a `model`; a live one that is not goes to the dead letters
+        at `stage` (a replayed one went there when it was live)."""
+        limit = self.settings.kafka.max_message_bytes
+        good = []
+        for r in records:
+            try:
+                good.append((decode(model, r.value, limit), r))
+            except ContractError as exc:
+                if not replay:
+                    self._dead(po, r, exc.reason, stage)
+        return good
+
     def apply_labels(self, po: PartitionOut, owned: OwnedPartition, pb: PartitionBatch) -> None:
         """Labels -> the partition's state. One whose transaction left the in-memory index is located
         in the store (fraud_scores), so a chargeback 7+ days late still reaches the right keys; one
         whose transaction was never seen waits (`pending_horizon_days` of event time), then goes to
         the dead letters with its reason. Replayed labels update the state only."""
-        limit = self.settings.kafka.max_message_bytes
         for replay, records in ((True, pb.replay), (False, pb.live)):
-            good: list[tuple[Label, Any]] = []
-            for r in records:
-                try:
-                    good.append((decode(Label, r.value, limit), r))
-                except ContractError as exc:
-                    if not replay:
-                        self._dead(po, r, exc.reason, "decode_label")
+            good = self._decoded(po, Label, records, replay, "decode_label")
             if good:
                 self._place_labels(owned, good)
                 self.counts.labels += len(good)
@@ -490,15 +496,8 @@ class FraudStreamJob:
         (`fraud_scores`) or the state's index; one found in neither is dead-lettered (stage
         `disposition`), as is any record that is not a Disposition (`decode_disposition`). Replayed
         verdicts update the state only."""
-        limit = self.settings.kafka.max_message_bytes
         for replay, records in ((True, pb.replay), (False, pb.live)):
-            good: list[tuple[Disposition, Any]] = []
-            for r in records:
-                try:
-                    good.append((decode(Disposition, r.value, limit), r))
-                except ContractError as exc:
-                    if not replay:
-                        self._dead(po, r, exc.reason, "decode_disposition")
+            good = self._decoded(po, Disposition, records, replay, "decode_disposition")
             if not good:
                 continue
             where: dict[str, tuple] = {}

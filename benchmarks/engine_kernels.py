@@ -421,6 +421,104 @@ def bench_engines(hf, cfg, args, dev):
     return out
 
 
+def event_ms(fn, iters=20):
+    """Mean ms of fn() over iters runs (events around the loop, after one untimed run)."""
+    fn()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(iters):
+        fn()
+    b.record()
+    sync()
+    return a.elapsed_time(b) / iters
+
+
+@torch.inference_mode()
+def bench_packed(hf, cfg, args, dev):
+    """The packed mixed step (decode rows + one prefill piece of C tokens in one CUDA graph, mixed_batch.PackedStep).
+    1. Equivalence: slots prefilled with real prompts; the packed step vs the decode step + the piece's prefill
+       run apart (same cache copy): relative error of the decode rows' and the piece's logits, argmax agreement,
+       and of the cache rows the piece writes.
+    2. Time: packed graph replay at (b, C) vs the decode graph at b (same sequence bucket) and the separate
+       prefill of the C-token piece (eager launches, compiled elementwise kernels: the default scheduler's way)."""
+    from models.engine.cuda_graphs import PackedRunner
+
+    vocab, out = cfg.vocab_size, {"equivalence": {}, "times": {}}
+    engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len)
+    model, L = engine.model, args.max_seq_len
+    g = torch.Generator().manual_seed(7)
+    # every slot holds a real prefix of 1,024 tokens (its rows written by the prefill path)
+    n_slots, prefix = 64, 1024
+    toks = torch.randint(2, vocab, (n_slots, prefix), generator=g).to(dev)
+    for lo in range(0, n_slots, 16):
+        model.prefill(toks[lo : lo + 16], engine.cache, torch.arange(lo, lo + 16, device=dev), 0)
+    base = engine.cache
+    for b, chunk, start in ((1, 256, 0), (16, 512, 1024), (48, 512, 0), (64, 1024, 512)):
+        dec_tokens = torch.randint(2, vocab, (b,), generator=g).tolist()
+        dec_pos = [prefix] * b
+        slot = b if b < n_slots else b - 1  # a piece's slot outside the decode rows (or the last one)
+        if slot < b:
+            dec_pos[slot] = L - 1  # that row is a dummy
+        piece = torch.randint(2, vocab, (chunk,), generator=g).tolist()
+        apart = base.clone()
+        ref_dec = model.decode(torch.tensor(dec_tokens, device=dev), torch.tensor(dec_pos, device=dev), apart,
+                               pick_seq(engine, prefix + 1))
+        ref_last = model.logits(model.prefill(torch.tensor([piece], device=dev), apart, torch.tensor([slot], device=dev),
+                                              start)[0, -1:])
+        packed = base.clone()
+        runner = PackedRunner(model, packed, 64, chunk, use_graphs=True)
+        dec, last = runner.step(dec_tokens, dec_pos, prefix + 1, slot, piece, start)
+        real = [i for i, p in enumerate(dec_pos) if p != L - 1]
+        rows = slice(start, start + chunk)
+        row = {"decode_rel_err": rel(dec[real], ref_dec[real]), "piece_rel_err": rel(last, ref_last),
+               "decode_argmax_agree": float((dec[real].argmax(-1) == ref_dec[real].argmax(-1)).float().mean()),
+               "piece_argmax_agree": bool(last.argmax(-1) == ref_last.argmax(-1)),
+               "piece_cache_rel_err": rel(packed[:, slot, rows], apart[:, slot, rows]),
+               "decode_slots_cache_rel_err": rel(packed[:, real, : L - 1], apart[:, real, : L - 1])}
+        key = f"b{b}_c{chunk}_start{start}"
+        out["equivalence"][key] = row
+        print(f"packed equivalence {key}: {row}", flush=True)
+        del apart, packed, runner
+    torch.cuda.empty_cache()
+    # time: graph replays on the prefilled cache (all rows at position 1,024, keys bucket of 2,048 / 2,304)
+    for chunk in args.packed_chunks:
+        runner = PackedRunner(model, engine.cache, 64, chunk, use_graphs=True)
+        piece = torch.randint(2, vocab, (1, chunk), generator=g).to(dev)
+        sep = event_ms(lambda: model.prefill(piece, engine.cache, torch.tensor([63], device=dev), 1024), iters=5)
+        for b in (1, 16, 32, 64):
+            dec_tokens = torch.randint(2, vocab, (b,), generator=g).tolist()
+            runner.step(dec_tokens, [prefix] * b, prefix + 1, 63, piece[0].tolist(), 1024)
+            bb, keys = pick_bucket(runner, b, 1024 + chunk)
+            graph, _ = runner.graphs[(bb, keys)]
+            packed_ms = event_ms(graph.replay)
+            engine.runner.step(torch.tensor(dec_tokens, device=dev), torch.full((b,), prefix, device=dev), keys)
+            dgraph, _ = engine.runner.graphs[engine.runner.buckets_for(b, keys)]
+            dec_ms = event_ms(dgraph.replay)
+            row = {"packed_ms": packed_ms, "decode_ms": dec_ms, "separate_prefill_ms": sep,
+                   "decode_plus_prefill_ms": dec_ms + sep, "keys": keys}
+            out["times"][f"b{b}_c{chunk}"] = row
+            print(f"packed time b{b} C{chunk}: {row}", flush=True)
+        out[f"capture_s_c{chunk}"] = runner.capture_seconds
+        del runner
+        torch.cuda.empty_cache()
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def pick_seq(engine, need):
+    from models.engine.cuda_graphs import pick
+
+    return pick(engine.runner.seq_sizes, need)
+
+
+def pick_bucket(runner, n, need):
+    from models.engine.cuda_graphs import pick
+
+    return pick(runner.batch_sizes, n), pick(runner.seq_sizes, need)
+
+
 def table():
     print("\nper MoE layer (us), CUDA graphs over all MoE layers:")
     print("T  old_moe  fused_v1  fused_v2  fused_moe  expert_kernels  TB/s  of_copy  align_torch  align_kernel  router_ref  "
@@ -468,12 +566,15 @@ def main(argv=None):
     ap.add_argument("--skip-engines", action="store_true")
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill A/B (eager vs compiled elementwise)")
     ap.add_argument("--prefill-accuracy", action="store_true", help="only eager vs compiled prefill against fp32 (4 layers)")
+    ap.add_argument("--packed", action="store_true", help="also the packed mixed step: equivalence and graph times")
+    ap.add_argument("--packed-chunks", default="256,512,1024")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
     if args.dry_run:
         args.preset, args.tokens, args.batches, args.prompt, args.steps, args.max_seq_len = "tiny", "1,5", "1,2", 8, 3, 64
     tokens = [int(t) for t in args.tokens.split(",")]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.packed_chunks = [int(c) for c in args.packed_chunks.split(",")]
     cfg = preset_config(args.preset)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     import transformers
@@ -514,6 +615,15 @@ def main(argv=None):
             save(args)
     del engine, layers
     gc.collect()
+    if args.packed and dev.type == "cuda":
+        t0 = time.perf_counter()
+        try:
+            R["packed"] = bench_packed(hf, cfg, args, dev)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            R.setdefault("errors", {})["packed"] = repr(exc)[:500]
+        R["packed_s"] = time.perf_counter() - t0
+        save(args)
     if not args.skip_engines:
         t0 = time.perf_counter()
         try:

@@ -5,9 +5,10 @@
     python benchmarks/engine_serving.py --engine-path .bench_head \\
         --engine before=engine_head --engine after=models.engine --engine after_b512=models.engine:512
 
-Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
+Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
 of an older models/engine put on `--engine-path`; `none` for whole prompts; `mixed`: decode rows and
-prompt pieces in one forward per step; `fused`: the fused decode kernels, `fused-v1` / `fused-v2` earlier versions of them) is built once over the same random-weight model, warmed (every
+prompt pieces in one eager forward per step; `graph`: decode rows and one piece of at most PREFILL_BUDGET
+tokens per step, packed in fixed shapes and replayed as a CUDA graph; `fused`: the fused decode kernels, `fused-v1` / `fused-v2` earlier versions of them) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -103,7 +104,7 @@ def metrics(submitted, stamps, done, t0):
 
 
 def warm(engine, vocab, args):
-    """Capture every decode graph bucket, then serve a short burst (prefill kernels, chunked pieces)."""
+    """Capture every decode graph bucket (and packed mixed-step bucket), then serve a short burst (prefill kernels, chunked pieces)."""
     t0 = time.perf_counter()
     runner = engine.runner
     if runner.use_graphs:
@@ -115,6 +116,10 @@ def warm(engine, vocab, args):
                     pos[0] = s - 1
                     runner.step(tok, pos, s)
         sync()
+    packed = getattr(engine, "packed_runner", None)
+    if packed is not None:
+        with torch.inference_mode():
+            packed.capture_all()
     capture_s = time.perf_counter() - t0
     static = static_figures(engine, vocab, args)
     engine.start()
@@ -182,9 +187,9 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     mod = importlib.import_module(module)
     kw = {"prefill_budget": int(budget) if budget not in ("", "none") else None} if budget else {}
     if mode:
-        if mode not in ("mixed", "separate"):
-            raise SystemExit(f"engine {name}: mode must be 'mixed' or 'separate', not {mode!r}")
-        kw["mixed_step"] = mode == "mixed"
+        if mode not in ("mixed", "separate", "graph"):
+            raise SystemExit(f"engine {name}: mode must be 'mixed', 'separate' or 'graph', not {mode!r}")
+        kw["mixed_step"] = "graph" if mode == "graph" else mode == "mixed"
     if moe:
         if moe not in ("fused", "unfused", *KERNEL_VERSIONS):
             raise SystemExit(f"engine {name}: kernels must be fused, unfused or one of {sorted(KERNEL_VERSIONS)}, not {moe!r}")
@@ -288,7 +293,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate[:fused|unfused|fused-v1|fused-v2|fused-v3]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|fused-v1|fused-v2|fused-v3]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

@@ -453,3 +453,58 @@ print("ok")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+# ---- the packed (graphed) mixed step: decode rows + one padded piece in fixed shapes ---------------
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]))
+def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk):
+    """The packed step (decode rows padded to a bucket, one piece padded to the chunk, absorbed attention
+    for both) gives the logits and cache rows of the decode step and the piece's prefill run apart;
+    padding writes only the cache's last position, which no request uses."""
+    from models.engine.cuda_graphs import PackedRunner
+
+    pos, pieces, seed = layout
+    if not pos:
+        pos = [63]  # a packed step has decode rows (dummies at least)
+    slot, start, length = pieces[0] if pieces else (5, 0, 3)
+    engine = load_engine(hf_model, max_batch=6, max_seq_len=64)
+    model = engine.model
+    gen = torch.Generator().manual_seed(seed)
+    cache = torch.randn(engine.cache.shape, generator=gen)
+    vocab = model.args.vocab_size
+    dec_tokens = torch.randint(0, vocab, (len(pos),), generator=gen)
+    piece = torch.randint(0, vocab, (length,), generator=gen)
+    dec_pos = torch.tensor(pos, dtype=torch.long)
+    keys = max([p + 1 for p in pos if p != 63] or [1])
+
+    apart = cache.clone()
+    ref_dec = model.decode(dec_tokens, dec_pos, apart, keys)
+    ref_last = model.logits(model.prefill(piece[None], apart, torch.tensor([slot]), start)[0, -1:])
+
+    packed = cache.clone()
+    runner = PackedRunner(model, packed, 6, chunk, use_graphs=False)
+    dec, last = runner.step(dec_tokens.tolist(), pos, keys, slot, piece.tolist(), start)
+    real = [i for i, p in enumerate(pos) if p != 63]
+    torch.testing.assert_close(dec[real], ref_dec[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last, ref_last, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed[:, :, :63], apart[:, :, :63], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [3, 4, 16])
+def test_packed_mixed_steps_give_transformers_tokens(hf_model, budget):
+    """Requests arriving while others decode, each prompt prefilled one piece per step beside the decode
+    rows (mixed_step='graph'): transformers' greedy tokens; no step carries two pieces."""
+    engine = load_engine(hf_model, max_batch=3, max_seq_len=64, prefill_budget=budget, mixed_step="graph")
+    plans = _recorded(engine)
+    handles = []
+    for p in PROMPTS:
+        handles.append(engine.submit(p, 8))
+        engine.step()
+    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 8) for p in PROMPTS]
+    packed = [plan for plan in plans if plan.decode and plan.prefill]
+    assert packed and all(len(plan.prefill) == 1 and plan.prefill_tokens <= budget for plan in packed)
+    assert engine.stats["mixed_forwards"] == len(packed)
+    with pytest.raises(ValueError):
+        load_engine(hf_model, max_batch=3, max_seq_len=64, mixed_step="graph")

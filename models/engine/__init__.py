@@ -26,6 +26,9 @@ API
 prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
+`mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries at most one prompt
+piece of at most C tokens, run with the decode rows as one packed forward in fixed shapes (decode rows
+padded to a batch bucket, the piece to C tokens, absorbed attention for both), a CUDA graph per bucket.
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
@@ -71,7 +74,7 @@ def load_engine(
     max_prefill_tokens: int = 32768,
     prefill_chunk_continued: int = 8192,
     prefill_budget: int | None = None,
-    mixed_step: bool = False,
+    mixed_step: bool | str = False,
     fused_moe: bool | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""

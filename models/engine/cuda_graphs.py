@@ -1,4 +1,4 @@
-"""Decode steps captured as CUDA graphs, one per (batch bucket, sequence bucket), captured lazily.
+"""Decode steps (and packed mixed steps) captured as CUDA graphs, one per (batch bucket, sequence bucket), captured lazily.
 
 A decode step is ~30 small launches per layer; replaying a graph removes the host launch cost. The
 batch bucket is how many leading cache slots the step covers, the sequence bucket how many cache
@@ -12,6 +12,7 @@ from bisect import bisect_left
 
 import torch
 
+from .mixed_batch import PackedStep
 from .model import EngineModel
 
 
@@ -83,6 +84,82 @@ class DecodeRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s)
+        torch.cuda.synchronize()
+        self.capture_seconds += time.perf_counter() - t0
+        return graph, out
+
+
+class PackedRunner:
+    """Runs `model.packed` (decode rows of slots 0..b-1 + one prefill piece of `chunk` tokens, padded):
+    one CUDA graph per (batch bucket, sequence bucket), captured lazily or by `capture_all`; eagerly
+    off CUDA. A mixed step then costs its GPU work, not ~1,900 eager launches."""
+
+    def __init__(self, model: EngineModel, cache: torch.Tensor, max_batch: int, chunk: int, use_graphs: bool, pool=None):
+        self.model, self.cache, self.chunk = model, cache, chunk
+        self.use_graphs = use_graphs and model.device.type == "cuda"
+        self.batch_sizes = batch_buckets(max_batch)
+        self.seq_sizes = seq_buckets(model.max_seq_len)
+        self.buf = torch.zeros(PackedStep.size(max_batch, chunk), dtype=torch.long, device=model.device)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = pool if pool is not None or not self.use_graphs else torch.cuda.graph_pool_handle()
+        self.capture_seconds = 0.0
+
+    def step(self, dec_tokens: list[int], dec_pos: list[int], max_len: int, slot: int, piece: list[int], start: int):
+        """Decode rows (ids and positions of slots 0..n-1, dummies at max_seq_len - 1; max_len: the real rows'
+        largest position + 1) and `piece` (at most `chunk` prompt tokens at start.. of `slot`).
+        Returns (decode logits [n, vocab], the piece's last token's logits [1, vocab])."""
+        n = len(dec_tokens)
+        assert 0 < len(piece) <= self.chunk and n > 0
+        b = pick(self.batch_sizes, n)
+        keys = pick(self.seq_sizes, max(max_len, start + len(piece)))
+        data = PackedStep.host_layout(dec_tokens, dec_pos, b, self.chunk, slot, piece, start, self.model.max_seq_len)
+        self._load(data)
+        out = self._replay(b, keys)
+        return out[:n], out[b:]
+
+    def capture_all(self) -> None:
+        """Capture every bucket up front, on a step that writes only the cache's unused last position."""
+        if not self.use_graphs:
+            return
+        dummy = self.model.max_seq_len - 1
+        for b in self.batch_sizes:
+            self._load(PackedStep.host_layout([], [], b, self.chunk, 0, [], dummy, self.model.max_seq_len))
+            for keys in self.seq_sizes:
+                self._replay(b, keys)
+        torch.cuda.synchronize()
+
+    def _load(self, data: list[int]) -> None:
+        src = torch.tensor(data, dtype=torch.long)
+        if self.buf.is_cuda:
+            src = src.pin_memory()
+        self.buf[: len(data)].copy_(src, non_blocking=True)
+
+    def _run(self, b: int, keys: int) -> torch.Tensor:
+        tokens, step = PackedStep.view(self.buf, b, self.chunk, keys, self.model.max_seq_len)
+        return self.model.packed(tokens, step, self.cache)
+
+    def _replay(self, b: int, keys: int) -> torch.Tensor:
+        if not self.use_graphs:
+            return self._run(b, keys)
+        key = (b, keys)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(b, keys)
+        graph, out = self.graphs[key]
+        graph.replay()
+        return out
+
+    def _capture(self, b: int, keys: int):
+        # as DecodeRunner._capture: the warm-up runs redo this very step (same cache rows, same values)
+        t0 = time.perf_counter()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run(b, keys)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self._run(b, keys)
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - t0
         return graph, out

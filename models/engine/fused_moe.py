@@ -111,25 +111,39 @@ def fused_moe_reference(x, pair_expert, pair_weight, weights: ExpertWeights, res
 if triton is not None:
 
     @triton.jit
+    def _expert_block(block_expert_ptr, sorted_pair_ptr, w_ptr, ws_ptr, n_pairs, n_routed, stride_we, shared_step,
+                      N: tl.constexpr, INTER: tl.constexpr, SHARED_INTER: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """What both kernels' program (block mb of rows, tile nb of N output columns) starts from: its expert
+        e (n_experts for an unused block), its rows and their pairs (valid: not the sentinel), the output
+        columns, the expert's weight base (a routed expert: w_ptr + e * stride_we; a shared-MLP slice:
+        ws_ptr + (e - n_routed) * shared_step) and the stride between its intermediate units (INTER for a
+        routed expert, SHARED_INTER inside the shared MLP's concatenated weights)."""
+        mb = tl.program_id(0)
+        nb = tl.program_id(1)
+        e = tl.load(block_expert_ptr + mb)
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        pair = tl.load(sorted_pair_ptr + rows)
+        valid = pair < n_pairs
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        unit_stride = tl.where(e < n_routed, INTER, SHARED_INTER).to(tl.int64)
+        if e < n_routed:
+            w_base = w_ptr + e.to(tl.int64) * stride_we
+        else:
+            w_base = ws_ptr + (e - n_routed).to(tl.int64) * shared_step
+        return e, rows, pair, valid, offs_n, n_mask, unit_stride, w_base
+
+    @triton.jit
     def _gate_up_kernel(x_ptr, w_ptr, ws_ptr, sorted_pair_ptr, block_expert_ptr, h_ptr,
                         n_pairs, n_blocks, n_routed, n_experts, stride_x, stride_we,
                         PAIRS_PER_TOKEN: tl.constexpr, K: tl.constexpr, INTER: tl.constexpr, SHARED_INTER: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        mb = tl.program_id(0)
-        nb = tl.program_id(1)
-        e = tl.load(block_expert_ptr + mb)
+        e, rows, pair, valid, offs_n, n_mask, up_rows, w_base = _expert_block(
+            block_expert_ptr, sorted_pair_ptr, w_ptr, ws_ptr, n_pairs, n_routed, stride_we, INTER * K,
+            INTER, INTER, SHARED_INTER, BLOCK_M, BLOCK_N)
         if e < n_experts:
-            rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-            pair = tl.load(sorted_pair_ptr + rows)
-            valid = pair < n_pairs
             tok = (pair // PAIRS_PER_TOKEN).to(tl.int64)
-            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < INTER
-            up_rows = tl.where(e < n_routed, INTER, SHARED_INTER).to(tl.int64)
-            if e < n_routed:
-                w_base = w_ptr + e.to(tl.int64) * stride_we
-            else:
-                w_base = ws_ptr + (e - n_routed).to(tl.int64) * INTER * K
             g_ptrs = w_base + offs_n[None, :].to(tl.int64) * K
             u_ptrs = g_ptrs + up_rows * K
             x_ptrs = x_ptr + tok[:, None] * stride_x
@@ -153,20 +167,10 @@ if triton is not None:
                      n_pairs, n_blocks, n_routed, n_experts, stride_we,
                      N: tl.constexpr, INTER: tl.constexpr, SHARED_INTER: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        mb = tl.program_id(0)
-        nb = tl.program_id(1)
-        e = tl.load(block_expert_ptr + mb)
+        e, rows, pair, valid, offs_n, n_mask, row_stride, w_base = _expert_block(
+            block_expert_ptr, sorted_pair_ptr, w_ptr, ws_ptr, n_pairs, n_routed, stride_we, INTER,
+            N, INTER, SHARED_INTER, BLOCK_M, BLOCK_N)
         if e < n_experts:
-            rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-            pair = tl.load(sorted_pair_ptr + rows)
-            valid = pair < n_pairs
-            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < N
-            row_stride = tl.where(e < n_routed, INTER, SHARED_INTER).to(tl.int64)
-            if e < n_routed:
-                w_base = w_ptr + e.to(tl.int64) * stride_we
-            else:
-                w_base = ws_ptr + (e - n_routed).to(tl.int64) * INTER
             w_ptrs = w_base + offs_n[None, :].to(tl.int64) * row_stride
             h_ptrs = h_ptr + rows[:, None].to(tl.int64) * INTER
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)

@@ -154,7 +154,7 @@ from .fused_router import append_shared  # noqa: E402
 _FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "masked_softmax_upto", "route_sigmoid_topk",
             "expert_order", "combine_experts", "append_shared", "moe_align", "moe_combine")
 
-# Three kernel sets: `eager` (mixed steps, references); `decode`, which enable_compile() turns into
+# Four kernel sets: `eager` (eager mixed steps, references); `decode`, which enable_compile() turns into
 # torch.compile'd kernels (launch-bound at small batch); `prefill`, compiled too unless
 # set_prefill_compiled(False): at prefill sizes the eager elementwise ops are separate passes over
 # [tokens x 2,816] / fp32 [tokens x 6 x 2,048] tensors (~40% of a prefill's GPU time, measured on an H100).
@@ -164,6 +164,10 @@ decode = SimpleNamespace(**vars(eager))
 decode.expert_order = expert_order_onehot
 _DECODE_EAGER = dict(vars(decode))
 prefill = SimpleNamespace(**vars(eager))
+# packed mixed steps (decode rows + a prefill piece, hundreds of tokens, in a CUDA graph): the decode kernels,
+# compiled alike, but the sorting expert order (the one-hot scan is slow at thousands of pairs)
+mixed = SimpleNamespace(**vars(decode))
+mixed.expert_order = expert_order
 _PREFILL_COMPILED = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "combine_experts")
 _prefill_compiled = True
 
@@ -178,6 +182,8 @@ def enable_compile() -> None:
             fn = _DECODE_EAGER[name]
             _compiled[name] = _CompiledOrEager(name, torch.compile(fn, dynamic=True, fullgraph=True), fn)
         setattr(decode, name, _compiled[name])
+        if name != "expert_order":
+            setattr(mixed, name, _compiled[name])
     set_prefill_compiled(_prefill_compiled)
 
 
@@ -191,6 +197,7 @@ def set_prefill_compiled(on: bool) -> None:
 
 def disable_compile() -> None:
     decode.__dict__.update(_DECODE_EAGER)
+    mixed.__dict__.update({k: v for k, v in _DECODE_EAGER.items() if k != "expert_order"})
     prefill.__dict__.update(vars(eager))
 
 

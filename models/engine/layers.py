@@ -16,7 +16,7 @@ from torch import nn
 from . import fused_mla, fused_moe, fused_router, triton_moe
 from . import kernels as K
 from .config import EngineArgs
-from .mixed_batch import MixedBatch
+from .mixed_batch import MixedBatch, PackedStep
 
 
 def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
@@ -153,26 +153,51 @@ class MLAAttention(nn.Module):
         return self._out(self._attend_decode(q_nope, q_rope, rows, cache, pos, seq_bucket, K.decode))
 
     def _attend_decode(self, q_nope, q_rope, rows, cache, pos, seq_bucket: int, kk) -> torch.Tensor:
-        """Absorbed MLA for one token per slot 0..B-1: q_nope @ W_UK gives a query in latent space,
-        scores are taken against the cached [latent | rope key] rows directly, and W_UV is applied to
-        the attention-weighted latent. Writes the B cache rows (rows None: already written). Returns
-        [B, heads * dv], before o_proj."""
+        """Absorbed MLA for one token per slot 0..B-1 over cache[:B, :seq_bucket] (see `_latent_attention`).
+        Writes the B cache rows first (rows None: already written). Returns [B, heads * dv], before o_proj."""
         a = self.args
         bsz = q_nope.shape[0]
         if rows is not None:
             flat = torch.arange(bsz, device=rows.device) * cache.shape[1] + pos
             cache.view(-1, a.latent_dim).index_copy_(0, flat, rows)
-        q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [B, heads, r]
-        q = torch.cat([q_lat, q_rope], dim=-1)  # [B, heads, r + dr]
-        kv = cache[:bsz, :seq_bucket]  # [B, S, r + dr]
-        scores = torch.bmm(q, kv.transpose(1, 2))  # [B, heads, S]
+        return self._latent_attention(q_nope, q_rope, cache[:bsz, :seq_bucket], pos, kk)
+
+    def _latent_attention(self, q_nope, q_rope, kv, pos, kk) -> torch.Tensor:
+        """Absorbed MLA: q_nope @ W_UK gives a query in latent space, scores are taken against the cached
+        [latent | rope key] rows directly, and W_UV is applied to the attention-weighted latent.
+        q_nope [N, heads, dn], q_rope [N, heads, dr] at positions pos [N] (keys 0..pos attended); kv
+        [G, S, r + dr] with G = N (each query its own slot: decode) or G = 1 (all N queries in one slot:
+        a prefill piece). Returns [N, heads * dv], before o_proj."""
+        a = self.args
+        n, (g, s) = q_nope.shape[0], kv.shape[:2]
+        q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [N, heads, r]
+        q = torch.cat([q_lat, q_rope], dim=-1).reshape(g, -1, a.latent_dim)  # [G, N/G * heads, r + dr]
+        scores = torch.bmm(q, kv.transpose(1, 2)).view(n, a.num_heads, s)
         # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
         # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
-        softmax = kk.masked_softmax_upto if seq_bucket <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
+        softmax = kk.masked_softmax_upto if s <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
         probs = softmax(scores, self.scale, pos)
-        o_lat = _weighted_latent(probs, kv[..., : a.kv_lora_rank])  # [B, heads, r]
-        o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [B, heads, dv]
-        return o.reshape(bsz, a.num_heads * a.v_head_dim)
+        o_lat = _weighted_latent(probs.view(g, -1, s), kv[..., : a.kv_lora_rank]).view(n, a.num_heads, -1)
+        o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [N, heads, dv]
+        return o.reshape(n, a.num_heads * a.v_head_dim)
+
+    def packed(self, x, cos, sin, cache: torch.Tensor, step: PackedStep, kk) -> torch.Tensor:
+        """A packed step (mixed_batch.PackedStep): x [n_decode + C, H], decode rows of slots 0..n_decode-1, then the
+        C tokens of one prefill piece (padding included). The projections and o_proj run once over all
+        tokens; every row is written to the cache at step.flat, then attention is the absorbed form for
+        both parts: each decode row over its slot, the piece's queries over its slot's first step.keys rows
+        (keys up to each query's position: causal within the piece). Fixed shapes: graph-capturable."""
+        a = self.args
+        n = step.n_decode
+        q_nope, q_rope, rows = self._project(x, cos, sin, kk)
+        flat_cache = cache.view(-1, a.latent_dim)
+        flat_cache.index_copy_(0, step.flat, rows)
+        piece_kv = flat_cache.index_select(0, step.piece_keys)[None]  # [1, keys, r + dr]
+        o = self._latent_attention(q_nope[n:], q_rope[n:], piece_kv, step.pos[n:], kk)
+        if n:
+            o_dec = self._latent_attention(q_nope[:n], q_rope[:n], cache[:n, : step.keys], step.pos[:n], kk)
+            o = torch.cat([o_dec, o])
+        return self._out(o)
 
     def mixed(self, x, cos, sin, cache: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
         """A packed step: x [T, H] holds batch.n_decode decode tokens (slots 0..n-1) and then each
@@ -344,6 +369,12 @@ class Block(nn.Module):
         h = self.attn.mixed(K.eager.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, batch)
         h, normed = K.eager.add_rms_norm(h, x, self.mlp_norm, self.eps)
         return self._mlp(normed, h, K.eager)
+
+    def packed(self, x, cos, sin, cache, step, kk):
+        """Decode rows and one prefill piece packed in one [T, H] (mixed_batch.PackedStep): one expert pass."""
+        h = self.attn.packed(kk.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, step, kk)
+        h, normed = kk.add_rms_norm(h, x, self.mlp_norm, self.eps)
+        return self._mlp(normed, h, kk)
 
     def decode(self, x, cos, sin, cache, pos, seq_bucket):
         h = self.attn.decode(K.decode.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)

@@ -9,7 +9,7 @@ from torch import nn
 from . import kernels as K
 from .config import EngineArgs
 from .layers import Block
-from .mixed_batch import MixedBatch
+from .mixed_batch import MixedBatch, PackedStep
 
 
 class RopeTables(nn.Module):
@@ -88,3 +88,15 @@ class EngineModel(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block.mixed(h, cos, sin, cache[i], batch)
         return self._final(h)
+
+    @torch.no_grad()
+    def packed(self, tokens: torch.Tensor, step: PackedStep, cache: torch.Tensor) -> torch.Tensor:
+        """A mixed step in fixed shapes (decode rows + one padded prefill piece, `PackedStep`): logits
+        [n_decode + 1, vocab] of the decode rows and of the piece's last real token. Graph-capturable."""
+        kk = K.mixed
+        cos, sin = self.rope.cos[step.pos], self.rope.sin[step.pos]
+        h = F.embedding(tokens, self.embed)
+        for i, block in enumerate(self.blocks):
+            h = block.packed(h, cos, sin, cache[i], step, kk)
+        picked = torch.cat([h[: step.n_decode], h.index_select(0, step.last)])
+        return self.logits(self._final(picked, kk))

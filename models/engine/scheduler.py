@@ -30,7 +30,7 @@ import torch
 
 from models.errors import ModelError
 
-from .cuda_graphs import DecodeRunner
+from .cuda_graphs import DecodeRunner, PackedRunner
 from .mixed_batch import MixedBatch
 from .model import EngineModel
 
@@ -136,7 +136,7 @@ class Engine:
         seed: int = 0,
         prefill_chunk_continued: int = 8192,
         prefill_budget: int | None = None,
-        mixed_step: bool = False,
+        mixed_step: bool | str = False,
     ):
         self.model, self.max_batch, self.max_seq_len = model, max_batch, model.max_seq_len
         self.device = model.device
@@ -150,10 +150,19 @@ class Engine:
         # a step with both decode rows and prompt tokens runs them as one packed forward (one expert pass)
         # when its prompt tokens fit one plain chunk; else the decode graph, then the prefill behind it.
         # Off by default: measured on an H100 the eager packed forward lost to the decode graph + a
-        # separate prefill (benchmarks/results/engine_serving_mixed_h100.json)
+        # separate prefill (benchmarks/results/engine_serving_mixed_h100.json).
+        # "graph": while requests decode, a step takes at most ONE prompt piece of at most `prefill_budget`
+        # tokens, run with the decode rows as a packed step in fixed shapes (mixed_batch.PackedStep), one
+        # CUDA graph per (batch bucket, sequence bucket) on GPU (cuda_graphs.PackedRunner)
+        if mixed_step not in (False, True, "graph"):
+            raise ValueError(f"mixed_step must be False, True or 'graph', not {mixed_step!r}")
+        if mixed_step == "graph" and not prefill_budget:
+            raise ValueError("mixed_step='graph' needs a prefill_budget (the packed step's piece size)")
         self.mixed_step = mixed_step
         self.cache = model.new_cache(max_batch)
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)
+        self.packed_runner = (PackedRunner(model, self.cache, max_batch, prefill_budget, use_cuda_graphs, self.runner.pool)
+                              if mixed_step == "graph" else None)
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps decode batches dense
         self._active: dict[int, Request] = {}  # slot -> request decoding
         self._prefilling: list[Request] = []  # holding a slot, prompt not yet all in the cache (FCFS)
@@ -289,13 +298,14 @@ class Engine:
         budget = self.prefill_budget if chunked else self.max_prefill_tokens
         out.budget = budget
         left = budget
+        one_piece = chunked and self.packed_runner is not None  # a packed step carries one piece
         for req in self._prefilling:
-            if left <= 0:
+            if left <= 0 or (one_piece and out.prefill):
                 break
             stop = len(req.prompt) if not chunked else min(len(req.prompt), req.cache_len + left)
             out.prefill.append(PrefillPiece(req, req.cache_len, stop))
             left -= stop - req.cache_len
-        while self._queue and self._free and left > 0:
+        while self._queue and self._free and left > 0 and not (one_piece and out.prefill):
             req = self._queue[0]
             if not chunked and out.prefill and len(req.prompt) > left:
                 break  # whole prompts only: this one goes first next step
@@ -317,8 +327,9 @@ class Engine:
         (their host-side launches overlap the decode on the GPU)."""
         dec_reqs, dec_tokens = [], None
         first_reqs, first_tokens = [], []
-        if self._runs_mixed(out):
-            dec_reqs, first_reqs, toks = self._launch_mixed(out)
+        packed = self._runs_packed(out)
+        if packed or self._runs_mixed(out):
+            dec_reqs, first_reqs, toks = self._launch_packed(out) if packed else self._launch_mixed(out)
             dec_tokens = toks[: len(dec_reqs)]
             first_tokens.append(toks[len(dec_reqs):])
             self.stats["mixed_forwards"] += 1
@@ -358,9 +369,26 @@ class Engine:
     def _runs_mixed(self, out: SchedulerOutput) -> bool:
         """Mixed only where it pays and stays plain: decode rows and prompt tokens both present, every
         piece within one first chunk (plain causal attention), all of them within one continued chunk."""
-        return (self.mixed_step and bool(out.decode) and bool(out.prefill)
+        return (self.mixed_step is True and bool(out.decode) and bool(out.prefill)
                 and out.prefill_tokens <= min(self.prefill_chunk, self.prefill_chunk_continued)
                 and all(p.stop <= self.prefill_chunk for p in out.prefill))
+
+    def _runs_packed(self, out: SchedulerOutput) -> bool:
+        """A packed (graphed) mixed step: decode rows and exactly one piece within the chunk size."""
+        return (self.packed_runner is not None and bool(out.decode) and len(out.prefill) == 1
+                and out.prefill_tokens <= self.packed_runner.chunk)
+
+    def _launch_packed(self, out: SchedulerOutput):
+        """Decode rows and one prefill piece through the packed runner (a CUDA graph per bucket on GPU);
+        sampled tokens (on the device) of the decode rows, then of the request whose prompt it completes."""
+        rows, tokens, pos = self._decode_rows(out.decode)
+        piece = out.prefill[0]
+        req = piece.request
+        dec_logits, last_logits = self.packed_runner.step(tokens, pos, max(r.cache_len for r in out.decode) + 1,
+                                                          req.slot, req.prompt[piece.start : piece.stop], piece.start)
+        first = [req] if piece.completes_prompt else []
+        logits = torch.cat([dec_logits, last_logits]) if first else dec_logits
+        return rows, first, self._sample(logits, rows + first)
 
     def _decode_rows(self, reqs: list[Request]):
         """The decode batch covers slots 0..highest running slot; slots in between that are free or

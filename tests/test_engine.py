@@ -508,3 +508,18 @@ def test_packed_mixed_steps_give_transformers_tokens(hf_model, budget):
     assert engine.stats["mixed_forwards"] == len(packed)
     with pytest.raises(ValueError):
         load_engine(hf_model, max_batch=3, max_seq_len=64, mixed_step="graph")
+
+
+def test_packed_backlog_switches_to_whole_prompts(hf_model):
+    """With more prompt tokens queued than packed_backlog, a step prefills whole prompts (batched) behind
+    the decode rows instead of one packed piece; the tokens stay transformers'."""
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=4, mixed_step="graph", packed_backlog=8)
+    plans = _recorded(engine)
+    first = engine.submit(PROMPTS[1], 10)
+    engine.step()
+    rest = [engine.submit(p, 4) for p in (PROMPTS[2], PROMPTS[4])]  # 15 tokens queued > 8
+    engine.step()
+    assert plans[-1].decode and [len(p.request.prompt) for p in plans[-1].prefill] == [11, 4]
+    assert engine.stats["mixed_forwards"] == 0
+    assert first.result() == hf_greedy(hf_model, PROMPTS[1], 10)
+    assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 4) for p in (PROMPTS[2], PROMPTS[4])]

@@ -23,12 +23,14 @@ API
     logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
-prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None)`
+prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None, packed_backlog=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
 `mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries at most one prompt
 piece of at most C tokens, run with the decode rows as one packed forward in fixed shapes (decode rows
-padded to a batch bucket, the piece to C tokens, absorbed attention for both), a CUDA graph per bucket.
+padded to a batch bucket, the piece to C/4, C/2 or C tokens, absorbed attention for both), a CUDA graph per
+bucket; while more than `packed_backlog` (default 4 C) prompt tokens wait for a free slot, whole prompts are
+prefilled behind the decode graph instead (batched: throughput at saturation).
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
@@ -76,6 +78,7 @@ def load_engine(
     prefill_budget: int | None = None,
     mixed_step: bool | str = False,
     fused_moe: bool | None = None,
+    packed_backlog: int | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -105,4 +108,5 @@ def load_engine(
         prefill_chunk_continued=prefill_chunk_continued,
         prefill_budget=prefill_budget,
         mixed_step=mixed_step,
+        packed_backlog=packed_backlog,
     )

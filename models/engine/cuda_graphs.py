@@ -90,17 +90,19 @@ class DecodeRunner:
 
 
 class PackedRunner:
-    """Runs `model.packed` (decode rows of slots 0..b-1 + one prefill piece of `chunk` tokens, padded):
-    one CUDA graph per (batch bucket, sequence bucket), captured lazily or by `capture_all`; eagerly
-    off CUDA. A mixed step then costs its GPU work, not ~1,900 eager launches."""
+    """Runs `model.packed` (decode rows of slots 0..b-1 + one prefill piece of at most `chunk` tokens,
+    padded to a piece bucket: chunk/4, chunk/2 or chunk, so a prompt's short last piece pads little):
+    one CUDA graph per (batch bucket, piece bucket, sequence bucket), captured lazily or by `capture_all`;
+    eagerly off CUDA. A mixed step then costs its GPU work, not ~1,900 eager launches."""
 
     def __init__(self, model: EngineModel, cache: torch.Tensor, max_batch: int, chunk: int, use_graphs: bool, pool=None):
         self.model, self.cache, self.chunk = model, cache, chunk
         self.use_graphs = use_graphs and model.device.type == "cuda"
         self.batch_sizes = batch_buckets(max_batch)
+        self.piece_sizes = sorted({max(1, chunk // 4), max(1, chunk // 2), chunk}) if chunk >= 16 else [chunk]
         self.seq_sizes = seq_buckets(model.max_seq_len)
         self.buf = torch.zeros(PackedStep.size(max_batch, chunk), dtype=torch.long, device=model.device)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = pool if pool is not None or not self.use_graphs else torch.cuda.graph_pool_handle()
         self.capture_seconds = 0.0
 
@@ -110,11 +112,11 @@ class PackedRunner:
         Returns (decode logits [n, vocab], the piece's last token's logits [1, vocab])."""
         n = len(dec_tokens)
         assert 0 < len(piece) <= self.chunk and n > 0
-        b = pick(self.batch_sizes, n)
+        b, c = pick(self.batch_sizes, n), pick(self.piece_sizes, len(piece))
         keys = pick(self.seq_sizes, max(max_len, start + len(piece)))
-        data = PackedStep.host_layout(dec_tokens, dec_pos, b, self.chunk, slot, piece, start, self.model.max_seq_len)
+        data = PackedStep.host_layout(dec_tokens, dec_pos, b, c, slot, piece, start, self.model.max_seq_len)
         self._load(data)
-        out = self._replay(b, keys)
+        out = self._replay(b, c, keys)
         return out[:n], out[b:]
 
     def capture_all(self) -> None:
@@ -123,9 +125,10 @@ class PackedRunner:
             return
         dummy = self.model.max_seq_len - 1
         for b in self.batch_sizes:
-            self._load(PackedStep.host_layout([], [], b, self.chunk, 0, [], dummy, self.model.max_seq_len))
-            for keys in self.seq_sizes:
-                self._replay(b, keys)
+            for c in self.piece_sizes:
+                self._load(PackedStep.host_layout([], [], b, c, 0, [], dummy, self.model.max_seq_len))
+                for keys in self.seq_sizes:
+                    self._replay(b, c, keys)
         torch.cuda.synchronize()
 
     def _load(self, data: list[int]) -> None:
@@ -134,32 +137,32 @@ class PackedRunner:
             src = src.pin_memory()
         self.buf[: len(data)].copy_(src, non_blocking=True)
 
-    def _run(self, b: int, keys: int) -> torch.Tensor:
-        tokens, step = PackedStep.view(self.buf, b, self.chunk, keys, self.model.max_seq_len)
+    def _run(self, b: int, c: int, keys: int) -> torch.Tensor:
+        tokens, step = PackedStep.view(self.buf, b, c, keys, self.model.max_seq_len)
         return self.model.packed(tokens, step, self.cache)
 
-    def _replay(self, b: int, keys: int) -> torch.Tensor:
+    def _replay(self, b: int, c: int, keys: int) -> torch.Tensor:
         if not self.use_graphs:
-            return self._run(b, keys)
-        key = (b, keys)
+            return self._run(b, c, keys)
+        key = (b, c, keys)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(b, keys)
+            self.graphs[key] = self._capture(*key)
         graph, out = self.graphs[key]
         graph.replay()
         return out
 
-    def _capture(self, b: int, keys: int):
+    def _capture(self, b: int, c: int, keys: int):
         # as DecodeRunner._capture: the warm-up runs redo this very step (same cache rows, same values)
         t0 = time.perf_counter()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._run(b, keys)
+                self._run(b, c, keys)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._run(b, keys)
+            out = self._run(b, c, keys)
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - t0
         return graph, out

@@ -137,6 +137,7 @@ class Engine:
         prefill_chunk_continued: int = 8192,
         prefill_budget: int | None = None,
         mixed_step: bool | str = False,
+        packed_backlog: int | None = None,
     ):
         self.model, self.max_batch, self.max_seq_len = model, max_batch, model.max_seq_len
         self.device = model.device
@@ -163,6 +164,9 @@ class Engine:
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)
         self.packed_runner = (PackedRunner(model, self.cache, max_batch, prefill_budget, use_cuda_graphs, self.runner.pool)
                               if mixed_step == "graph" else None)
+        # with more prompt tokens than this waiting for a slot, a step prefills whole prompts behind the decode
+        # graph (batched: throughput) instead of one packed piece (latency); default 4 x prefill_budget
+        self.packed_backlog = (4 * prefill_budget if packed_backlog is None and prefill_budget else packed_backlog)
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps decode batches dense
         self._active: dict[int, Request] = {}  # slot -> request decoding
         self._prefilling: list[Request] = []  # holding a slot, prompt not yet all in the cache (FCFS)
@@ -295,6 +299,8 @@ class Engine:
                 break
         out = SchedulerOutput(decode=[self._active[s] for s in sorted(self._active)])
         chunked = bool(out.decode) and self.prefill_budget is not None
+        if chunked and self.packed_runner is not None and self.packed_backlog is not None and self._free:
+            chunked = sum(len(r.prompt) for r in self._queue) <= self.packed_backlog  # a backlog: whole prompts
         budget = self.prefill_budget if chunked else self.max_prefill_tokens
         out.budget = budget
         left = budget

@@ -19,7 +19,7 @@ from ray import serve
 
 from pipelines.contracts import Report, ReportSummary
 from services.engine_metrics import EngineGauges
-from services.fraud_deployment import import_attr, resolve_device
+from services.fraud_scoring import import_attr, resolve_device
 from services.loading import BackgroundLoad, BadInput
 
 log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files

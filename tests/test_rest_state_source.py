@@ -1,4 +1,4 @@
-"""The fraud deployment's state hook reads the stream job's per-partition snapshots from the store
+"""The fraud scoring core's state hook reads the stream job's per-partition snapshots from the store
 (`store://<group>/<topic>`) or a snapshot file, and notices when they change."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipelines.contracts import Transaction
 from pipelines.fraud_state_store import PartitionStateStore
 from pipelines.store import Store
-from services.fraud_deployment import stream_state_source
+from services.fraud_scoring import stream_state_source
 
 
 def _state_with(customer: str, terminal: str):

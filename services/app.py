@@ -1,8 +1,11 @@
 """The Serve application builder: `services.app:build_app`, called by Serve with the `args` of
 `infra/serve.yaml` (or by `argus serve`, which deploys that same file).
 
-The graph: Ingress (FastAPI) -> FraudScorer, Summarizer. Arguments left out fall back to the Argus
-settings (environment / ARGUS_CONFIG YAML), so the Serve YAML only names what an operator changes.
+The graph: Ingress (FastAPI) -> FraudScorer, Summarizer. With `score_in_ingress` (on by default for
+CPU models) each Ingress replica also holds the fraud scoring core (services/fraud_scoring.py, the same
+arguments as the FraudScorer) and scores single-transaction requests itself: no second Ray hop.
+Arguments left out fall back to the Argus settings (environment / ARGUS_CONFIG YAML), so the Serve YAML
+only names what an operator changes.
 Per-deployment knobs (replicas, autoscaling, max_ongoing_requests, batch size/wait in user_config,
 ray_actor_options) live in the YAML's `deployments:` section, where Serve applies them.
 """
@@ -50,6 +53,10 @@ class AppArgs(BaseModel):
     rate_limit_storage: str | None = None  # redis://host:6379/0 shares the limits across Ingress replicas
     cors_origins: list[str] | None = None
     model_timeout_s: float = 60.0
+    # single-transaction requests scored inside each Ingress replica (the FraudScorer's core and
+    # arguments, on CPU) instead of a handle call to the FraudScorer; batch requests still go there.
+    # auto: on unless the model replicas use GPUs (device cuda, or gpus_per_replica > 0)
+    score_in_ingress: Literal["auto"] | bool = "auto"
     # POST /v1/alerts/{id}/disposition also produces to settings.topics.dispositions at
     # settings.kafka.bootstrap_servers (in the background; the store is the truth)
     publish_dispositions: bool = True
@@ -79,7 +86,7 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
     if gpus > 0 and device == "auto":
         device = "cuda"
 
-    fraud = fraud_d.bind(
+    scoring = dict(
         checkpoint=a.fraud_checkpoint or _opt_path(s.model.fraud_checkpoint),
         device=device,
         alert_threshold=a.alert_threshold if a.alert_threshold is not None else s.fraud.alert_threshold,
@@ -89,6 +96,8 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         registry_poll_s=(0.0 if (a.fraud_checkpoint or s.model.fraud_checkpoint)
                          else a.registry_poll_s if a.registry_poll_s is not None else s.model.registry_poll_s),
     )
+    fraud = fraud_d.bind(**scoring)
+    in_ingress = a.score_in_ingress if a.score_in_ingress != "auto" else (gpus == 0 and device != "cuda")
     summarizer = summ_d.bind(
         checkpoint=a.summarizer_checkpoint or _opt_path(s.model.summariser_checkpoint), device=device,
         mode=a.summary_mode or s.summariser.mode, summarizer_class=a.summarizer_class,
@@ -104,6 +113,7 @@ def build_app(args: dict | AppArgs | None = None) -> serve.Application:
         store_url=a.store_url or s.store.url.get_secret_value(), model_timeout_s=a.model_timeout_s,
         dispositions_bootstrap=s.kafka.bootstrap_servers if a.publish_dispositions else None,
         dispositions_topic=s.topics.dispositions, metrics_ray=s.metrics.ray,
+        in_ingress_scorer={**scoring, "device": "cpu"} if in_ingress else None,
     )
     return Ingress.bind(fraud, summarizer, config.model_dump())
 

@@ -64,6 +64,7 @@ from pipelines.contracts import (
     Transaction,
 )
 from pipelines.errors import StoreError
+from services.fraud_scoring import FraudScoring
 from services.loading import BadInput, ModelNotReady
 from services.metrics import IngressMetrics
 from services.review_page import add_review_page
@@ -377,6 +378,10 @@ class IngressConfig(BaseModel):
     # also record the Ingress metrics through Ray's metrics API (settings.metrics.ray): every replica's,
     # exported by its node's Ray agent, where /metrics shows one replica's
     metrics_ray: bool = False
+    # the FraudScorer's arguments (services.fraud_scoring.FraudScoring): with them, single-transaction
+    # requests are scored in this replica by the same scoring core, not through a second Ray hop to the
+    # FraudScorer deployment (which still scores batch requests); None: every request goes there
+    in_ingress_scorer: dict[str, Any] | None = None
 
 
 # --- the ingress state (plain; the Serve deployment below adds batching) --------------------------
@@ -392,6 +397,8 @@ class IngressCore:
                                      {k.lower(): v for k, v in c.key_rate_limits.items()}, "key", c.rate_limit_burst)
         self.failures = SharedLimiter(c.rate_limit_storage, c.failure_rate_limit_per_minute, {}, "addr")
         self.metrics = IngressMetrics()
+        # single-transaction scoring in this replica (loads in the background; 503 until it has)
+        self.local_fraud = FraudScoring(**c.in_ingress_scorer) if c.in_ingress_scorer is not None else None
         if c.metrics_ray:
             from services.stream_ray_metrics import mirror_to_ray
 
@@ -415,9 +422,11 @@ class IngressCore:
 
     async def score_and_save(self, items: list[tuple[Transaction, tuple[Transaction, ...], str]]
                              ) -> list[tuple[FraudScore, int]]:
-        """Requests of possibly different tenants: one independent model call, then one store
-        transaction per tenant for their results."""
-        scores, batch_size = await self.fraud.score_many.remote([(tx, h) for tx, h, _ in items], independent=True)
+        """Requests of possibly different tenants: one independent model call (in this replica with
+        `in_ingress_scorer`, else to the FraudScorer deployment), then one store transaction per
+        tenant for their results."""
+        scoring = self.local_fraud.score_many if self.local_fraud is not None else self.fraud.score_many.remote
+        scores, batch_size = await scoring([(tx, h) for tx, h, _ in items], independent=True)
         by_tenant: dict[str, list[tuple[FraudScore, Transaction]]] = {}
         for score, (tx, _, tenant) in zip(scores, items):
             by_tenant.setdefault(tenant, []).append((score, tx))
@@ -515,11 +524,15 @@ class Ingress(IngressCore):
         return await self.score_and_save(items)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """user_config: score_batch_size / score_batch_wait_s (how single-transaction requests are gathered)."""
+        """user_config: score_batch_size / score_batch_wait_s (how single-transaction requests are
+        gathered); alert_threshold, review_threshold, explain_top_k for the in-ingress scorer (the
+        same settings as the FraudScorer's user_config; serve.yaml gives both one block)."""
         if "score_batch_size" in config:
             self.score_batched.set_max_batch_size(int(config["score_batch_size"]))
         if "score_batch_wait_s" in config:
             self.score_batched.set_batch_wait_timeout_s(float(config["score_batch_wait_s"]))
+        if self.local_fraud is not None:
+            self.local_fraud.configure(config)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -831,6 +844,10 @@ def create_api(backend: IngressCore) -> FastAPI:
             except Exception as exc:  # noqa: BLE001 - a replica that is down or still starting
                 log.info("healthz: %s unreachable (%s)", name, type(exc).__name__)
                 models[name] = ModelHealth(state="unreachable")
+        if backend.local_fraud is not None and models["fraud"].state == "ready":
+            # single transactions are scored here: fraud is ready when this replica's scorer is too
+            status = await backend.local_fraud.ready()
+            models["fraud"] = ModelHealth(state=status["state"], model_version=status.get("model_version"))
         states = {m.state for m in models.values()}
         ready = states == {"ready"}
         code = ("ready" if ready else "model_failed" if "failed" in states

@@ -220,7 +220,7 @@ def profile_scorer(explain_top_k: int, checkpoint: str | None) -> dict:
     return out
 
 
-def start_app(args, ha_proxy: bool):
+def start_app(args, ha_proxy: bool, score_in_ingress: str = "auto"):
     from services import local_serve
     from services.security import hash_key
     from tests.fixtures.ray_local import free_port, wait_ready
@@ -228,11 +228,13 @@ def start_app(args, ha_proxy: bool):
     port = free_port()
     config = local_serve.load_config(args.serve_config, port=port, args={
         "api_key_hashes": {hash_key(BENCH_KEY): ["fraud:score", "reports:summarize", "results:read"]},
-        "rate_limit_per_minute": 10_000_000, "device": "cpu", "fraud_checkpoint": args.fraud_checkpoint})
+        "rate_limit_per_minute": 10_000_000, "device": "cpu", "fraud_checkpoint": args.fraud_checkpoint,
+        "score_in_ingress": {"true": True, "false": False}.get(score_in_ingress, "auto")})
     fixed = {"autoscaling_config": None}
     config = local_serve.override(config, deployments={
         "Ingress": {**fixed, "num_replicas": args.ingress_replicas, "ray_actor_options": {"num_cpus": 0},
-                    "user_config": {"score_batch_size": args.batch_size, "score_batch_wait_s": args.ingress_batch_wait_s}},
+                    "user_config": {"score_batch_size": args.batch_size, "score_batch_wait_s": args.ingress_batch_wait_s,
+                                    "explain_top_k": args.explain_top_k}},
         "FraudScorer": {**fixed, "num_replicas": args.fraud_replicas, "ray_actor_options": {"num_cpus": 0},
                         "user_config": {"max_batch_size": args.batch_size, "batch_wait_timeout_s": args.batch_wait_s,
                                         "explain_top_k": args.explain_top_k}},
@@ -274,6 +276,9 @@ def main() -> None:
                    help="how long the ingress gathers single-transaction requests into one model call")
     p.add_argument("--fraud-checkpoint", default=None,
                    help="fraud checkpoint dir; 'tiny' = tiny random weights; default: the shipped one (tiny if absent)")
+    p.add_argument("--score-in-ingress", choices=["auto", "true", "false", "both"], default="auto",
+                   help="single transactions scored in the Ingress replica (serve.yaml score_in_ingress); "
+                        "both: false then auto, one app each, for a paired A/B in one run")
     p.add_argument("--explain-top-k", type=int, default=5, help="reasons per flagged score (0: none)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
@@ -290,28 +295,31 @@ def main() -> None:
     if args.url:
         all_results["external"] = measure(args.url.rstrip("/"), args.key, args, tool)
     else:
-        modes = ["default", "haproxy"] if args.proxy == "both" else [args.proxy]
-        for mode in modes:
-            if mode == "haproxy" and not shutil.which("haproxy"):
+        proxies = ["default", "haproxy"] if args.proxy == "both" else [args.proxy]
+        in_ingress = ["false", "auto"] if args.score_in_ingress == "both" else [args.score_in_ingress]
+        for proxy in proxies:
+            if proxy == "haproxy" and not shutil.which("haproxy"):
                 print("haproxy: not installed (apt-get install -y haproxy); skipped")
-                all_results[mode] = {"skipped": "haproxy binary not installed"}
+                all_results[proxy] = {"skipped": "haproxy binary not installed"}
                 continue
-            print(f"proxy: {mode} - starting the app...", flush=True)
-            try:
-                handle = start_app(args, ha_proxy=(mode == "haproxy"))
-            except Exception as exc:  # e.g. HAProxy mode failing to start; report and go on
-                print(f"  {mode}: could not start: {exc}")
-                all_results[mode] = {"failed": str(exc)[:500]}
-                continue
-            try:
-                import httpx
+            for local in in_ingress:
+                mode = proxy if local == "auto" else f"{proxy}+score_in_ingress={local}"
+                print(f"proxy: {proxy}, score_in_ingress: {local} - starting the app...", flush=True)
+                try:
+                    handle = start_app(args, ha_proxy=(proxy == "haproxy"), score_in_ingress=local)
+                except Exception as exc:  # e.g. HAProxy mode failing to start; report and go on
+                    print(f"  {mode}: could not start: {exc}")
+                    all_results[mode] = {"failed": str(exc)[:500]}
+                    continue
+                try:
+                    import httpx
 
-                health = httpx.get(handle.url + "/healthz", timeout=10).json()
-                versions = {m: v.get("model_version") for m, v in health["models"].items()}
-                print(f"  models: {versions}")
-                all_results[mode] = {"models": versions, **measure(handle.url, BENCH_KEY, args, tool)}
-            finally:
-                stop_app(handle)
+                    health = httpx.get(handle.url + "/healthz", timeout=10).json()
+                    versions = {m: v.get("model_version") for m, v in health["models"].items()}
+                    print(f"  models: {versions}")
+                    all_results[mode] = {"models": versions, **measure(handle.url, BENCH_KEY, args, tool)}
+                finally:
+                    stop_app(handle)
     load = f"load average {all_results['load_avg_1m']:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cpus)"
     all_results["load_avg_1m_after"] = os.getloadavg()[0]
     for mode, r in all_results.items():

@@ -50,6 +50,16 @@ def _fraud_batches(url: str) -> tuple[float, float]:
     return value.get("sum", 0.0), value.get("count", 0.0)
 
 
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def measure(handle, args) -> dict:
     pids = _pids()
     cases = {"ping": ("GET", "/v1/ping", None),
@@ -73,6 +83,8 @@ def measure(handle, args) -> dict:
         print(f"  {name:<6} {r['rps']:8.1f} RPS p50 {r['p50_ms']:6.1f} p99 {r['p99_ms']:6.1f} ms  server CPU us/req "
               f"{r['cpu_us_per_req']}  cores busy {r['cpu_share']}  batch {r.get('mean_batch', '-')}", flush=True)
     out["score_vs_ping"] = out["score"]["rps"] / out["ping"]["rps"]
+    out["rss_mb"] = {k: round(sum(_rss_mb(p) for p in v)) for k, v in pids.items()}
+    print(f"  resident memory MB {out['rss_mb']}")
     return out
 
 

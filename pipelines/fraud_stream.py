@@ -851,8 +851,12 @@ class FraudStreamJob:
 # --- running without Ray (tests of the core, the benchmark's in-process mode) ---------------------
 
 def load_scorer(checkpoint: str | None = None, threads: int | None = None) -> Any:
+    """The stream's scorer, one torch thread by default; also keeps freed memory in this process
+    (`pipelines.allocator`: the forward's activations were ~25% of its CPU in page faults)."""
     from models.fraud_scorer import FraudScorer, default_threads
+    from pipelines.allocator import keep_freed_memory
 
+    keep_freed_memory()
     return FraudScorer.load(checkpoint, threads=threads or default_threads())
 
 

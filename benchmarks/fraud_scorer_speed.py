@@ -18,6 +18,7 @@ Variants:
   bf16      the fused forward with every weight and activation in bfloat16 (not exact: see max_abs_dp)
   compiled  torch.compile(FastFraudForward.from_embeds) (inductor; `compile_s`: its first calls)
 
+--matmul also times the largest matmul of the forward in fp32, bf16 and int8.
 --malloc default measures with glibc's defaults (what every process had before pipelines/allocator.py).
 With --input, also the validation-metric change from int8 on the last --rows rows of a handbook file.
 """
@@ -92,6 +93,24 @@ def bf16_forward(fast):
     return out
 
 
+def matmul_rates(scorer, repeats: int) -> None:
+    """The forward's largest matmul (first layer: q + kv rows from the normed input, 16 tokens x 256
+    transactions) in fp32, bf16 (casts in and out included) and torch's dynamic int8."""
+    fast = scorer.cpu_forward()
+    w = fast.layers[0].w_in if fast.layers[0].w_in is not None else fast.layers[0].w_kv
+    x = torch.randn(256 * 16, w.shape[1])
+    flop = 2 * x.shape[0] * w.shape[0] * w.shape[1]
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight.data.copy_(w)
+    q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    wt, wb = w.t().contiguous(), w.t().contiguous().bfloat16()
+    with torch.inference_mode():
+        for name, fn in (("fp32", lambda: x @ wt), ("bf16", lambda: (x.bfloat16() @ wb).float()), ("int8", lambda: q(x))):
+            user, system = best_cpu_us(fn, 1, repeats)
+            print(json.dumps({"matmul": name, "shape": [x.shape[0], w.shape[1], w.shape[0]], "us": round(user + system),
+                              "gflop_s": round(flop / (user + system) / 1e3, 1)}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", type=Path, default=None)
@@ -102,6 +121,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--input", type=Path, default=None)
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--matmul", action="store_true",
+                    help="also time the first layer's input projection (a 256-transaction pass) in fp32, bf16, int8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from models.fraud_scorer import FraudScorer, context_tensors
@@ -111,6 +132,8 @@ def main() -> None:
     tuned = keep_freed_memory() if args.malloc == "tuned" else False
     print(json.dumps({"load_avg": os.getloadavg(), "threads": args.threads, "malloc_tuned": tuned}), flush=True)
     results = []
+    if args.matmul:
+        matmul_rates(FraudScorer.load(args.checkpoint), args.repeats)
     for variant in args.variants.split(","):
         scorer = FraudScorer.load(args.checkpoint, quantize=variant == "int8")
         fast = scorer.cpu_forward()

@@ -21,8 +21,8 @@ The last figures, before and after the issue-14 changes in the same minutes: REA
 
 Each figure is printed beside its target and anchor (issue 14) and the load average at the start and
 end of the run (the machine is shared: compare runs only with their load). `job_cpu_us_per_tx` (the
-jobs' CPU time per transaction, poll to commit) is the steadier figure for comparing two versions on
-a loaded machine.
+jobs' CPU time per transaction, poll to commit; `job_sys_us_per_tx` its system part) is the steadier
+figure for comparing two versions on a loaded machine.
 
 The machine is shared: the figures depend on what else runs (see `uptime` in the output).
 ARGUS_BENCH_LOG=1 puts the job's JSON log lines (rebalances, claims, retries) on stderr;
@@ -75,7 +75,8 @@ def _job_process(settings_data: dict, store_url: str, overrides: dict, owned, do
         out = j.last_output
         ids = [r["transaction_id"] for r in out.score_rows] if out is not None else []
         # with the job's CPU time (all its threads): CPU per transaction compares runs on a loaded machine
-        commits.append((time.time(), ids, time.process_time()))
+        # and its system part (page faults, syscalls): the allocator's share (pipelines/allocator.py)
+        commits.append((time.time(), ids, time.process_time(), os.times().system))
         with done.get_lock():
             done.value += len(ids)
 
@@ -280,14 +281,14 @@ def main() -> None:
 
     if os.environ.get("ARGUS_BENCH_DUMP"):
         Path(os.environ["ARGUS_BENCH_DUMP"]).write_text(json.dumps({"results": results, "sent_at": sent_at, "t0": t0}))
-    lat, last_commit, cpu_s, cpu_n = [], 0.0, 0.0, 0
+    lat, last_commit, cpu_s, sys_s, cpu_n = [], 0.0, 0.0, 0.0, 0
     for r in results:
-        cpu_before = None
-        for t, ids, cpu in r["commits"]:
+        cpu_before = sys_before = None
+        for t, ids, cpu, sys_cpu in r["commits"]:
             measured = sum(1 for tid in ids if tid in sent_at)
             if measured and cpu_before is not None:  # the CPU the job spent since its previous batch
-                cpu_s, cpu_n = cpu_s + cpu - cpu_before, cpu_n + len(ids)
-            cpu_before = cpu
+                cpu_s, sys_s, cpu_n = cpu_s + cpu - cpu_before, sys_s + sys_cpu - sys_before, cpu_n + len(ids)
+            cpu_before, sys_before = cpu, sys_cpu
             for tid in ids:
                 if tid in sent_at:
                     lat.append(t - sent_at[tid])
@@ -301,6 +302,7 @@ def main() -> None:
         "committed": len(lat), "throughput_tx_s": throughput,
         # the jobs' CPU (poll to commit, all steps) per transaction: steadier than rates on a shared machine
         "job_cpu_us_per_tx": round(1e6 * cpu_s / cpu_n, 1) if cpu_n else None,
+        "job_sys_us_per_tx": round(1e6 * sys_s / cpu_n, 1) if cpu_n else None,  # of which system CPU
         "latency_ms": _percentiles(lat_ms),
         "alerts": len(alert_ms), "alert_latency_ms": _percentiles(alert_ms),
         "store": "postgresql" if args.pg_url else "sqlite", "partitions": args.partitions, "max_batch": args.max_batch,
@@ -314,7 +316,7 @@ def main() -> None:
     load = f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end ({os.cpu_count()} cpus)"
     lp, ap = report["latency_ms"] or {}, report["alert_latency_ms"] or {}
     print(f"throughput {throughput:,} tx/s at {args.rate:,.0f} tx/s offered, {args.consumers} consumer(s), "
-          f"{report['store']}; job CPU {report['job_cpu_us_per_tx']} us a transaction  |  {ANCHORS['throughput']}  |  "
+          f"{report['store']}; job CPU {report['job_cpu_us_per_tx']} us a transaction ({report['job_sys_us_per_tx']} system)  |  {ANCHORS['throughput']}  |  "
           f"{load}")
     print(f"produce-to-commit p50 {lp.get('p50')} / p99 {lp.get('p99')} ms  |  {ANCHORS['latency']}  |  {load}")
     print(f"alerts topic ({len(alert_ms)} alerts) p50 {ap.get('p50')} / p99 {ap.get('p99')} ms  |  {ANCHORS['alerts']}"

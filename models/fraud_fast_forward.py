@@ -3,8 +3,9 @@
 `FraudModel.fast_logits` goes through transformers' DeepseekV3 modules: per layer ~40 small ops,
 each with Python and dispatch overhead, the kv up-projection of every token, and the routed experts
 as a loop over hit experts. For a 16-token context of width 64 the arithmetic is small (~1.5 MFLOP a
-transaction) and that overhead dominates (~95 us a transaction at batch 500 on one core).
-`FastFraudForward` computes the same logits with:
+transaction) and that overhead dominates (~80 us a transaction at batch 1,024 on one core).
+`FastFraudForward` computes the same logits in ~40 (benchmarks/fraud_scorer_speed.py; about half of
+it the matmuls at the fp32 peak of the core, the rest elementwise and routing ops) with:
 
 * every norm's weight folded into the matrix that reads the normed vector (input norms into the
   q/kv/shared/router/expert weights, the kv latent norm into the absorbed query and output maps, the
@@ -27,6 +28,11 @@ weights of its modules, the embedding through `FraudModel.embed`): a checkpoint 
 fields, widths, depths, head or expert counts runs unchanged. It is read-only over the weights
 (rebuild it after loading new ones). tests/test_fraud_fast_forward.py holds its logits to the
 reference forward's within 1e-4 (the folds reorder float32 arithmetic: observed ~1e-6).
+
+Tried and not kept (README, "Stream performance"): torch.compile (no faster, ~25 s to compile at
+start-up), bf16 weights and activations (no faster here, probabilities off by up to ~0.02), torch's
+dynamic int8 (slower, off by ~0.03). Most of what the stream attributed to this forward was page
+faults on its activations: pipelines/allocator.py.
 
 `from_embeds` stays differentiable (reasons run gradient x input through it): with autograd on,
 the routed experts take an out-of-place path (the inference path writes matmuls into buffers).

@@ -31,7 +31,7 @@ reference forward's within 1e-4 (the folds reorder float32 arithmetic: observed 
 
 Tried and not kept (README, "Stream performance"): torch.compile (no faster, ~25 s to compile at
 start-up), bf16 weights and activations (no faster here, probabilities off by up to ~0.02), torch's
-dynamic int8 (slower, off by ~0.03). Most of what the stream attributed to this forward was page
+dynamic int8 (slower, off by ~0.03), ONNX Runtime on the first layer's dense part (no faster than torch). Most of what the stream attributed to this forward was page
 faults on its activations: pipelines/allocator.py.
 
 `from_embeds` stays differentiable (reasons run gradient x input through it): with autograd on,

@@ -39,6 +39,10 @@ class ModelHolder:
         self._checked: float | None = None
         self._failed: str | None = None  # the champion that did not load (not retried until it changes)
 
+    def due(self) -> bool:
+        """Whether the next `current()` reads the registry (else it returns the scorer it has)."""
+        return self._checked is None or self._clock() - self._checked >= self.poll_s
+
     def current(self) -> Any:
         """The scorer for the next batch (call it between batches, never during one)."""
         now = self._clock()

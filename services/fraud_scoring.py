@@ -25,6 +25,12 @@ scoring thread, before a batch, and loaded there, so a batch is scored by one mo
 request is lost or answered twice across a promotion. A champion that does not load leaves the old
 model serving; `ready()` says so (`registry_error`).
 
+Where a batch is scored: the FraudScorer deployment scores on its one scoring thread (its event loop
+keeps taking calls meanwhile); the Ingress scores `inline`, on its event loop, because there a thread
+only fought the loop for the GIL (more CPU a request, smaller batches): while a batch scores, the
+next one gathers. Either way the state snapshot and the registry are read on the scoring thread,
+between batches, never during one.
+
 The model loads in the background (services/loading.py): until it has, `score_many` raises
 `ModelNotReady` (the ingress answers 503). `configure` takes the hot-reloadable settings
 (alert_threshold, review_threshold, explain_top_k) from a Serve `user_config`.
@@ -128,8 +134,13 @@ class FraudScoring:
     def __init__(self, checkpoint: str | None = None, device: str = "auto", alert_threshold: float = 0.5,
                  review_threshold: float = 0.2, state_snapshot: str | None = None, state_refresh_s: float = 30.0,
                  warmup: bool = True, scorer_class: str = "models.fraud_scorer:FraudScorer",
-                 store_url: str | None = None, registry_poll_s: float = 0.0):
+                 store_url: str | None = None, registry_poll_s: float = 0.0, inline: bool = False):
         self.scorer_class = scorer_class
+        # inline: score on the caller's event loop, not on the scoring thread (the Ingress: there the
+        # thread only fought the event loop for the GIL; while a batch scores, the next one gathers).
+        # Reading a new state snapshot or a new champion still runs on the scoring thread, awaited.
+        self.inline = inline
+        self._inline_lock: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
         self.alert_threshold = alert_threshold
         self.review_threshold = review_threshold
         self.explain_top_k = 5  # reasons per review/decline score; 0 turns them off (cheaper)
@@ -243,9 +254,14 @@ class FraudScoring:
         they are one request's transactions, scored in order. Runs on one scoring thread, so
         concurrent calls queue instead of fighting for the cores."""
         scorer = await self.model.get(wait_s=0.0)
-        work = self._score_independent if independent else self._score_items
-        scores = await asyncio.get_running_loop().run_in_executor(self._executor, work, scorer, items)
-        return scores, len(items)
+        loop = asyncio.get_running_loop()
+        if not self.inline:
+            work = self._score_independent if independent else self._score_items
+            return await loop.run_in_executor(self._executor, work, scorer, items), len(items)
+        async with self._lock(loop):  # one batch at a time, and none while the thread swaps state
+            if self._maintenance_due():
+                await loop.run_in_executor(self._executor, self._maintain)
+            return self._score(scorer, items, ordered=not independent, maintain=False), len(items)
 
     def _score_items(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]]) -> list[FraudScore]:
         """One request's transactions: those without a history in order (each sees the earlier
@@ -261,15 +277,35 @@ class FraudScoring:
         """The scorer serving now: the registry's champion when following it (else the loaded one)."""
         return self._models.scorer if self._models is not None else scorer
 
-    def _score(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]], ordered: bool) -> list[FraudScore]:
-        import numpy as np
+    def _lock(self, loop: Any) -> asyncio.Lock:
+        if self._inline_lock is None or self._inline_lock[0] is not loop:
+            self._inline_lock = (loop, asyncio.Lock())
+        return self._inline_lock[1]
 
-        self._refresh_state()  # on the one scoring thread, between batches: one state per batch
-        if self._models is not None:  # likewise one model version per batch
+    def _maintenance_due(self) -> bool:
+        """Whether the next batch must first look for a new state snapshot or champion."""
+        if self.state_snapshot is not None and time.monotonic() - self._state_checked >= self.state_refresh_s:
+            return True
+        return self._models is not None and self._models.due()
+
+    def _maintain(self) -> None:
+        """Between batches, on the scoring thread: the state snapshot re-read when it changed, the
+        registry's champion looked up (and loaded) when due: one state and one version per batch."""
+        self._refresh_state()
+        if self._models is not None:
             scorer = self._models.current()
             if scorer is not self._scorer:  # a new champion: its objects out of the full collections too
                 gc.freeze()
             self._scorer = scorer
+
+    def _score(self, scorer: Any, items: list[tuple[Transaction, tuple[Transaction, ...]]], ordered: bool,
+               maintain: bool = True) -> list[FraudScore]:
+        import numpy as np
+
+        if maintain:
+            self._maintain()
+        if self._models is not None:
+            scorer = self._scorer
 
         from models.fraud_state import FraudContext
 

@@ -399,7 +399,8 @@ class IngressCore:
         self.failures = SharedLimiter(c.rate_limit_storage, c.failure_rate_limit_per_minute, {}, "addr")
         self.metrics = IngressMetrics()
         # single-transaction scoring in this replica (loads in the background; 503 until it has)
-        self.local_fraud = FraudScoring(**c.in_ingress_scorer) if c.in_ingress_scorer is not None else None
+        self.local_fraud = (FraudScoring(**{"inline": True, **c.in_ingress_scorer})
+                            if c.in_ingress_scorer is not None else None)
         if c.metrics_ray:
             from services.stream_ray_metrics import mirror_to_ray
 

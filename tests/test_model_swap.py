@@ -122,13 +122,18 @@ def test_stream_swaps_between_batches_without_losing_or_repeating_a_record(kafka
     registry.store.close()
 
 
-def test_rest_deployment_serves_the_champion_and_swaps_between_batches(sqlite_url, checkpoints):
+@pytest.mark.parametrize("inline", [False, True], ids=["fraud-scorer", "in-ingress"])
+def test_rest_deployment_serves_the_champion_and_swaps_between_batches(sqlite_url, checkpoints, inline):
+    """The FraudScorer deployment (scoring thread) and the Ingress's inline scorer (event loop, with
+    the registry read on the scoring thread) follow the champion alike."""
     from pipelines.contracts import Transaction
     from services.fraud_deployment import FraudScorerDeployment
+    from services.fraud_scoring import FraudScoring
 
     registry = seed_registry(sqlite_url, checkpoints)
     registry.promote(NEW, actor="operator")  # the champion differs from the configured (shipped) model
-    deployment = FraudScorerDeployment.func_or_class(device="cpu", store_url=sqlite_url, registry_poll_s=0.001)
+    host = FraudScoring if inline else FraudScorerDeployment.func_or_class
+    deployment = host(device="cpu", store_url=sqlite_url, registry_poll_s=0.001, inline=inline)
     deployment.model._done.wait(120)
     assert deployment.model.ready, deployment.model.error
     txs = transactions(64, seed=9, prefix="rest")
@@ -150,7 +155,7 @@ def test_rest_deployment_serves_the_champion_and_swaps_between_batches(sqlite_ur
     assert all(len(set(v)) == 1 and len(v) == 8 for v in during), during  # one version per batch, none lost
     flat = [v[0] for v in during]
     assert flat[-1] == OLD and flat == sorted(flat, key=lambda v: v == OLD)  # new then old, one switch
-    register_then_break(registry, checkpoints, "broken-rest")
+    register_then_break(registry, checkpoints, f"broken-rest-{inline}")
     after = asyncio.run(score_concurrently())
     assert all(v == [OLD] * 8 for v in after)  # the broken champion did not replace the one serving
     ready = asyncio.run(deployment.ready())

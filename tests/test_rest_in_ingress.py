@@ -109,7 +109,11 @@ def test_scores_equal_the_fraud_scorers_and_skip_the_second_hop(ckpt, sqlite_url
 def test_a_new_state_snapshot_is_seen(ckpt, sqlite_url, tmp_path):
     snapshot = tmp_path / "state.npz"
     _snapshot(snapshot, ckpt, known_history()[:1])
-    _, app, remote = _app(ckpt, sqlite_url, str(snapshot))
+    core, app, remote = _app(ckpt, sqlite_url, str(snapshot))
+    assert core.local_fraud.inline  # scored on the event loop; the snapshot read on the scoring thread:
+    threads: list[str] = []
+    maintain = core.local_fraud._maintain
+    core.local_fraud._maintain = lambda: (threads.append(threading.current_thread().name), maintain())[1]
     before = call(app, [("POST", "/v1/fraud/score", "acme", TX)])[0].json()["scores"][0]
     _snapshot(snapshot, ckpt, known_history())  # the stream job moved on
     import os
@@ -118,6 +122,7 @@ def test_a_new_state_snapshot_is_seen(ckpt, sqlite_url, tmp_path):
     after = call(app, [("POST", "/v1/fraud/score", "acme", {**TX, "transaction_id": "ii-tx-1b"})])[0].json()["scores"][0]
     assert after["score"] != before["score"]
     assert _unstamped({**after, "transaction_id": TX["transaction_id"]}) == _expected(remote.deployment, TX)
+    assert threads and all(name.startswith("fraud-score") for name in threads), threads
 
 
 def test_results_scored_in_the_ingress_are_owned(ckpt, sqlite_url):

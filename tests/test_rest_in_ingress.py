@@ -191,3 +191,25 @@ def test_one_scoring_core():
     for name in ("score_many", "_score", "_refresh_state", "_private_state", "ready", "configure"):
         assert name not in vars(FraudScorerDeployment.func_or_class), name
 
+
+
+class Stalled:
+    """A scorer that does not answer in time."""
+
+    async def score_many(self, items, independent=False):
+        import asyncio
+
+        await asyncio.sleep(30)
+
+    async def ready(self):
+        return {"state": "ready", "model_version": "stalled"}
+
+
+def test_a_model_that_does_not_answer_in_time_is_a_504(sqlite_url):
+    core, app = make_app(Stalled(), sqlite_url, model_timeout_s=0.2)
+    core.local_fraud = Stalled()  # the in-ingress path (single) and the FraudScorer path (batch) alike
+    single, batch = call(app, [("POST", "/v1/fraud/score", "acme", TX),
+                               ("POST", "/v1/fraud/score", "acme", {"transactions": [TX]})])
+    for r in (single, batch):
+        assert r.status_code == 504, r.text
+        assert r.json() == {"code": "model_timeout", "detail": "the model did not answer within 0.2 s"}

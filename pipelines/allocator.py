@@ -1,4 +1,5 @@
-"""Process-wide glibc malloc settings for the stream processes: freed memory stays with the process.
+"""Process-wide glibc malloc settings for the scoring processes (stream consumers, the REST scorers):
+freed memory stays with the process.
 
 glibc returns memory to the kernel eagerly: an allocation above the (dynamic) mmap threshold gets its
 own mapping, unmapped on free, and a heap whose free top grows past the trim threshold is shrunk.

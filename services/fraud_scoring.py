@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contracts import FraudScore, Transaction
+from pipelines.allocator import keep_freed_memory
 from services.loading import BackgroundLoad
 
 log = logging.getLogger("ray.serve.argus")  # Serve writes ray.serve.* to the replica log files
@@ -159,6 +160,7 @@ class FraudScoring:
         FraudScorer = import_attr(self.scorer_class)
         self.device = resolve_device(self.device)
         _single_threaded_torch()  # one replica = one scoring thread; more only fight over shared cores
+        keep_freed_memory()  # batch-sized activations would otherwise be page-faulted back in every batch
         scorer = FraudScorer.load(checkpoint, device=self.device)
         self._scorer = scorer
         self.state = scorer.new_state()  # history lengths that match the model

@@ -58,6 +58,19 @@ def save(args):
             json.dump(R, f, indent=1, default=str)
 
 
+def run_phase(phase, fn, args):
+    """R[phase] = fn(), timed into R[phase_s] and saved; a phase that fails is recorded under R["errors"]
+    and the later phases still run (one device call measures them all)."""
+    t0 = time.perf_counter()
+    try:
+        R[phase] = fn()
+    except Exception as exc:  # noqa: BLE001 - keep the other phases' numbers
+        traceback.print_exc()
+        R.setdefault("errors", {})[phase] = repr(exc)[:500]
+    R[f"{phase}_s"] = time.perf_counter() - t0
+    save(args)
+
+
 def graph_ms(fn, iters=50, reps=5):
     """Median ms of fn() replayed from a CUDA graph (fn run 3 times first on a side stream)."""
     s = torch.cuda.Stream()
@@ -627,33 +640,13 @@ def main(argv=None):
         for phase, fn in () if args.packed_only else (("correctness", lambda: correctness(layers[0], cfg, tokens, dev, dtype)),
                           ("layer_times", lambda: layer_times(layers, cfg, tokens, dev, dtype) if dev.type == "cuda" else {}),
                           ("prologue", lambda: prologue_check(engine, [1, 32], dev, dtype) if dev.type == "cuda" else {})):
-            t0 = time.perf_counter()
-            try:
-                R[phase] = fn()
-            except Exception as exc:  # noqa: BLE001 - keep the other phases' numbers
-                traceback.print_exc()
-                R.setdefault("errors", {})[phase] = repr(exc)[:500]
-            R[f"{phase}_s"] = time.perf_counter() - t0
-            save(args)
+            run_phase(phase, fn, args)
     del engine, layers
     gc.collect()
     if args.packed and dev.type == "cuda":
-        t0 = time.perf_counter()
-        try:
-            R["packed"] = bench_packed(hf, cfg, args, dev)
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            R.setdefault("errors", {})["packed"] = repr(exc)[:500]
-        R["packed_s"] = time.perf_counter() - t0
-        save(args)
+        run_phase("packed", lambda: bench_packed(hf, cfg, args, dev), args)
     if not args.skip_engines:
-        t0 = time.perf_counter()
-        try:
-            R["engines"] = bench_engines(hf, cfg, args, dev)
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            R.setdefault("errors", {})["engines"] = repr(exc)[:500]
-        R["engines_s"] = time.perf_counter() - t0
+        run_phase("engines", lambda: bench_engines(hf, cfg, args, dev), args)
     save(args)
     table()
     return R

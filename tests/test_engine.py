@@ -154,6 +154,18 @@ def _recorded(engine):
     return plans
 
 
+def _staggered_prompts_give_transformers_tokens(engine, hf_model):
+    """Submits PROMPTS one a step (each arrives while the earlier ones decode), checks every request's
+    8 tokens against transformers' greedy ones, and returns the steps' SchedulerOutputs."""
+    plans = _recorded(engine)
+    handles = []
+    for p in PROMPTS:
+        handles.append(engine.submit(p, 8))
+        engine.step()
+    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 8) for p in PROMPTS]
+    return plans
+
+
 @pytest.mark.parametrize("mixed_step", [False, True])
 def test_long_prefill_is_chunked_over_steps_while_running_requests_get_a_token_each_step(hf_model, mixed_step):
     engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=4, mixed_step=mixed_step)
@@ -283,12 +295,7 @@ def test_mixed_steps_give_transformers_tokens_under_every_budget(hf_model, budge
     separate path for the pieces too long for one plain chunk): transformers' greedy tokens."""
     engine = load_engine(hf_model, max_batch=3, max_seq_len=64, prefill_budget=budget, mixed_step=True,
                          prefill_chunk=chunk, prefill_chunk_continued=min(chunk, 8192))
-    plans = _recorded(engine)
-    handles = []
-    for p in PROMPTS:
-        handles.append(engine.submit(p, 8))
-        engine.step()
-    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 8) for p in PROMPTS]
+    plans = _staggered_prompts_give_transformers_tokens(engine, hf_model)
     runs_mixed = [plan for plan in plans if plan.decode and plan.prefill
                   and max(p.stop for p in plan.prefill) <= chunk and plan.prefill_tokens <= chunk]
     assert engine.stats["mixed_forwards"] == len(runs_mixed) > 0
@@ -497,12 +504,7 @@ def test_packed_mixed_steps_give_transformers_tokens(hf_model, budget):
     """Requests arriving while others decode, each prompt prefilled one piece per step beside the decode
     rows (mixed_step='graph'): transformers' greedy tokens; no step carries two pieces."""
     engine = load_engine(hf_model, max_batch=3, max_seq_len=64, prefill_budget=budget, mixed_step="graph")
-    plans = _recorded(engine)
-    handles = []
-    for p in PROMPTS:
-        handles.append(engine.submit(p, 8))
-        engine.step()
-    assert [h.result() for h in handles] == [hf_greedy(hf_model, p, 8) for p in PROMPTS]
+    plans = _staggered_prompts_give_transformers_tokens(engine, hf_model)
     packed = [plan for plan in plans if plan.decode and plan.prefill]
     assert packed and all(len(plan.prefill) == 1 and plan.prefill_tokens <= budget for plan in packed)
     assert engine.stats["mixed_forwards"] == len(packed)

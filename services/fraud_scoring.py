@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,7 +75,9 @@ def resolve_device(device: str) -> str:
 def _single_threaded_torch() -> None:
     import torch
 
-    torch.set_num_threads(int(os.environ.get("ARGUS_TORCH_THREADS", "1")))
+    from models.fraud_scorer import default_threads
+
+    torch.set_num_threads(default_threads())
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already ran in this process

@@ -780,9 +780,11 @@ def create_api(backend: IngressCore) -> FastAPI:
         backend.publish_later(record)
         return record
 
+    disposition_responses = {**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
+                             503: _error("the results store is unavailable", {"Retry-After": _SECONDS})}
+
     @api.post("/v1/alerts/disposition", response_model=Disposition, tags=["alerts"],
-              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
-                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+              responses=disposition_responses)
     async def dispose_by_body(request: Request, principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
         """Dispose an alert named in the body (`transaction_id`, `disposition`: `fraud`, `legitimate`
         or `unsure`, an optional note): the same as `POST /v1/alerts/{transaction_id}/disposition`
@@ -793,8 +795,7 @@ def create_api(backend: IngressCore) -> FastAPI:
         return await dispose_alert(body.transaction_id, body, principal)
 
     @api.post("/v1/alerts/{transaction_id}/disposition", response_model=Disposition, tags=["alerts"],
-              responses={**AUTH_ERRORS, **BODY_ERRORS, 404: _error("no alert with this id that this key may review"),
-                         503: _error("the results store is unavailable", {"Retry-After": _SECONDS})})
+              responses=disposition_responses)
     async def dispose(transaction_id: Annotated[str, Path(min_length=1, max_length=128)], request: Request,
                       principal: Principal = Depends(require(REVIEW_SCOPE))) -> Disposition:
         """Dispose an alert (`fraud`, `legitimate` or `unsure`, an optional note): stored with the

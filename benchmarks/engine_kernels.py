@@ -497,48 +497,163 @@ def bench_packed(hf, cfg, args, dev):
         print(f"packed equivalence {key}: {row}", flush=True)
         del apart, packed, runner
     torch.cuda.empty_cache()
-    # time: graph replays on the prefilled cache (all rows at position 1,024, keys bucket of 2,048 / 2,304)
+    out["moe_layer_check"] = packed_moe_check(model, vocab, dev)
+    # time: graph replays on the prefilled cache (all rows at position 1,024, keys bucket of 2,048 / 2,304),
+    # one runner per (chunk, expert-pass variant) on the same model
     for chunk in args.packed_chunks:
-        runner = PackedRunner(model, engine.cache, 64, chunk, use_graphs=True)
         piece = torch.randint(2, vocab, (1, chunk), generator=g).to(dev)
         sep = event_ms(lambda: model.prefill(piece, engine.cache, torch.tensor([63], device=dev), 1024), iters=5)
-        for b in (1, 16, 32, 64):
-            dec_tokens = torch.randint(2, vocab, (b,), generator=g).tolist()
-            runner.step(dec_tokens, [prefix] * b, prefix + 1, 63, piece[0].tolist(), 1024)
-            bb, keys = pick_bucket(runner, b, 1024 + chunk)
-            graph, _ = runner.graphs[(bb, chunk, keys)]
-            packed_ms = event_ms(graph.replay)
-            engine.runner.step(torch.tensor(dec_tokens, device=dev), torch.full((b,), prefix, device=dev), keys)
-            dgraph, _ = engine.runner.graphs[engine.runner.buckets_for(b, keys)]
-            dec_ms = event_ms(dgraph.replay)
-            row = {"packed_ms": packed_ms, "decode_ms": dec_ms, "separate_prefill_ms": sep,
-                   "decode_plus_prefill_ms": dec_ms + sep, "keys": keys}
-            out["times"][f"b{b}_c{chunk}"] = row
-            print(f"packed time b{b} C{chunk}: {row}", flush=True)
-        out[f"capture_s_c{chunk}"] = runner.capture_seconds
-        if chunk == 512:  # where the packed step's GPU time goes: kernels of 3 eager runs at b16
-            from torch.profiler import ProfilerActivity, profile
-
-            runner.use_graphs = False
-            runner.step(torch.randint(2, vocab, (16,), generator=g).tolist(), [prefix] * 16, prefix + 1, 63,
-                        piece[0].tolist(), 1024)
-            sync()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(3):
-                    runner._replay(16, chunk, 2048)
-                sync()
-            avg = prof.key_averages()
-            table = avg.table(sort_by="cuda_time_total", row_limit=30)
-            with open(os.path.join(args.out or "/tmp", "kernels_packed_b16_c512.txt"), "w") as f:
-                f.write(table)
-            out["profile_b16_c512_gpu_ms"] = sum(e.self_device_time_total for e in avg) / 3 / 1e3
-            print(table[:6000], flush=True)
-        del runner
-        torch.cuda.empty_cache()
+        dec_ms = {}
+        for variant in args.packed_moe:
+            set_packed_moe(model, variant)
+            runner = PackedRunner(model, engine.cache, 64, chunk, use_graphs=True)
+            for b in (1, 16, 32, 64):
+                dec_tokens = torch.randint(2, vocab, (b,), generator=g).tolist()
+                runner.step(dec_tokens, [prefix] * b, prefix + 1, 63, piece[0].tolist(), 1024)
+                bb, keys = pick_bucket(runner, b, 1024 + chunk)
+                graph, _ = runner.graphs[(bb, chunk, keys)]
+                packed_ms = event_ms(graph.replay)
+                if b not in dec_ms:
+                    engine.runner.step(torch.tensor(dec_tokens, device=dev), torch.full((b,), prefix, device=dev), keys)
+                    dgraph, _ = engine.runner.graphs[engine.runner.buckets_for(b, keys)]
+                    dec_ms[b] = event_ms(dgraph.replay)
+                row = {"packed_ms": packed_ms, "decode_ms": dec_ms[b], "separate_prefill_ms": sep,
+                       "decode_plus_prefill_ms": dec_ms[b] + sep, "keys": keys}
+                out["times"][f"{variant}_b{b}_c{chunk}"] = row
+                print(f"packed time {variant} b{b} C{chunk}: {row}", flush=True)
+            out[f"capture_s_{variant}_c{chunk}"] = runner.capture_seconds
+            if chunk == 512:  # where the packed step's GPU time goes: kernels of 3 eager runs at b16
+                out[f"profile_{variant}_b16_c512_gpu_ms"] = profile_packed(runner, vocab, prefix, piece, variant, args, g)
+            del runner
+            torch.cuda.empty_cache()
+    set_packed_moe(model, "fused")
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return out
+
+
+@torch.inference_mode()
+def latent_attention_bench(hf, args, dev):
+    """The fused decode attention (fused_mla.latent_attention) against the PyTorch ops it replaces (cat, scores
+    bmm, compiled masked softmax, P . latent bmm) on one layer's cache: relative error of each against a float32
+    reference, time of each (CUDA graph); then decode steps (graph replay) with the kernel on and off."""
+    from models.engine.cuda_graphs import DecodeRunner
+
+    engine = load_engine(hf, max_batch=64, max_seq_len=args.max_seq_len)
+    model, a = engine.model, engine.model.args
+    attn = model.blocks[0].attn
+    g = torch.Generator(device=dev).manual_seed(5)
+    cache = engine.cache
+    cache.normal_(generator=g)
+    out = {"kernel": {}, "decode": {}}
+    for b, s in ((1, 256), (1, 2048), (16, 2048), (64, 2048)):
+        q_lat = torch.randn(a.num_heads, b, a.kv_lora_rank, device=dev, dtype=model.dtype, generator=g).transpose(0, 1)
+        q_rope = torch.randn(b, a.num_heads, a.qk_rope_head_dim, device=dev, dtype=model.dtype, generator=g)
+        pos = torch.randint(s // 2, s, (b,), device=dev, generator=g)
+        kv = cache[0, :b, :s]
+        ref = ML.latent_attention_reference(q_lat.float(), q_rope.float(), kv.float(), pos, attn.scale)
+
+        def ops():
+            q = torch.cat([q_lat, q_rope], dim=-1)
+            scores = torch.bmm(q, kv.transpose(1, 2))
+            probs = K.decode.masked_softmax_upto(scores, attn.scale, pos)
+            return torch.bmm(probs, kv[..., : a.kv_lora_rank])
+
+        row = {"kernel_rel_err": rel(ML.latent_attention(q_lat, q_rope, kv, pos, attn.scale), ref),
+               "ops_rel_err": rel(ops(), ref),
+               "kernel_us": graph_ms(lambda: ML.latent_attention(q_lat, q_rope, kv, pos, attn.scale)) * 1e3,
+               "ops_us": graph_ms(ops) * 1e3, "splits": ML.latent_splits(b, s)}
+        out["kernel"][f"b{b}_s{s}"] = row
+        print(f"latent attention b{b} S{s}: {row}", flush=True)
+    for on in (False, True):
+        for block in model.blocks:
+            block.attn.attn_kernel = on
+        runner = DecodeRunner(model, cache, 64, use_graphs=True)
+        for b in (1, 16, 64):
+            for keys in (512, 2048):
+                tok = torch.randint(2, a.vocab_size, (b,), device=dev, generator=g)
+                runner.step(tok, torch.full((b,), keys - 1, device=dev), keys)
+                graph, _ = runner.graphs[runner.buckets_for(b, keys)]
+                ms = event_ms(graph.replay, iters=50)
+                out["decode"][f"{'kernel' if on else 'ops'}_b{b}_s{keys}"] = ms
+                print(f"decode graph replay attn {'kernel' if on else 'ops'} b{b} keys {keys}: {ms:.3f} ms", flush=True)
+        del runner
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16")
+
+
+def set_packed_moe(model, variant):
+    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16-row blocks."""
+    assert variant in PACKED_MOE_VARIANTS, variant
+    for block in model.blocks:
+        if hasattr(block.mlp, "packed_fused"):
+            block.mlp.packed_fused = variant != "grouped"
+    FM.BLOCK_M_LARGE = 16 if variant == "fused16" else 64
+
+
+def profile_packed(runner, vocab, prefix, piece, variant, args, g):
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.use_graphs = False
+    runner.step(torch.randint(2, vocab, (16,), generator=g).tolist(), [prefix] * 16, prefix + 1, 63,
+                piece[0].tolist(), 1024)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            runner._replay(16, runner.chunk, 2048)
+        sync()
+    runner.use_graphs = True
+    avg = prof.key_averages()
+    table = avg.table(sort_by="cuda_time_total", row_limit=30)
+    with open(os.path.join(args.out or "/tmp", f"kernels_packed_{variant}_b16_c512.txt"), "w") as f:
+        f.write(table)
+    print(f"-- packed step kernels, {variant}, b16 C512 (3 eager runs)\n{table[:5000]}", flush=True)
+    return sum(e.self_device_time_total for e in avg) / 3 / 1e3
+
+
+@torch.inference_mode()
+def packed_moe_check(model, vocab, dev):
+    """One MoE layer at packed-step token counts: the fused kernels (64- and 16-row blocks) against the grouped
+    GEMM path and a float32 reference, same inputs (relative error), and the time of each (CUDA graph)."""
+    moe = next(b.mlp for b in model.blocks if hasattr(b.mlp, "packed_fused"))
+    kk = K.mixed
+    g = torch.Generator(device=dev).manual_seed(11)
+    res = {}
+    for t in (65, 272, 528, 1088):
+        x = torch.randn(t, model.args.hidden_size, device=dev, dtype=model.dtype, generator=g)
+        resid = torch.randn_like(x)
+        pe, pw = FR.route_pairs_reference(x, moe.router.weight, moe.router.bias, moe.args.top_k, 1, 1,
+                                          moe.args.norm_topk_prob, moe.args.routed_scaling_factor, moe.weights.n_shared, K.eager)
+        ref = reference_moe(x.float(), pe, pw, moe.weights, resid.float())
+        row = {}
+        for variant in ("grouped", "fused", "fused16"):
+            set_packed_moe(model, variant)
+            y = moe(x, kk, residual=resid, packed=True)
+            row[f"{variant}_rel_err"] = rel(y, ref)
+            row[f"{variant}_us"] = graph_ms(lambda: moe(x, kk, residual=resid, packed=True), iters=20, reps=3) * 1e3
+        res[t] = row
+        print(f"packed MoE layer T={t}: {row}", flush=True)
+    set_packed_moe(model, "fused")
+    return res
+
+
+def reference_moe(x, pair_expert, pair_weight, weights, residual):
+    """float32 routed + shared experts for pairs laid out by the router (pair p of token p // per_token)."""
+    t = x.shape[0]
+    per_tok = pair_expert.numel() // t
+    y = torch.zeros(pair_expert.numel(), x.shape[1], device=x.device)
+    for e in pair_expert.unique().tolist():
+        pairs = (pair_expert == e).nonzero()[:, 0]
+        wg, wu, wd = (w.float() for w in weights.expert(e))
+        xr = x[pairs // per_tok]
+        y[pairs] = (torch.nn.functional.silu(xr @ wg.t()) * (xr @ wu.t())) @ wd.t() * pair_weight[pairs, None]
+    return residual + y.view(t, per_tok, -1).sum(1)
 
 
 def pick_seq(engine, need):
@@ -603,6 +718,8 @@ def main(argv=None):
     ap.add_argument("--packed", action="store_true", help="also the packed mixed step: equivalence and graph times")
     ap.add_argument("--packed-chunks", default="256,512,1024")
     ap.add_argument("--packed-only", action="store_true", help="only the packed mixed step (no MoE kernel tables)")
+    ap.add_argument("--attention", action="store_true", help="the fused decode attention kernel vs the ops it replaces")
+    ap.add_argument("--packed-moe", default="grouped,fused", help=f"the packed step's expert pass, any of {PACKED_MOE_VARIANTS}")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
     if args.dry_run:
@@ -610,6 +727,7 @@ def main(argv=None):
     tokens = [int(t) for t in args.tokens.split(",")]
     args.batches = [int(b) for b in args.batches.split(",")]
     args.packed_chunks = [int(c) for c in args.packed_chunks.split(",")]
+    args.packed_moe = args.packed_moe.split(",")
     cfg = preset_config(args.preset)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     import transformers
@@ -643,6 +761,8 @@ def main(argv=None):
             run_phase(phase, fn, args)
     del engine, layers
     gc.collect()
+    if args.attention and dev.type == "cuda":
+        run_phase("latent_attention", lambda: latent_attention_bench(hf, args, dev), args)
     if args.packed and dev.type == "cuda":
         run_phase("packed", lambda: bench_packed(hf, cfg, args, dev), args)
     if not args.skip_engines:

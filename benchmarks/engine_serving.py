@@ -162,6 +162,12 @@ KERNEL_VERSIONS = {
     "fused-v2": {"mlp": {"route_align": False}, "attn": {"prologue_kernel": False}},
     # the decode kernels of commit d30a1b7 (route + align up to 32 tokens) with the prefill eager
     "fused-v3": {"prefill_compiled": False},
+    # packed mixed steps' expert pass through the grouped GEMM instead of the fused kernels
+    "packed-grouped": {"mlp": {"packed_fused": False}},
+    # decode attention as PyTorch ops (cat, bmm, compiled softmax, bmm) instead of fused_mla.latent_attention
+    "attn-ops": {"attn": {"attn_kernel": False}},
+    # the engine of commit f5518a8: both of the above
+    "f5518a8": {"mlp": {"packed_fused": False}, "attn": {"attn_kernel": False}},
 }
 
 

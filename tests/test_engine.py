@@ -345,24 +345,31 @@ def test_moe_align_lists_every_pair_once_in_whole_blocks_of_one_expert(n_pairs, 
     assert block_expert.tolist() == sorted(block_expert.tolist())
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tokens=st.integers(1, 70), seed=st.integers(0, 99))
-def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, seed):
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=st.integers(1, 120), packed=st.booleans(), seed=st.integers(0, 99))
+def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, packed, seed):
     # The fused path (pairs with the shared MLP as expert slices, aligned blocks, residual in the
-    # combine) against the separate router, grouped experts and shared MLP, in float32.
+    # combine) against the separate router, grouped experts and shared MLP, in float32. A packed step's
+    # call takes it past FUSED_MAX_TOKENS too, in 64-row blocks once experts average over 16 rows.
+    from models.engine import fused_moe
+
     engine = load_engine(hf_model, max_batch=2, max_seq_len=64)
     moe = next(b.mlp for b in engine.model.blocks if hasattr(b.mlp, "experts"))
     assert moe.weights.n_shared == hf_model.config.n_shared_experts
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, hf_model.config.hidden_size, generator=g)
     residual = torch.randn(tokens, hf_model.config.hidden_size, generator=g)
-    moe.fused = False
-    expected = moe(x, kernels.eager, residual=residual)
-    moe.fused = True
-    got = moe(x, kernels.eager, residual=residual)
+    moe.fused = moe.packed_fused = False
+    expected = moe(x, kernels.eager, residual=residual, packed=packed)
+    moe.fused = moe.packed_fused = True
+    got = moe(x, kernels.eager, residual=residual, packed=packed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    if tokens > moe.FUSED_MAX_TOKENS:  # past the limit the fused flag changes nothing
+    assert moe.uses_fused(tokens, packed) == (packed or tokens <= moe.FUSED_MAX_TOKENS)
+    if not moe.uses_fused(tokens, packed):  # past the limit the fused flag changes nothing
         assert torch.equal(got, expected)
+    pairs_per_token = hf_model.config.num_experts_per_tok + moe.weights.n_shared
+    large = fused_moe.block_m_for(tokens * pairs_per_token, moe.weights.n_experts) == fused_moe.BLOCK_M_LARGE
+    assert large == (tokens * pairs_per_token > fused_moe.BLOCK_M * moe.weights.n_experts)
     pairs, weights = moe.route_pairs(x, kernels.eager)
     per_tok = hf_model.config.num_experts_per_tok + hf_model.config.n_shared_experts
     assert pairs.view(tokens, per_tok)[:, -1].eq(hf_model.config.n_routed_experts).all()
@@ -411,7 +418,7 @@ from models.engine import fused_moe as FM, fused_router as FR, kernels as K
 torch.manual_seed(0)
 E, I, H, k, S = 8, 48, 64, 3, 2
 W = FM.ExpertWeights(torch.randn(E, 2 * I, H) / 8, torch.randn(E, H, I) / 8, torch.randn(2 * I * S, H) / 8, torch.randn(H, I * S) / 8)
-for T in (1, 7, 20):
+for T in (1, 7, 20, 90):
     x, res = torch.randn(T, H), torch.randn(T, H)
     gate, bias = torch.randn(E, H), torch.randn(E) / 10
     pe, pw = FR.route_pairs(x, gate, bias, k, True, 2.5, S)
@@ -421,6 +428,9 @@ for T in (1, 7, 20):
     sp_k, be_k = FM.moe_align_triton(pe, W.n_experts)
     assert torch.equal(sp, sp_k) and torch.equal(be, be_k)
     out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be), res, T)
+    torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
+    sp, be = FM.moe_align(pe, W.n_experts, FM.BLOCK_M_LARGE)  # packed steps' 64-row blocks
+    out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, FM.BLOCK_M_LARGE), res, T)
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
 for p, E in ((8, 66), (256, 66), (512, 64), (5, 3)):  # the lite shape's pair counts, experts not a power of 2
     pe = torch.randint(0, E, (p,))
@@ -433,6 +443,13 @@ for T, E, H, k, S, norm in ((1, 8, 64, 3, 2, True), (20, 16, 96, 4, 1, False), (
     torch.testing.assert_close(pw.view(T, -1).sum(1), pw_r.view(T, -1).sum(1))
     assert all(torch.equal(a, b) for a, b in zip((sp, be), FM.moe_align(pe, E + S)))
 from models.engine import fused_mla as ML
+for B, S, heads, rank, rope in ((1, 40, 4, 32, 8), (3, 200, 16, 64, 16), (2, 7, 3, 20, 6)):
+    q_lat, q_rope = torch.randn(heads, B, rank).transpose(0, 1), torch.randn(B, heads, rope)  # q_lat strided, as in decode
+    cache = torch.randn(B + 1, S + 9, rank + rope)
+    pos = torch.randint(0, S, (B,))
+    pos[-1] = S + 8  # a padding row's position, past the bucket: it attends to all S keys
+    got = ML.latent_attention(q_lat, q_rope, cache[:B, :S], pos, 0.3)
+    torch.testing.assert_close(got, ML.latent_attention_reference(q_lat, q_rope, cache[:B, :S], pos, 0.3), rtol=1e-4, atol=1e-4)
 for interleave in (True, False):
     B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10
     q, kv = torch.randn(B, heads * (nope + rope)), torch.randn(B, 2 * (rank + rope))[:, : rank + rope]
@@ -450,6 +467,7 @@ from models.presets import preset_config
 hf = DeepseekV3ForCausalLM(preset_config("tiny")).eval()
 engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True)
 assert engine.model.blocks[0].attn.prologue_kernel and engine.model.blocks[0].mlp.route_align
+assert engine.model.blocks[0].attn.attn_kernel
 prompts = [[5, 6, 7, 8, 9], [1, 2, 3], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
 with torch.no_grad():
     expected = [hf.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False)[0, len(p):].tolist() for p in prompts]
@@ -465,8 +483,8 @@ print("ok")
 # ---- the packed (graphed) mixed step: decode rows + one padded piece in fixed shapes ---------------
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]))
-def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk):
+@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]), fused=st.booleans())
+def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk, fused):
     """The packed step (decode rows padded to a bucket, one piece padded to the chunk, absorbed attention
     for both) gives the logits and cache rows of the decode step and the piece's prefill run apart;
     padding writes only the cache's last position, which no request uses."""
@@ -476,7 +494,7 @@ def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk)
     if not pos:
         pos = [63]  # a packed step has decode rows (dummies at least)
     slot, start, length = pieces[0] if pieces else (5, 0, 3)
-    engine = load_engine(hf_model, max_batch=6, max_seq_len=64)
+    engine = load_engine(hf_model, max_batch=6, max_seq_len=64, fused_moe=fused, packed_fused_moe=fused)
     model = engine.model
     gen = torch.Generator().manual_seed(seed)
     cache = torch.randn(engine.cache.shape, generator=gen)

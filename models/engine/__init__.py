@@ -23,7 +23,8 @@ API
     logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
-prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None, packed_backlog=None)`
+prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None, packed_backlog=None,
+packed_fused_moe=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
 `mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries at most one prompt
@@ -34,7 +35,8 @@ prefilled behind the decode graph instead (batched: throughput at saturation).
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
-PyTorch reference); on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
+PyTorch reference), and with `packed_fused_moe` (default `PACKED_FUSED_MOE_DEFAULT`) the packed mixed steps
+too, in 64-row blocks; on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
 Triton kernel too. `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
 
@@ -63,6 +65,8 @@ __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "Unsupported
 # The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py), on CUDA;
 # on CPU the old path stays the default (the kernels' PyTorch reference is for tests).
 FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmarks/ENGINE_NOTES.md)
+# Packed mixed steps (hundreds of tokens) through the same kernels in 64-row blocks instead of the grouped GEMM.
+PACKED_FUSED_MOE_DEFAULT = True
 
 
 def load_engine(
@@ -79,6 +83,7 @@ def load_engine(
     mixed_step: bool | str = False,
     fused_moe: bool | None = None,
     packed_backlog: int | None = None,
+    packed_fused_moe: bool | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -94,7 +99,8 @@ def load_engine(
 
         return TransformersEngine(hf_model, max_batch, max_seq_len)
     on_gpu = dev.type == "cuda"
-    model.set_fused_moe((FUSED_MOE_DEFAULT and on_gpu) if fused_moe is None else fused_moe)
+    model.set_fused_moe((FUSED_MOE_DEFAULT and on_gpu) if fused_moe is None else fused_moe,
+                        PACKED_FUSED_MOE_DEFAULT if packed_fused_moe is None else packed_fused_moe)
     if compile if compile is not None else on_gpu:
         from . import kernels
 

@@ -36,6 +36,26 @@ def pick(buckets: list[int], need: int) -> int:
     return buckets[bisect_left(buckets, need)]
 
 
+def capture_graph(run, pool) -> tuple[tuple[torch.cuda.CUDAGraph, torch.Tensor], float]:
+    """((graph, its output), seconds taken) for the step `run()`, captured into the memory pool `pool`.
+
+    Two warm-up runs on a side stream first (they also trigger any torch.compile or Triton autotuning, which
+    must not happen inside a capture); they redo this very step, writing the same cache rows with the same
+    values, so they leave the cache as the replay will."""
+    t0 = time.perf_counter()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = run()
+    torch.cuda.synchronize()
+    return (graph, out), time.perf_counter() - t0
+
+
 class DecodeRunner:
     """Runs `model.decode` for slots 0..B-1: replaying captured graphs on CUDA, eagerly elsewhere."""
 
@@ -66,27 +86,12 @@ class DecodeRunner:
             return self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s)[:n]
         key = (b, s)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(b, s)
+            self.graphs[key], seconds = capture_graph(lambda: self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s),
+                                                      self.pool)
+            self.capture_seconds += seconds
         graph, out = self.graphs[key]
         graph.replay()
         return out[:n]
-
-    def _capture(self, b: int, s: int):
-        # Warm-up runs (which also trigger any torch.compile) redo this very step: writing the same
-        # cache rows with the same values, so they leave the cache as the replay will.
-        t0 = time.perf_counter()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.model.decode(self.tokens[:b], self.pos[:b], self.cache, s)
-        torch.cuda.synchronize()
-        self.capture_seconds += time.perf_counter() - t0
-        return graph, out
 
 
 class PackedRunner:
@@ -146,23 +151,8 @@ class PackedRunner:
             return self._run(b, c, keys)
         key = (b, c, keys)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(*key)
+            self.graphs[key], seconds = capture_graph(lambda: self._run(b, c, keys), self.pool)
+            self.capture_seconds += seconds
         graph, out = self.graphs[key]
         graph.replay()
         return out
-
-    def _capture(self, b: int, c: int, keys: int):
-        # as DecodeRunner._capture: the warm-up runs redo this very step (same cache rows, same values)
-        t0 = time.perf_counter()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(b, c, keys)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self._run(b, c, keys)
-        torch.cuda.synchronize()
-        self.capture_seconds += time.perf_counter() - t0
-        return graph, out

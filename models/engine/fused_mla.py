@@ -88,3 +88,125 @@ def mla_prologue(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope, rope, ra
                                NOPE=nope, ROPE=rope, RANK=rank, RANK_P2=triton.next_power_of_2(rank),
                                INTERLEAVE=bool(interleave), num_warps=4)
     return q_rope
+
+
+# ---- absorbed decode attention: scores over the latent cache, softmax and P . latent in one pass ----------
+#
+# Per decode row b (its own cache slot) and every head h: s[h, j] = q_lat[h] . latent[j] + q_rope[h] . k_rope[j]
+# over keys j <= pos[b] (and < the sequence bucket), p = softmax(scale * s), o_lat[h] = sum_j p[h, j] latent[j].
+# As PyTorch ops that is a cat, a bmm for the scores, the masked softmax and a bmm for P . latent: four launches
+# and two reads of the cache rows. Here (flash-decoding): the keys are cut into splits, one program per
+# (row, split) streams its keys once with an online softmax (fp32 scores, no rounding of s to the model dtype)
+# and writes a partial [heads, r] with its max and sum; one program per row combines the partials.
+
+def latent_attention_reference(q_lat, q_rope, kv, pos, scale):
+    """q_lat [B, heads, r], q_rope [B, heads, dr], kv [B, S, r + dr] (each row's slot), pos [B] ->
+    o_lat [B, heads, r] in q_lat's dtype: softmax over keys 0..min(pos, S - 1), fp32 inside."""
+    r = q_lat.shape[-1]
+    s = kv.shape[1]
+    q = torch.cat([q_lat, q_rope], dim=-1).float()
+    scores = torch.bmm(q, kv.float().transpose(1, 2)) * scale
+    keep = torch.arange(s, device=kv.device)[None, None, :] <= pos[:, None, None]
+    probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+    return torch.bmm(probs, kv[..., :r].float()).to(q_lat.dtype)
+
+
+def latent_attention_available(device: torch.device, heads: int, rank: int, rope: int) -> bool:
+    return available(device) and heads <= 64 and rank <= 1024 and rope <= 128
+
+
+def latent_splits(batch: int, seq: int, block_s: int = 32, target_programs: int = 264) -> tuple[int, int]:
+    """(keys per split, number of splits) for a (batch, sequence) bucket: enough programs to fill the GPU
+    (~2 per SM of an H100) while a split keeps at least 64 keys."""
+    n = max(1, min(max(1, seq // 64), -(-target_programs // batch)))
+    per = -(-seq // n)
+    per = -(-per // block_s) * block_s
+    return per, -(-seq // per)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _latent_attn_split_kernel(ql_ptr, qr_ptr, kv_ptr, pos_ptr, part_ptr, ml_ptr,
+                                  stride_qlb, stride_qlh, stride_qrb, stride_qrh, stride_kvb, stride_kvs, seq, scale,
+                                  H: tl.constexpr, H_P2: tl.constexpr, R: tl.constexpr, R_P2: tl.constexpr,
+                                  DR: tl.constexpr, DR_P2: tl.constexpr, SPLIT: tl.constexpr, NSPLIT: tl.constexpr,
+                                  BLOCK_S: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        sp = tl.program_id(1)
+        n_keys = tl.minimum(tl.load(pos_ptr + b) + 1, seq)
+        start = sp * SPLIT
+        end = tl.minimum(start + SPLIT, n_keys)
+        heads = tl.arange(0, H_P2)
+        hm = heads < H
+        offs_r = tl.arange(0, R_P2)
+        rm = offs_r < R
+        offs_d = tl.arange(0, DR_P2)
+        dm = offs_d < DR
+        m_i = tl.full([H_P2], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([H_P2], dtype=tl.float32)
+        acc = tl.zeros([H_P2, R_P2], dtype=tl.float32)
+        if start < end:
+            ql = tl.load(ql_ptr + b * stride_qlb + heads[:, None] * stride_qlh + offs_r[None, :],
+                         mask=hm[:, None] & rm[None, :], other=0.0)
+            qr = tl.load(qr_ptr + b * stride_qrb + heads[:, None] * stride_qrh + offs_d[None, :],
+                         mask=hm[:, None] & dm[None, :], other=0.0)
+            base = kv_ptr + b * stride_kvb
+            for s0 in range(start, end, BLOCK_S):
+                offs_s = s0 + tl.arange(0, BLOCK_S)
+                sm = offs_s < end
+                rows = base + offs_s[:, None].to(tl.int64) * stride_kvs
+                lat = tl.load(rows + offs_r[None, :], mask=sm[:, None] & rm[None, :], other=0.0)
+                kr = tl.load(rows + R + offs_d[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
+                s = tl.dot(ql, tl.trans(lat)) + tl.dot(qr, tl.trans(kr))
+                s = tl.where(sm[None, :], s * scale, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, axis=1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+                m_i = m_new
+        row = b * NSPLIT + sp
+        tl.store(part_ptr + row * H_P2 * R_P2 + heads[:, None] * R_P2 + offs_r[None, :], acc)
+        tl.store(ml_ptr + row * 2 * H_P2 + heads, m_i)
+        tl.store(ml_ptr + row * 2 * H_P2 + H_P2 + heads, l_i)
+
+    @triton.jit
+    def _latent_attn_combine_kernel(part_ptr, ml_ptr, out_ptr, H: tl.constexpr, H_P2: tl.constexpr, R: tl.constexpr,
+                                    R_P2: tl.constexpr, NSPLIT: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        heads = tl.arange(0, H_P2)
+        offs_r = tl.arange(0, R_P2)
+        m = tl.full([H_P2], float("-inf"), dtype=tl.float32)
+        for sp in range(NSPLIT):  # the largest max over splits (split 0 always holds key 0)
+            m = tl.maximum(m, tl.load(ml_ptr + (b * NSPLIT + sp) * 2 * H_P2 + heads))
+        total = tl.zeros([H_P2], dtype=tl.float32)
+        acc = tl.zeros([H_P2, R_P2], dtype=tl.float32)
+        for sp in range(NSPLIT):
+            row = b * NSPLIT + sp
+            w = tl.exp(tl.load(ml_ptr + row * 2 * H_P2 + heads) - m)  # 0 for an empty split (max -inf)
+            total += w * tl.load(ml_ptr + row * 2 * H_P2 + H_P2 + heads)
+            acc += w[:, None] * tl.load(part_ptr + row * H_P2 * R_P2 + heads[:, None] * R_P2 + offs_r[None, :])
+        o = acc / total[:, None]
+        mask = (heads < H)[:, None] & (offs_r < R)[None, :]
+        tl.store(out_ptr + (b * H + heads[:, None]) * R + offs_r[None, :], o.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def latent_attention(q_lat, q_rope, kv, pos, scale, block_s: int = 32):
+    """The two kernels; same arguments and result as latent_attention_reference. kv may be a strided view
+    (cache[:B, :S]); q_lat / q_rope any layout with a unit last stride."""
+    bsz, heads, r = q_lat.shape
+    dr = q_rope.shape[-1]
+    seq = kv.shape[1]
+    assert q_lat.stride(-1) == 1 and q_rope.stride(-1) == 1 and kv.stride(-1) == 1 and kv.shape[-1] == r + dr
+    split, nsplit = latent_splits(bsz, seq, block_s)
+    h_p2, r_p2, d_p2 = (max(16, triton.next_power_of_2(v)) for v in (heads, r, dr))
+    part = torch.empty(bsz * nsplit * h_p2 * r_p2, dtype=torch.float32, device=kv.device)
+    ml = torch.empty(bsz * nsplit * 2 * h_p2, dtype=torch.float32, device=kv.device)
+    _latent_attn_split_kernel[(bsz, nsplit)](
+        q_lat, q_rope, kv, pos, part, ml, q_lat.stride(0), q_lat.stride(1), q_rope.stride(0), q_rope.stride(1),
+        kv.stride(0), kv.stride(1), seq, float(scale), H=heads, H_P2=h_p2, R=r, R_P2=r_p2, DR=dr, DR_P2=d_p2,
+        SPLIT=split, NSPLIT=nsplit, BLOCK_S=block_s, num_warps=4, num_stages=2)
+    out = torch.empty(bsz, heads, r, dtype=q_lat.dtype, device=q_lat.device)
+    _latent_attn_combine_kernel[(bsz,)](part, ml, out, H=heads, H_P2=h_p2, R=r, R_P2=r_p2, NSPLIT=nsplit, num_warps=4)
+    return out

@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from .triton_support import INTERPRET as _INTERPRET
 from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
 
-BLOCK_M = 16
+BLOCK_M = 16  # rows per block for decode-sized steps: a GEMV-like tile, experts see a few rows each
+BLOCK_M_LARGE = 64  # packed mixed steps (hundreds of tokens, tens of rows an expert): a GEMM tile
+
+
+def block_m_for(n_pairs: int, n_experts: int) -> int:
+    """The block height for a step: BLOCK_M while an expert averages at most BLOCK_M rows, else BLOCK_M_LARGE
+    (fewer blocks re-reading one expert's weights, and tensor-core tiles that are not mostly padding)."""
+    return BLOCK_M if n_pairs <= BLOCK_M * n_experts else BLOCK_M_LARGE
 
 
 def max_blocks(n_pairs: int, n_experts: int, block_m: int = BLOCK_M) -> int:
@@ -231,11 +238,22 @@ if triton is not None:
             out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages))
         return out
 
+    def _configs_large():
+        # BLOCK_M_LARGE rows: GEMM tiles (vLLM's fused_moe uses 64 x 64-128 x 32-64 at these sizes); every config
+        # fits the gate|up kernel's two weight tiles per stage in an H100's shared memory
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=stages)
+                for bn, bk, w, stages in ((64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3),
+                                          (128, 32, 4, 5), (64, 32, 4, 5), (256, 64, 8, 2))]
+
     def _bench(fn, quantiles=None):
         return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
     _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
     _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
+    _gate_up_large = triton.autotune(_configs_large(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
+    _down_large = triton.autotune(_configs_large(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
 
 
 ALIGN_MAX_PAIRS = 1024
@@ -263,12 +281,14 @@ def moe_align_triton(pair_expert: torch.Tensor, n_experts: int, block_m: int = B
 
 
 def fused_moe(x: torch.Tensor, pair_expert: torch.Tensor, pair_weight: torch.Tensor, weights: ExpertWeights,
-              sorted_pair: torch.Tensor, block_expert: torch.Tensor) -> torch.Tensor:
-    """The two kernels: x [T, H] (contiguous), pairs as laid out by the router; fp32 y [P, H]."""
+              sorted_pair: torch.Tensor, block_expert: torch.Tensor, block_m: int = BLOCK_M) -> torch.Tensor:
+    """The two kernels: x [T, H] (contiguous), pairs as laid out by the router and aligned in blocks of
+    block_m rows (BLOCK_M or BLOCK_M_LARGE); fp32 y [P, H]."""
     p = pair_expert.numel()
     nb = block_expert.numel()
     i = weights.inter
-    h = torch.empty(nb * BLOCK_M, i, dtype=x.dtype, device=x.device)
+    h = torch.empty(nb * block_m, i, dtype=x.dtype, device=x.device)
+    gate_up, down = (_gate_up, _down) if block_m == BLOCK_M else (_gate_up_large, _down_large)
     ws_gu = weights.shared_gate_up if weights.n_shared else weights.w_gate_up
     ws_d = weights.shared_down if weights.n_shared else weights.w_down
     assert x.stride(-1) == 1 and weights.w_gate_up.is_contiguous() and weights.w_down.is_contiguous()
@@ -277,16 +297,16 @@ def fused_moe(x: torch.Tensor, pair_expert: torch.Tensor, pair_weight: torch.Ten
     def grid_i(meta):
         return (nb, triton.cdiv(i, meta["BLOCK_N"]))
 
-    _gate_up[grid_i](x, weights.w_gate_up, ws_gu, sorted_pair, block_expert, h,
+    gate_up[grid_i](x, weights.w_gate_up, ws_gu, sorted_pair, block_expert, h,
                      p, nb, weights.n_routed, weights.n_experts, x.stride(0), weights.w_gate_up.stride(0),
                      PAIRS_PER_TOKEN=p // x.shape[0], K=weights.hidden, INTER=i, SHARED_INTER=weights.shared_inter,
-                     BLOCK_M=BLOCK_M)
+                     BLOCK_M=block_m)
     y = torch.empty(p, weights.hidden, dtype=torch.float32, device=x.device)
 
     def grid_h(meta):
         return (nb, triton.cdiv(weights.hidden, meta["BLOCK_N"]))
 
-    _down[grid_h](h, weights.w_down, ws_d, sorted_pair, block_expert, pair_weight, y,
+    down[grid_h](h, weights.w_down, ws_d, sorted_pair, block_expert, pair_weight, y,
                   p, nb, weights.n_routed, weights.n_experts, weights.w_down.stride(0),
-                  N=weights.hidden, INTER=i, SHARED_INTER=weights.shared_inter, BLOCK_M=BLOCK_M)
+                  N=weights.hidden, INTER=i, SHARED_INTER=weights.shared_inter, BLOCK_M=block_m)
     return y

@@ -78,6 +78,9 @@ class MLAAttention(nn.Module):
         self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
         # decode: norm, ropes and the cache write in one kernel (fused_mla.py), else the PyTorch kernels
         self.prologue_kernel = fused_mla.available(self.w_in.device) and a.qk_rope_head_dim % 2 == 0
+        # decode rows: scores, softmax and P . latent in one pass over the cache (fused_mla.latent_attention)
+        self.attn_kernel = fused_mla.latent_attention_available(self.w_in.device, a.num_heads, a.kv_lora_rank,
+                                                                a.qk_rope_head_dim)
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
@@ -171,13 +174,16 @@ class MLAAttention(nn.Module):
         a = self.args
         n, (g, s) = q_nope.shape[0], kv.shape[:2]
         q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [N, heads, r]
-        q = torch.cat([q_lat, q_rope], dim=-1).reshape(g, -1, a.latent_dim)  # [G, N/G * heads, r + dr]
-        scores = torch.bmm(q, kv.transpose(1, 2)).view(n, a.num_heads, s)
-        # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
-        # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
-        softmax = kk.masked_softmax_upto if s <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
-        probs = softmax(scores, self.scale, pos)
-        o_lat = _weighted_latent(probs.view(g, -1, s), kv[..., : a.kv_lora_rank]).view(n, a.num_heads, -1)
+        if g == n and self.attn_kernel:  # one query row per slot: the fused pass over the cache
+            o_lat = fused_mla.latent_attention(q_lat, q_rope, kv, pos, self.scale)
+        else:
+            q = torch.cat([q_lat, q_rope], dim=-1).reshape(g, -1, a.latent_dim)  # [G, N/G * heads, r + dr]
+            scores = torch.bmm(q, kv.transpose(1, 2)).view(n, a.num_heads, s)
+            # The compiled softmax picks its reduction layout from the first lengths it sees (short ones),
+            # which left a 128K-key row to one CTA per head (37 ms/step); long contexts run it eagerly.
+            softmax = kk.masked_softmax_upto if s <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
+            probs = softmax(scores, self.scale, pos)
+            o_lat = _weighted_latent(probs.view(g, -1, s), kv[..., : a.kv_lora_rank]).view(n, a.num_heads, -1)
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [N, heads, dv]
         return o.reshape(n, a.num_heads * a.v_head_dim)
 
@@ -280,9 +286,12 @@ class GroupedExperts(nn.Module):
 class MoE(nn.Module):
     """Router, routed experts and shared experts. With `fused` on and at most FUSED_MAX_TOKENS tokens (decode
     steps, short pieces): the fused router kernel, then routed and shared experts through the two
-    `fused_moe` kernels, the residual added in the combine (on CPU: the same steps in PyTorch)."""
+    `fused_moe` kernels, the residual added in the combine (on CPU: the same steps in PyTorch). A packed
+    mixed step (`packed=True`, hundreds of tokens in a CUDA graph) takes the same path up to
+    PACKED_FUSED_MAX_TOKENS while `packed_fused` is on, in GEMM-sized blocks (fused_moe.block_m_for)."""
 
     FUSED_MAX_TOKENS = 64
+    PACKED_FUSED_MAX_TOKENS = 4096
 
     def __init__(self, args: EngineArgs, hf_moe: nn.Module, use_grouped_mm: bool):
         super().__init__()
@@ -294,6 +303,7 @@ class MoE(nn.Module):
         self.weights = fused_moe.ExpertWeights(self.experts.w_gate_up, self.experts.w_down,
                                                *((self.shared.w_gate_up, self.shared.w_down) if self.shared else ()))
         self.fused = False
+        self.packed_fused = False
         self.kernels = fused_moe.available(self.gate_weight.device)  # else the PyTorch reference of the kernels
         self.align_kernel = self.kernels  # the alignment in one Triton program, else compiled PyTorch
         self.router_block_h: int | None = None  # the router kernel's block width (None: autotuned)
@@ -308,37 +318,47 @@ class MoE(nn.Module):
         return fused_router.route_pairs_reference(flat, self.router.weight, self.router.bias, a.top_k, a.n_group,
                                                   a.topk_group, a.norm_topk_prob, a.routed_scaling_factor, n_shared, kk)
 
-    def forward(self, x: torch.Tensor, kk=K.eager, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def uses_fused(self, n_tokens: int, packed: bool = False) -> bool:
+        limit = self.PACKED_FUSED_MAX_TOKENS if packed and self.packed_fused else self.FUSED_MAX_TOKENS
+        return self.fused and n_tokens <= limit
+
+    def forward(self, x: torch.Tensor, kk=K.eager, residual: torch.Tensor | None = None, packed: bool = False) -> torch.Tensor:
         """The MoE output for x [..., H]; with `residual`, residual + the output (fused in one kernel)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if self.fused and flat.shape[0] <= self.FUSED_MAX_TOKENS:
-            res = residual.reshape(flat.shape) if residual is not None else torch.zeros_like(flat)
-            if self.shared is not None and not self.weights.n_shared:  # shared width not in expert slices
-                res = res + self.shared(flat, kk)
-            if (self.route_align and self.router_kernel and self.align_kernel and self.kernels
-                    and flat.shape[0] <= fused_router.ROUTE_ALIGN_MAX_TOKENS):
-                a = self.args
-                pair_expert, pair_weight, sorted_pair, block_expert = fused_router.route_and_align(
-                    flat.contiguous(), self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
-                    a.routed_scaling_factor, self.weights.n_shared)
-                y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
-                return kk.moe_combine(y, res, flat.shape[0]).view(shape)
-            pair_expert, pair_weight = self.route_pairs(flat, kk)
-            if self.kernels:
-                if self.align_kernel and pair_expert.numel() <= fused_moe.ALIGN_MAX_PAIRS:
-                    sorted_pair, block_expert = fused_moe.moe_align_triton(pair_expert, self.weights.n_experts)
-                else:
-                    sorted_pair, block_expert = kk.moe_align(pair_expert, self.weights.n_experts)
-                y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
-                return kk.moe_combine(y, res, flat.shape[0]).view(shape)
-            return fused_moe.fused_moe_reference(flat, pair_expert, pair_weight, self.weights, res).view(shape)
+        if self.uses_fused(flat.shape[0], packed):
+            return self._fused(flat, kk, residual).view(shape)
         weights, idx = self.router(flat, kk)
         out = self.experts(flat, weights, idx, kk)
         if self.shared is not None:
             out = out + self.shared(flat, kk)
         out = out.view(shape)
         return out if residual is None else residual + out
+
+    def _fused(self, flat: torch.Tensor, kk, residual: torch.Tensor | None) -> torch.Tensor:
+        t = flat.shape[0]
+        res = residual.reshape(flat.shape) if residual is not None else torch.zeros_like(flat)
+        if self.shared is not None and not self.weights.n_shared:  # shared width not in expert slices
+            res = res + self.shared(flat, kk)
+        n_experts = self.weights.n_experts
+        block_m = fused_moe.block_m_for(t * (self.args.top_k + self.weights.n_shared), n_experts)
+        if (self.route_align and self.router_kernel and self.align_kernel and self.kernels
+                and t <= fused_router.ROUTE_ALIGN_MAX_TOKENS and block_m == fused_moe.BLOCK_M):
+            a = self.args
+            pair_expert, pair_weight, sorted_pair, block_expert = fused_router.route_and_align(
+                flat.contiguous(), self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
+                a.routed_scaling_factor, self.weights.n_shared)
+            y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
+            return kk.moe_combine(y, res, t)
+        pair_expert, pair_weight = self.route_pairs(flat, kk)
+        if not self.kernels:
+            return fused_moe.fused_moe_reference(flat, pair_expert, pair_weight, self.weights, res, block_m)
+        if self.align_kernel and pair_expert.numel() <= fused_moe.ALIGN_MAX_PAIRS:
+            sorted_pair, block_expert = fused_moe.moe_align_triton(pair_expert, n_experts, block_m)
+        else:
+            sorted_pair, block_expert = kk.moe_align(pair_expert, n_experts, block_m)
+        y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert, block_m)
+        return kk.moe_combine(y, res, t)
 
 
 class Block(nn.Module):
@@ -358,10 +378,10 @@ class Block(nn.Module):
         h, normed = K.prefill.add_rms_norm(h, x, self.mlp_norm, self.eps)
         return self._mlp(normed, h, K.prefill)
 
-    def _mlp(self, normed, h, kk):
+    def _mlp(self, normed, h, kk, packed: bool = False):
         """h + mlp(normed); the MoE adds the residual in its own combine."""
         if isinstance(self.mlp, MoE):
-            return self.mlp(normed, kk, residual=h)
+            return self.mlp(normed, kk, residual=h, packed=packed)
         return h + self.mlp(normed, kk)
 
     def mixed(self, x, cos, sin, cache, batch):
@@ -374,7 +394,7 @@ class Block(nn.Module):
         """Decode rows and one prefill piece packed in one [T, H] (mixed_batch.PackedStep): one expert pass."""
         h = self.attn.packed(kk.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, step, kk)
         h, normed = kk.add_rms_norm(h, x, self.mlp_norm, self.eps)
-        return self._mlp(normed, h, kk)
+        return self._mlp(normed, h, kk, packed=True)
 
     def decode(self, x, cos, sin, cache, pos, seq_bucket):
         h = self.attn.decode(K.decode.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, pos, seq_bucket)

@@ -43,11 +43,13 @@ class EngineModel(nn.Module):
         self.rope = RopeTables(base.rotary_emb, max_seq_len, self.dtype, self.device)
         self.max_seq_len = max_seq_len
 
-    def set_fused_moe(self, on: bool) -> None:
-        """Fused router + MoE kernels for steps of at most MoE.FUSED_MAX_TOKENS tokens (before any graph capture)."""
+    def set_fused_moe(self, on: bool, packed: bool = False) -> None:
+        """Fused router + MoE kernels for steps of at most MoE.FUSED_MAX_TOKENS tokens, and with `packed` for
+        packed mixed steps too (up to MoE.PACKED_FUSED_MAX_TOKENS); before any graph capture."""
         for block in self.blocks:
             if hasattr(block.mlp, "fused"):
                 block.mlp.fused = bool(on)
+                block.mlp.packed_fused = bool(on and packed)
 
     def new_cache(self, max_batch: int) -> torch.Tensor:
         """The static latent cache: [layers, slots, max_seq_len, kv_lora_rank + rope_dim]."""

@@ -72,16 +72,10 @@ def run_phase(phase, fn, args):
 
 
 def graph_ms(fn, iters=50, reps=5):
-    """Median ms of fn() replayed from a CUDA graph (fn run 3 times first on a side stream)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    """Median ms of fn() replayed from a CUDA graph (captured as the engine captures its steps)."""
+    from models.engine.cuda_graphs import capture_graph
+
+    (g, _), _ = capture_graph(fn, None)
     for _ in range(3):
         g.replay()
     times = []

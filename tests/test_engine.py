@@ -376,6 +376,30 @@ def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, packed
     assert weights.view(tokens, per_tok)[:, -1].eq(1.0).all()
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 5), keys=st.integers(1, 40), seed=st.integers(0, 99))
+def test_latent_attention_path_equals_the_decode_ops(hf_model, rows, keys, seed, monkeypatch):
+    # The decode attention through fused_mla.latent_attention (here its PyTorch reference, as the kernel is
+    # checked against it in the interpreter and on the GPU) gives the ops path's output: same cache view,
+    # positions (a padding row past the bucket attends to every key) and strided query layout.
+    from models.engine import fused_mla
+
+    engine = load_engine(hf_model, max_batch=6, max_seq_len=64)
+    attn, a = engine.model.blocks[0].attn, engine.model.args
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(6, 64, a.latent_dim, generator=g)
+    q_nope = torch.randn(rows, a.num_heads, a.qk_nope_head_dim, generator=g)
+    q_rope = torch.randn(rows, a.num_heads, a.qk_rope_head_dim, generator=g)
+    pos = torch.randint(0, keys, (rows,), generator=g)
+    pos[-1] = 63 if rows > 1 else pos[-1]
+    kv = cache[:rows, :keys]
+    attn.attn_kernel = False
+    expected = attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager)
+    monkeypatch.setattr(fused_mla, "latent_attention", fused_mla.latent_attention_reference)
+    attn.attn_kernel = True
+    torch.testing.assert_close(attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_moe_engine_gives_transformers_tokens(hf_model):
     engine = load_engine(hf_model, max_batch=2, max_seq_len=64, fused_moe=True)
     assert all(b.mlp.fused for b in engine.model.blocks if hasattr(b.mlp, "experts"))
@@ -465,7 +489,7 @@ from transformers import DeepseekV3ForCausalLM
 from models.engine import load_engine
 from models.presets import preset_config
 hf = DeepseekV3ForCausalLM(preset_config("tiny")).eval()
-engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True)
+engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True, attention_kernel=True)
 assert engine.model.blocks[0].attn.prologue_kernel and engine.model.blocks[0].mlp.route_align
 assert engine.model.blocks[0].attn.attn_kernel
 prompts = [[5, 6, 7, 8, 9], [1, 2, 3], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]]

@@ -24,7 +24,7 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None, packed_backlog=None,
-packed_fused_moe=None)`
+packed_fused_moe=None, attention_kernel=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
 `mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries at most one prompt
@@ -37,7 +37,8 @@ prefilled behind the decode graph instead (batched: throughput at saturation).
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
 PyTorch reference), and with `packed_fused_moe` (default `PACKED_FUSED_MOE_DEFAULT`) the packed mixed steps
 too, in 64-row blocks; on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
-Triton kernel too. `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
+Triton kernel too, and with `attention_kernel` (default `ATTENTION_KERNEL_DEFAULT` on CUDA) the decode rows'
+attention is one flash-decoding pass over the latent cache (`fused_mla.latent_attention`). `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
 
 Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA attention, router,
@@ -67,6 +68,8 @@ __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "Unsupported
 FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmarks/ENGINE_NOTES.md)
 # Packed mixed steps (hundreds of tokens) through the same kernels in 64-row blocks instead of the grouped GEMM.
 PACKED_FUSED_MOE_DEFAULT = True
+# Decode attention in one flash-decoding pass over the latent cache (fused_mla.latent_attention), on CUDA.
+ATTENTION_KERNEL_DEFAULT = True
 
 
 def load_engine(
@@ -84,6 +87,7 @@ def load_engine(
     fused_moe: bool | None = None,
     packed_backlog: int | None = None,
     packed_fused_moe: bool | None = None,
+    attention_kernel: bool | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -101,6 +105,7 @@ def load_engine(
     on_gpu = dev.type == "cuda"
     model.set_fused_moe((FUSED_MOE_DEFAULT and on_gpu) if fused_moe is None else fused_moe,
                         PACKED_FUSED_MOE_DEFAULT if packed_fused_moe is None else packed_fused_moe)
+    model.set_attention_kernel((ATTENTION_KERNEL_DEFAULT and on_gpu) if attention_kernel is None else attention_kernel)
     if compile if compile is not None else on_gpu:
         from . import kernels
 

@@ -78,9 +78,9 @@ class MLAAttention(nn.Module):
         self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
         # decode: norm, ropes and the cache write in one kernel (fused_mla.py), else the PyTorch kernels
         self.prologue_kernel = fused_mla.available(self.w_in.device) and a.qk_rope_head_dim % 2 == 0
-        # decode rows: scores, softmax and P . latent in one pass over the cache (fused_mla.latent_attention)
-        self.attn_kernel = fused_mla.latent_attention_available(self.w_in.device, a.num_heads, a.kv_lora_rank,
-                                                                a.qk_rope_head_dim)
+        # decode rows: scores, softmax and P . latent in one pass over the cache (fused_mla.latent_attention);
+        # EngineModel.set_attention_kernel turns it on where it can run
+        self.attn_kernel = False
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_mla
 from . import kernels as K
 from .config import EngineArgs
 from .layers import Block
@@ -50,6 +51,13 @@ class EngineModel(nn.Module):
             if hasattr(block.mlp, "fused"):
                 block.mlp.fused = bool(on)
                 block.mlp.packed_fused = bool(on and packed)
+
+    def set_attention_kernel(self, on: bool) -> None:
+        """Decode rows' attention through fused_mla.latent_attention where it can run (before any graph capture)."""
+        a = self.args
+        usable = fused_mla.latent_attention_available(self.device, a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim)
+        for block in self.blocks:
+            block.attn.attn_kernel = bool(on and usable)
 
     def new_cache(self, max_batch: int) -> torch.Tensor:
         """The static latent cache: [layers, slots, max_seq_len, kv_lora_rank + rope_dim]."""

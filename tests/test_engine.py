@@ -395,9 +395,12 @@ def test_latent_attention_path_equals_the_decode_ops(hf_model, rows, keys, seed,
     kv = cache[:rows, :keys]
     attn.attn_kernel = False
     expected = attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager)
-    monkeypatch.setattr(fused_mla, "latent_attention", fused_mla.latent_attention_reference)
+    calls = []
+    monkeypatch.setattr(fused_mla, "latent_attention", lambda *args: calls.append(1) or fused_mla.latent_attention_reference(*args))
+    monkeypatch.setattr(fused_mla, "LATENT_MIN_ROWS", 1)
     attn.attn_kernel = True
     torch.testing.assert_close(attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager), expected, rtol=1e-4, atol=1e-5)
+    assert calls
 
 
 def test_fused_moe_engine_gives_transformers_tokens(hf_model):
@@ -489,6 +492,7 @@ from transformers import DeepseekV3ForCausalLM
 from models.engine import load_engine
 from models.presets import preset_config
 hf = DeepseekV3ForCausalLM(preset_config("tiny")).eval()
+ML.LATENT_MIN_ROWS = 1  # the decode attention kernel at every batch size here
 engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True, attention_kernel=True)
 assert engine.model.blocks[0].attn.prologue_kernel and engine.model.blocks[0].mlp.route_align
 assert engine.model.blocks[0].attn.attn_kernel

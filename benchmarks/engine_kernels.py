@@ -565,7 +565,7 @@ def latent_attention_bench(hf, args, dev):
         for block in model.blocks:
             block.attn.attn_kernel = on
         runner = DecodeRunner(model, cache, 64, use_graphs=True)
-        for b in (1, 16, 64):
+        for b in (1, 8, 16, 32, 64):
             for keys in (512, 2048):
                 tok = torch.randint(2, a.vocab_size, (b,), device=dev, generator=g)
                 runner.step(tok, torch.full((b,), keys - 1, device=dev), keys)

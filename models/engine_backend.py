@@ -57,10 +57,21 @@ def select_backend(requested: str | None, device: torch.device | str, model: Any
 class SummariserEngine:
     """The summariser's causal LM inside a `models.engine.Engine` (weights shared, not copied)."""
 
-    def __init__(self, lm, max_seq_len: int, max_batch: int = 16):
+    def __init__(self, lm, max_seq_len: int, max_batch: int = 16, mixed_step: str | None = None,
+                 prefill_budget: int | None = None):
+        """mixed_step "off" | "graph" and its prefill_budget; None: settings model.engine_mixed_step /
+        model.engine_prefill_budget."""
         from models.engine import load_engine
 
-        self.engine = load_engine(lm, max_batch=max_batch, max_seq_len=max_seq_len)
+        if mixed_step is None or prefill_budget is None:
+            from pipelines.settings import get_settings
+
+            model_settings = get_settings().model
+            mixed_step = model_settings.engine_mixed_step if mixed_step is None else mixed_step
+            prefill_budget = model_settings.engine_prefill_budget if prefill_budget is None else prefill_budget
+        graph = mixed_step == "graph"
+        self.engine = load_engine(lm, max_batch=max_batch, max_seq_len=max_seq_len,
+                                  prefill_budget=prefill_budget if graph else None, mixed_step="graph" if graph else False)
         self.max_seq_len = max_seq_len
 
     def fits(self, prompt: Sequence[int], max_new_tokens: int) -> bool:

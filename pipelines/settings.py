@@ -86,6 +86,10 @@ class ModelSettings(BaseModel):
     summariser_checkpoint: Path | None = None
     device: str = "auto"  # auto | cpu | cuda
     engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
+    # the summariser engine's mixed step: "graph" prefills prompt pieces of at most engine_prefill_budget
+    # tokens beside the decode rows in one CUDA-graph step (steady request streams; models/engine)
+    engine_mixed_step: Literal["off", "graph"] = "off"
+    engine_prefill_budget: int = Field(512, ge=16)
     # the fraud stream and the REST deployment, unless given a checkpoint, serve the registry's
     # champion and look for a new one every this many seconds (0: never; pipelines/model_holder.py)
     registry_poll_s: float = Field(10.0, ge=0.0)

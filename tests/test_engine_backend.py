@@ -98,6 +98,32 @@ def _fraud_batch(model: FraudModel, n: int, seed: int = 0) -> dict[str, torch.Te
     }
 
 
+def test_summariser_engine_takes_its_mixed_step_from_settings(summarizers, monkeypatch):
+    # model.engine_mixed_step=graph gives the summariser's engine the packed (CUDA-graph) mixed step with
+    # model.engine_prefill_budget; "off" (the default) keeps whole prompts; explicit arguments win
+    from models.engine_backend import SummariserEngine
+    from pipelines.settings import get_settings
+
+    _, engine = summarizers
+    lm = engine.lm
+    assert engine.engine.engine.mixed_step is False and engine.engine.engine.packed_runner is None
+    monkeypatch.setenv("ARGUS_MODEL__ENGINE_MIXED_STEP", "graph")
+    monkeypatch.setenv("ARGUS_MODEL__ENGINE_PREFILL_BUDGET", "64")
+    get_settings.cache_clear()
+    try:
+        graph = SummariserEngine(lm, 128).engine
+        assert graph.mixed_step == "graph" and graph.prefill_budget == 64 and graph.packed_runner.chunk == 64
+        assert SummariserEngine(lm, 128, mixed_step="off").engine.packed_runner is None
+        monkeypatch.setenv("ARGUS_MODEL__ENGINE_MIXED_STEP", "always")
+        get_settings.cache_clear()
+        with pytest.raises(ValueError):  # pydantic's error names the setting
+            get_settings()
+    finally:
+        monkeypatch.delenv("ARGUS_MODEL__ENGINE_MIXED_STEP")
+        monkeypatch.delenv("ARGUS_MODEL__ENGINE_PREFILL_BUDGET")
+        get_settings.cache_clear()
+
+
 def test_fraud_engine_backend_gives_the_plain_scores():
     torch.manual_seed(0)
     model = FraudModel(FraudModelConfig.from_preset("tiny"))

@@ -273,8 +273,9 @@ def fit_model(ctx: FraudContext, y: np.ndarray, train: np.ndarray, cfg: TrainCon
                                         **({"reviews": cfg.review_per_day > 0} | cfg.overrides))
     model = FraudModel(mcfg).to(device)
     use_ckpt = cfg.grad_checkpointing if cfg.grad_checkpointing is not None else device.startswith("cuda")
-    if use_ckpt:
-        model.backbone.gradient_checkpointing_enable()
+    if use_ckpt:  # transformers >= 5.2x names it activation checkpointing; the old name warns (FutureWarning)
+        enable = getattr(model.backbone, "activation_checkpointing_enable", None) or model.backbone.gradient_checkpointing_enable
+        enable()
     model.train()
     from models.router_balance import RouterBiasBalancer
 

@@ -182,16 +182,10 @@ class FraudGraphs:
 
     def _capture(self, bucket: int, example: dict[str, torch.Tensor]):
         static_in = {k: torch.zeros((bucket, *v.shape[1:]), dtype=v.dtype, device=self.device) for k, v in example.items()}
-        with dense_experts(self.model):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the capture stream (lazy inits, cuBLAS handles)
-                for _ in range(2):
-                    self.model.fast_logits(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                static_out = self.model.fast_logits(static_in)
+        from models.engine.cuda_graphs import capture_graph
+
+        with dense_experts(self.model):  # warm-up runs off the capture stream, as the engine's steps
+            (graph, static_out), _ = capture_graph(lambda: self.model.fast_logits(static_in), self._pool)
         self._pool = graph.pool()
         self._graphs[bucket] = (graph, static_in, static_out)
         log.info("fraud forward captured for batch bucket %d", bucket)

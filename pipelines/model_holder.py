@@ -45,10 +45,9 @@ class ModelHolder:
 
     def current(self) -> Any:
         """The scorer for the next batch (call it between batches, never during one)."""
-        now = self._clock()
-        if self._checked is not None and now - self._checked < self.poll_s:
+        if not self.due():
             return self.scorer
-        self._checked = now
+        self._checked = self._clock()
         try:
             champion = self.registry.champion()
         except Exception as exc:  # noqa: BLE001 - the store is down: serve what we have

@@ -199,13 +199,14 @@ class FraudScoring:
 
     # -- the state hook ---------------------------------------------------------------------------
 
+    def _state_due(self) -> bool:
+        """Whether the state snapshot is due to be looked at again (every state_refresh_s)."""
+        return self.state_snapshot is not None and time.monotonic() - self._state_checked >= self.state_refresh_s
+
     def _refresh_state(self, force: bool = False) -> None:
-        if self.state_snapshot is None:
+        if self.state_snapshot is None or not (force or self._state_due()):
             return
-        now = time.monotonic()
-        if not force and now - self._state_checked < self.state_refresh_s:
-            return
-        self._state_checked = now
+        self._state_checked = time.monotonic()
         try:
             token, read = stream_state_source(self.state_snapshot, self.store_url)
             if token is None:
@@ -287,9 +288,7 @@ class FraudScoring:
 
     def _maintenance_due(self) -> bool:
         """Whether the next batch must first look for a new state snapshot or champion."""
-        if self.state_snapshot is not None and time.monotonic() - self._state_checked >= self.state_refresh_s:
-            return True
-        return self._models is not None and self._models.due()
+        return self._state_due() or (self._models is not None and self._models.due())
 
     def _maintain(self) -> None:
         """Between batches, on the scoring thread: the state snapshot re-read when it changed, the

@@ -560,7 +560,6 @@ def latent_attention_bench(hf, args, dev):
                "ops_us": graph_ms(ops) * 1e3, "splits": ML.latent_splits(b, s)}
         out["kernel"][f"b{b}_s{s}"] = row
         print(f"latent attention b{b} S{s}: {row}", flush=True)
-    min_rows, ML.LATENT_MIN_ROWS = ML.LATENT_MIN_ROWS, 1  # the kernel at every batch size, for the A/B
     for on in (False, True):
         for block in model.blocks:
             block.attn.attn_kernel = on
@@ -574,7 +573,6 @@ def latent_attention_bench(hf, args, dev):
                 out["decode"][f"{'kernel' if on else 'ops'}_b{b}_s{keys}"] = ms
                 print(f"decode graph replay attn {'kernel' if on else 'ops'} b{b} keys {keys}: {ms:.3f} ms", flush=True)
         del runner
-    ML.LATENT_MIN_ROWS = min_rows
     del engine
     gc.collect()
     torch.cuda.empty_cache()

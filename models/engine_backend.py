@@ -59,9 +59,9 @@ class SummariserEngine:
 
     def __init__(self, lm, max_seq_len: int, max_batch: int = 16, mixed_step: str | None = None,
                  prefill_budget: int | None = None):
-        """mixed_step "off" | "graph" and its prefill_budget; None: settings model.engine_mixed_step /
-        model.engine_prefill_budget."""
-        from models.engine import load_engine
+        """mixed_step "auto" | "off" | "graph" and its prefill_budget; None: settings model.engine_mixed_step /
+        model.engine_prefill_budget. "auto": graph where the engine runs CUDA graphs (`default_mixed_step`)."""
+        from models.engine import default_mixed_step, load_engine
 
         if mixed_step is None or prefill_budget is None:
             from pipelines.settings import get_settings
@@ -69,6 +69,8 @@ class SummariserEngine:
             model_settings = get_settings().model
             mixed_step = model_settings.engine_mixed_step if mixed_step is None else mixed_step
             prefill_budget = model_settings.engine_prefill_budget if prefill_budget is None else prefill_budget
+        if mixed_step == "auto":
+            mixed_step = default_mixed_step(next(lm.parameters()).device.type == "cuda")
         graph = mixed_step == "graph"
         self.engine = load_engine(lm, max_batch=max_batch, max_seq_len=max_seq_len,
                                   prefill_budget=prefill_budget if graph else None, mixed_step="graph" if graph else False)

@@ -87,8 +87,9 @@ class ModelSettings(BaseModel):
     device: str = "auto"  # auto | cpu | cuda
     engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
     # the summariser engine's mixed step: "graph" prefills prompt pieces of at most engine_prefill_budget
-    # tokens beside the decode rows in one CUDA-graph step (steady request streams; models/engine)
-    engine_mixed_step: Literal["off", "graph"] = "off"
+    # tokens beside the decode rows in one CUDA-graph step (steady request streams; models/engine);
+    # "auto": graph where the engine runs CUDA graphs (a GPU), whole prompts on CPU
+    engine_mixed_step: Literal["auto", "off", "graph"] = "auto"
     engine_prefill_budget: int = Field(512, ge=16)
     # the fraud stream and the REST deployment, unless given a checkpoint, serve the registry's
     # champion and look for a new one every this many seconds (0: never; pipelines/model_holder.py)

@@ -397,7 +397,6 @@ def test_latent_attention_path_equals_the_decode_ops(hf_model, rows, keys, seed,
     expected = attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager)
     calls = []
     monkeypatch.setattr(fused_mla, "latent_attention", lambda *args: calls.append(1) or fused_mla.latent_attention_reference(*args))
-    monkeypatch.setattr(fused_mla, "LATENT_MIN_ROWS", 1)
     attn.attn_kernel = True
     torch.testing.assert_close(attn._latent_attention(q_nope, q_rope, kv, pos, kernels.eager), expected, rtol=1e-4, atol=1e-5)
     assert calls
@@ -492,7 +491,6 @@ from transformers import DeepseekV3ForCausalLM
 from models.engine import load_engine
 from models.presets import preset_config
 hf = DeepseekV3ForCausalLM(preset_config("tiny")).eval()
-ML.LATENT_MIN_ROWS = 1  # the decode attention kernel at every batch size here
 engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True, attention_kernel=True)
 assert engine.model.blocks[0].attn.prologue_kernel and engine.model.blocks[0].mlp.route_align
 assert engine.model.blocks[0].attn.attn_kernel
@@ -556,6 +554,21 @@ def test_packed_mixed_steps_give_transformers_tokens(hf_model, budget):
     assert engine.stats["mixed_forwards"] == len(packed)
     with pytest.raises(ValueError):
         load_engine(hf_model, max_batch=3, max_seq_len=64, mixed_step="graph")
+
+
+def test_default_mixed_step_is_the_packed_graph_step_where_decode_is_graphed(hf_model, monkeypatch):
+    """mixed_step=None: "graph" with pieces of PACKED_CHUNK_DEFAULT tokens where decode runs in CUDA graphs
+    (a GPU), whole prompts where it does not (CPU); an explicit budget or mode wins."""
+    import models.engine as E
+
+    assert E.default_mixed_step(True) == "graph" and E.default_mixed_step(False) is False
+    cpu = load_engine(hf_model, max_batch=2, max_seq_len=64)
+    assert cpu.mixed_step is False and cpu.packed_runner is None and cpu.prefill_budget is None
+    monkeypatch.setattr(E, "default_mixed_step", lambda graphs: "graph")  # as on a GPU, the step run eagerly
+    graphed = load_engine(hf_model, max_batch=2, max_seq_len=64)
+    assert graphed.mixed_step == "graph" and graphed.packed_runner.chunk == E.PACKED_CHUNK_DEFAULT
+    assert load_engine(hf_model, max_batch=2, max_seq_len=64, prefill_budget=8).packed_runner.chunk == 8
+    assert load_engine(hf_model, max_batch=2, max_seq_len=64, mixed_step=False).packed_runner is None
 
 
 def test_packed_backlog_switches_to_whole_prompts(hf_model):

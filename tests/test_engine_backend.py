@@ -100,7 +100,7 @@ def _fraud_batch(model: FraudModel, n: int, seed: int = 0) -> dict[str, torch.Te
 
 def test_summariser_engine_takes_its_mixed_step_from_settings(summarizers, monkeypatch):
     # model.engine_mixed_step=graph gives the summariser's engine the packed (CUDA-graph) mixed step with
-    # model.engine_prefill_budget; "off" (the default) keeps whole prompts; explicit arguments win
+    # model.engine_prefill_budget; "auto" (the default) keeps whole prompts on CPU; explicit arguments win
     from models.engine_backend import SummariserEngine
     from pipelines.settings import get_settings
 

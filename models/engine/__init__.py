@@ -23,7 +23,7 @@ API
     logits = engine.prefill_logits(token_ids, lengths, last_only=True)   # [B, vocab]
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
-prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=False, fused_moe=None, packed_backlog=None,
+prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=None, fused_moe=None, packed_backlog=None,
 packed_fused_moe=None, attention_kernel=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
@@ -31,7 +31,9 @@ family it returns a `TransformersEngine` with the same methods over transformers
 piece of at most C tokens, run with the decode rows as one packed forward in fixed shapes (decode rows
 padded to a batch bucket, the piece to C/4, C/2 or C tokens, absorbed attention for both), a CUDA graph per
 bucket; while more than `packed_backlog` (default 4 C) prompt tokens wait for a free slot, whole prompts are
-prefilled behind the decode graph instead (batched: throughput at saturation).
+prefilled behind the decode graph instead (batched: throughput at saturation). `mixed_step=None` (the default,
+`default_mixed_step`) is "graph" with C = `PACKED_CHUNK_DEFAULT` (512) wherever decode runs in CUDA graphs, else
+False (whole prompts behind each decode step; CPU).
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
@@ -61,7 +63,8 @@ import torch
 from .config import EngineArgs, UnsupportedModelError
 from .scheduler import Engine, RequestError, RequestHandle
 
-__all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "load_engine"]
+__all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "default_mixed_step",
+           "load_engine"]
 
 # The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py), on CUDA;
 # on CPU the old path stays the default (the kernels' PyTorch reference is for tests).
@@ -70,6 +73,16 @@ FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmar
 PACKED_FUSED_MOE_DEFAULT = True
 # Decode attention in one flash-decoding pass over the latent cache (fused_mla.latent_attention), on CUDA.
 ATTENTION_KERNEL_DEFAULT = True
+# The packed mixed step in CUDA graphs with pieces of at most 512 prompt tokens, wherever decode is graphed:
+# measured on an H100 at 8 req/s TPOT p99 17-18 ms against 44 ms for whole prompts, equal at 48 req/s
+# (benchmarks/ENGINE_NOTES.md, "same call").
+PACKED_CHUNK_DEFAULT = 512
+
+
+def default_mixed_step(cuda_graphs: bool) -> str | bool:
+    """The mixed step `load_engine(mixed_step=None)` takes: "graph" where decode runs in CUDA graphs, else False
+    (on CPU the packed step runs eagerly and its padding costs more than the prefill it interleaves)."""
+    return "graph" if cuda_graphs else False
 
 
 def load_engine(
@@ -83,7 +96,7 @@ def load_engine(
     max_prefill_tokens: int = 32768,
     prefill_chunk_continued: int = 8192,
     prefill_budget: int | None = None,
-    mixed_step: bool | str = False,
+    mixed_step: bool | str | None = None,
     fused_moe: bool | None = None,
     packed_backlog: int | None = None,
     packed_fused_moe: bool | None = None,
@@ -110,10 +123,15 @@ def load_engine(
         from . import kernels
 
         kernels.enable_compile()
+    graphs = on_gpu if use_cuda_graphs is None else use_cuda_graphs
+    if mixed_step is None:
+        mixed_step = default_mixed_step(graphs)
+        if mixed_step == "graph" and prefill_budget is None:
+            prefill_budget = PACKED_CHUNK_DEFAULT
     return Engine(
         model,
         max_batch,
-        use_cuda_graphs=on_gpu if use_cuda_graphs is None else use_cuda_graphs,
+        use_cuda_graphs=graphs,
         prefill_chunk=prefill_chunk,
         max_prefill_tokens=max_prefill_tokens,
         prefill_chunk_continued=prefill_chunk_continued,

@@ -111,9 +111,6 @@ def latent_attention_reference(q_lat, q_rope, kv, pos, scale):
     return torch.bmm(probs, kv[..., :r].float()).to(q_lat.dtype)
 
 
-LATENT_MIN_ROWS = 64  # decode batches of fewer rows keep the PyTorch ops (they measured faster there, ENGINE_NOTES)
-
-
 def latent_attention_available(device: torch.device, heads: int, rank: int, rope: int) -> bool:
     return available(device) and heads <= 64 and rank <= 1024 and rope <= 128
 

@@ -174,7 +174,7 @@ class MLAAttention(nn.Module):
         a = self.args
         n, (g, s) = q_nope.shape[0], kv.shape[:2]
         q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [N, heads, r]
-        if g == n and self.attn_kernel and n >= fused_mla.LATENT_MIN_ROWS:  # a row per slot: one pass over the cache
+        if g == n and self.attn_kernel:  # a row per slot: one pass over the cache
             o_lat = fused_mla.latent_attention(q_lat, q_rope, kv, pos, self.scale)
         else:
             q = torch.cat([q_lat, q_rope], dim=-1).reshape(g, -1, a.latent_dim)  # [G, N/G * heads, r + dr]

@@ -560,6 +560,7 @@ def latent_attention_bench(hf, args, dev):
                "ops_us": graph_ms(ops) * 1e3, "splits": ML.latent_splits(b, s)}
         out["kernel"][f"b{b}_s{s}"] = row
         print(f"latent attention b{b} S{s}: {row}", flush=True)
+    out["piece"] = piece_attention_bench(attn, cache[0, 0], a, model.dtype, dev, g)
     for on in (False, True):
         for block in model.blocks:
             block.attn.attn_kernel = on
@@ -579,15 +580,49 @@ def latent_attention_bench(hf, args, dev):
     return out
 
 
-PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16")
+def piece_attention_bench(attn, kv_all, a, dtype, dev, g):
+    """A packed step's piece: fused_mla.piece_attention (one causal flash pass, padding rows skipped) against the
+    ops the packed step ran before (cat, [C*heads x S] scores bmm, compiled masked softmax, P . latent bmm, over the
+    whole sequence bucket), on one layer's slot of S = 2,048 keys: time (CUDA graph) and error against float32."""
+    res = {}
+    s = 2048
+    kv = kv_all[:s]
+    for c, start, valid in ((256, 0, 256), (512, 0, 300), (512, 1024, 512), (512, 1536, 512), (1024, 1024, 1024)):
+        q_lat = torch.randn(a.num_heads, c, a.kv_lora_rank, device=dev, dtype=dtype, generator=g).transpose(0, 1)
+        q_rope = torch.randn(c, a.num_heads, a.qk_rope_head_dim, device=dev, dtype=dtype, generator=g)
+        pos = torch.full((c,), s + 100, device=dev)  # padding rows: past the bucket
+        pos[:valid] = torch.arange(start, start + valid, device=dev)
+        last = torch.tensor([valid - 1], device=dev)
+        ref = ML.piece_attention_reference(q_lat.float(), q_rope.float(), kv.float(), pos, last, attn.scale, 1)
+
+        def ops():
+            q = torch.cat([q_lat, q_rope], dim=-1).reshape(1, -1, a.latent_dim)
+            scores = torch.bmm(q, kv[None].transpose(1, 2)).view(c, a.num_heads, s)
+            probs = K.mixed.masked_softmax_upto(scores, attn.scale, pos)
+            return torch.bmm(probs.view(1, -1, s), kv[None, :, : a.kv_lora_rank]).view(c, a.num_heads, -1)
+
+        def kernel():
+            return ML.piece_attention(q_lat, q_rope, kv, pos, last, attn.scale, valid_offset=1)
+
+        real = slice(0, valid)
+        row = {"kernel_rel_err": rel(kernel()[real], ref[real]), "ops_rel_err": rel(ops()[real], ref[real]),
+               "kernel_us": graph_ms(kernel) * 1e3, "ops_us": graph_ms(ops) * 1e3}
+        res[f"c{c}_start{start}_valid{valid}"] = row
+        print(f"piece attention C{c} start {start} real {valid} (keys {s}): {row}", flush=True)
+    return res
+
+
+PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16", "piece-ops")
 
 
 def set_packed_moe(model, variant):
-    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16-row blocks."""
+    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16-row blocks;
+    piece-ops: the fused kernels with the piece's attention as PyTorch ops instead of fused_mla.piece_attention."""
     assert variant in PACKED_MOE_VARIANTS, variant
     for block in model.blocks:
         if hasattr(block.mlp, "packed_fused"):
             block.mlp.packed_fused = variant != "grouped"
+        block.attn.piece_kernel = variant != "piece-ops" and block.attn.attn_kernel
     FM.BLOCK_M_LARGE = 16 if variant == "fused16" else 64
 
 

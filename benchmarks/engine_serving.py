@@ -166,6 +166,8 @@ KERNEL_VERSIONS = {
     "packed-grouped": {"mlp": {"packed_fused": False}},
     # decode attention as PyTorch ops (cat, bmm, compiled softmax, bmm) instead of fused_mla.latent_attention
     "attn-ops": {"attn": {"attn_kernel": False}},
+    # a packed step's piece attention as PyTorch ops instead of fused_mla.piece_attention
+    "piece-ops": {"attn": {"piece_kernel": False}},
     # the engine of commit f5518a8: both of the above
     "f5518a8": {"mlp": {"packed_fused": False}, "attn": {"attn_kernel": False}},
 }

@@ -476,6 +476,16 @@ for B, S, heads, rank, rope in ((1, 40, 4, 32, 8), (3, 200, 16, 64, 16), (2, 7, 
     pos[-1] = S + 8  # a padding row's position, past the bucket: it attends to all S keys
     got = ML.latent_attention(q_lat, q_rope, cache[:B, :S], pos, 0.3)
     torch.testing.assert_close(got, ML.latent_attention_reference(q_lat, q_rope, cache[:B, :S], pos, 0.3), rtol=1e-4, atol=1e-4)
+for C, S, heads, rank, rope, valid in ((5, 40, 4, 32, 8, 3), (12, 70, 16, 64, 16, 12), (7, 9, 3, 20, 6, 1), (4, 130, 2, 16, 4, 4)):
+    q_lat, q_rope = torch.randn(heads, C, rank).transpose(0, 1), torch.randn(C, heads, rope)  # q_lat strided
+    kv = torch.randn(S, 2 * (rank + rope))[:, : rank + rope]  # strided keys
+    start = int(torch.randint(0, S - valid + 1, ()))
+    pos = torch.cat([torch.arange(start, start + valid), torch.full((C - valid,), S + 30)])  # padding past the bucket
+    last = torch.tensor([2 + valid - 1])  # a packed step's index of the last real token, after 2 decode rows
+    got = ML.piece_attention(q_lat, q_rope, kv, pos, last, 0.3, valid_offset=-1)
+    torch.testing.assert_close(got, ML.piece_attention_reference(q_lat, q_rope, kv, pos, last, 0.3, valid_offset=-1),
+                               rtol=1e-4, atol=1e-4)
+    assert not got[valid:].any()
 for interleave in (True, False):
     B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10
     q, kv = torch.randn(B, heads * (nope + rope)), torch.randn(B, 2 * (rank + rope))[:, : rank + rope]
@@ -498,6 +508,14 @@ prompts = [[5, 6, 7, 8, 9], [1, 2, 3], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 
 with torch.no_grad():
     expected = [hf.generate(torch.tensor([p]), max_new_tokens=5, do_sample=False)[0, len(p):].tolist() for p in prompts]
 assert engine.generate(prompts, 5) == expected
+# and with the packed mixed step: the third prompt, arriving while the first decodes, prefilled in pieces of 4
+engine = load_engine(hf, max_batch=2, max_seq_len=64, fused_moe=True, attention_kernel=True, prefill_budget=4,
+                     mixed_step="graph")
+assert engine.model.blocks[0].attn.piece_kernel
+first = engine.submit(prompts[0], 5)
+engine.step()
+third = engine.submit(prompts[2], 5)
+assert [first.result(), third.result()] == [expected[0], expected[2]] and engine.stats["mixed_forwards"] == 3
 print("ok")
 """
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -509,11 +527,13 @@ print("ok")
 # ---- the packed (graphed) mixed step: decode rows + one padded piece in fixed shapes ---------------
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]), fused=st.booleans())
-def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk, fused):
+@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]), fused=st.booleans(), piece_kernel=st.booleans())
+def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk, fused, piece_kernel):
     """The packed step (decode rows padded to a bucket, one piece padded to the chunk, absorbed attention
     for both) gives the logits and cache rows of the decode step and the piece's prefill run apart;
-    padding writes only the cache's last position, which no request uses."""
+    padding writes only the cache's last position, which no request uses. With piece_kernel the piece's
+    attention takes fused_mla.piece_attention's path (its reference here: causal, padding rows zero)."""
+    from models.engine import fused_mla
     from models.engine.cuda_graphs import PackedRunner
 
     pos, pieces, seed = layout
@@ -535,8 +555,14 @@ def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk,
     ref_last = model.logits(model.prefill(piece[None], apart, torch.tensor([slot]), start)[0, -1:])
 
     packed = cache.clone()
+    calls = []
+    for block in model.blocks:
+        block.attn.piece_kernel = piece_kernel
     runner = PackedRunner(model, packed, 6, chunk, use_graphs=False)
-    dec, last = runner.step(dec_tokens.tolist(), pos, keys, slot, piece.tolist(), start)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused_mla, "piece_attention", lambda *a, **k: calls.append(1) or fused_mla.piece_attention_reference(*a, **k))
+        dec, last = runner.step(dec_tokens.tolist(), pos, keys, slot, piece.tolist(), start)
+    assert len(calls) == (model.args.num_layers if piece_kernel else 0)
     real = [i for i, p in enumerate(pos) if p != 63]
     torch.testing.assert_close(dec[real], ref_dec[real], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(last, ref_last, atol=1e-4, rtol=1e-4)

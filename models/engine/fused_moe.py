@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .triton_support import INTERPRET as _INTERPRET
-from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
+from .triton_support import autotune_bench, available, tl, triton  # noqa: F401  (available: the module's test)
 
 BLOCK_M = 16  # rows per block for decode-sized steps: a GEMV-like tile, experts see a few rows each
 BLOCK_M_LARGE = 64  # packed mixed steps (hundreds of tokens, tens of rows an expert): a GEMM tile
@@ -247,13 +247,10 @@ if triton is not None:
                 for bn, bk, w, stages in ((64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 4), (64, 128, 4, 3),
                                           (128, 32, 4, 5), (64, 32, 4, 5), (256, 64, 8, 2))]
 
-    def _bench(fn, quantiles=None):
-        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-    _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
-    _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
-    _gate_up_large = triton.autotune(_configs_large(), key=["n_blocks", "K", "INTER"], do_bench=_bench)(_gate_up_kernel)
-    _down_large = triton.autotune(_configs_large(), key=["n_blocks", "N", "INTER"], do_bench=_bench)(_down_kernel)
+    _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=autotune_bench)(_gate_up_kernel)
+    _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=autotune_bench)(_down_kernel)
+    _gate_up_large = triton.autotune(_configs_large(), key=["n_blocks", "K", "INTER"], do_bench=autotune_bench)(_gate_up_kernel)
+    _down_large = triton.autotune(_configs_large(), key=["n_blocks", "N", "INTER"], do_bench=autotune_bench)(_down_kernel)
 
 
 ALIGN_MAX_PAIRS = 1024

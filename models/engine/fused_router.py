@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .triton_support import INTERPRET as _INTERPRET
-from .triton_support import available, tl, triton  # noqa: F401  (available: the module's test)
+from .triton_support import autotune_bench, available, tl, triton  # noqa: F401  (available: the module's test)
 
 
 def append_shared(weights: torch.Tensor, idx: torch.Tensor, n_routed: int, n_shared: int):
@@ -149,10 +149,7 @@ if triton is not None:
         return [triton.Config({"BLOCK_H": bh}, num_warps=w) for bh in (128, 256, 512, 1024) for w in (4, 8, 16)
                 if bh * 64 // (32 * w) <= 512]
 
-    def _bench(fn, quantiles=None):
-        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-    _router_tuned = triton.autotune(_router_configs(), key=["H", "E"], do_bench=_bench)(_router_kernel)
+    _router_tuned = triton.autotune(_router_configs(), key=["H", "E"], do_bench=autotune_bench)(_router_kernel)
 
 
 def route_pairs(x: torch.Tensor, gate_weight: torch.Tensor, bias: torch.Tensor, top_k: int, norm_topk_prob: bool,

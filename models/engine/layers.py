@@ -79,8 +79,10 @@ class MLAAttention(nn.Module):
         # decode: norm, ropes and the cache write in one kernel (fused_mla.py), else the PyTorch kernels
         self.prologue_kernel = fused_mla.available(self.w_in.device) and a.qk_rope_head_dim % 2 == 0
         # decode rows: scores, softmax and P . latent in one pass over the cache (fused_mla.latent_attention);
-        # EngineModel.set_attention_kernel turns it on where it can run
+        # EngineModel.set_attention_kernel turns it on where it can run; likewise a packed step's prompt piece
+        # in one causal flash pass (fused_mla.piece_attention)
         self.attn_kernel = False
+        self.piece_kernel = False
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
@@ -173,7 +175,7 @@ class MLAAttention(nn.Module):
         a prefill piece). Returns [N, heads * dv], before o_proj."""
         a = self.args
         n, (g, s) = q_nope.shape[0], kv.shape[:2]
-        q_lat = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [N, heads, r]
+        q_lat = self._absorb(q_nope)  # [N, heads, r]
         if g == n and self.attn_kernel:  # a row per slot: one pass over the cache
             o_lat = fused_mla.latent_attention(q_lat, q_rope, kv, pos, self.scale)
         else:
@@ -184,8 +186,16 @@ class MLAAttention(nn.Module):
             softmax = kk.masked_softmax_upto if s <= LONG_SOFTMAX_EAGER else K.eager.masked_softmax_upto
             probs = softmax(scores, self.scale, pos)
             o_lat = _weighted_latent(probs.view(g, -1, s), kv[..., : a.kv_lora_rank]).view(n, a.num_heads, -1)
+        return self._from_latent(o_lat)
+
+    def _absorb(self, q_nope: torch.Tensor) -> torch.Tensor:
+        """q_nope [N, heads, dn] -> the query in latent space, q_nope @ W_UK: [N, heads, r]."""
+        return torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)
+
+    def _from_latent(self, o_lat: torch.Tensor) -> torch.Tensor:
+        """The attention-weighted latent [N, heads, r] -> W_UV applied: [N, heads * dv], before o_proj."""
         o = torch.bmm(o_lat.transpose(0, 1), self.w_uv_t).transpose(0, 1)  # [N, heads, dv]
-        return o.reshape(n, a.num_heads * a.v_head_dim)
+        return o.reshape(o_lat.shape[0], self.args.num_heads * self.args.v_head_dim)
 
     def packed(self, x, cos, sin, cache: torch.Tensor, step: PackedStep, kk) -> torch.Tensor:
         """A packed step (mixed_batch.PackedStep): x [n_decode + C, H], decode rows of slots 0..n_decode-1, then the
@@ -198,8 +208,12 @@ class MLAAttention(nn.Module):
         q_nope, q_rope, rows = self._project(x, cos, sin, kk)
         flat_cache = cache.view(-1, a.latent_dim)
         flat_cache.index_copy_(0, step.flat, rows)
-        piece_kv = flat_cache.index_select(0, step.piece_keys)[None]  # [1, keys, r + dr]
-        o = self._latent_attention(q_nope[n:], q_rope[n:], piece_kv, step.pos[n:], kk)
+        piece_kv = flat_cache.index_select(0, step.piece_keys)  # [keys, r + dr]
+        if self.piece_kernel:  # causal over the piece's own keys, padding rows skipped (step.last: its last real row)
+            o = self._from_latent(fused_mla.piece_attention(self._absorb(q_nope[n:]), q_rope[n:], piece_kv, step.pos[n:],
+                                                            step.last, self.scale, valid_offset=1 - n))
+        else:
+            o = self._latent_attention(q_nope[n:], q_rope[n:], piece_kv[None], step.pos[n:], kk)
         if n:
             o_dec = self._latent_attention(q_nope[:n], q_rope[:n], cache[:n, : step.keys], step.pos[:n], kk)
             o = torch.cat([o_dec, o])

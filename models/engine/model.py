@@ -53,11 +53,14 @@ class EngineModel(nn.Module):
                 block.mlp.packed_fused = bool(on and packed)
 
     def set_attention_kernel(self, on: bool) -> None:
-        """Decode rows' attention through fused_mla.latent_attention where it can run (before any graph capture)."""
+        """Decode rows' attention through fused_mla.latent_attention and a packed step's piece through
+        fused_mla.piece_attention, where they can run (before any graph capture)."""
         a = self.args
         usable = fused_mla.latent_attention_available(self.device, a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim)
+        piece = fused_mla.piece_attention_available(self.device, a.kv_lora_rank, a.qk_rope_head_dim)
         for block in self.blocks:
             block.attn.attn_kernel = bool(on and usable)
+            block.attn.piece_kernel = bool(on and piece)
 
     def new_cache(self, max_batch: int) -> torch.Tensor:
         """The static latent cache: [layers, slots, max_seq_len, kv_lora_rank + rope_dim]."""

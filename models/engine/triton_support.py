@@ -23,3 +23,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def available(device: torch.device) -> bool:
     """The fused kernels can run on `device`: CUDA, or any device under the interpreter."""
     return triton is not None and (device.type == "cuda" or INTERPRET)
+
+
+def autotune_bench(fn, quantiles=None):
+    """The autotuners' timing: a short do_bench (5 warm-up, 20 ms of runs) so that tuning a shape, done in a
+    graph's warm-up, costs a fraction of a second per config."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)

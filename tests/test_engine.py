@@ -453,7 +453,9 @@ for T in (1, 7, 20, 90):
     sp, be = FM.moe_align(pe, W.n_experts)
     sp_k, be_k = FM.moe_align_triton(pe, W.n_experts)
     assert torch.equal(sp, sp_k) and torch.equal(be, be_k)
-    out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be), res, T)
+    y = FM.fused_moe(x, pe, pw, W, sp, be)
+    out = FM.combine(y, res, T)
+    torch.testing.assert_close(FM.combine_kernel(y, res, T), out)  # the engine's combine: one Triton pass
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
     sp, be = FM.moe_align(pe, W.n_experts, FM.BLOCK_M_LARGE)  # packed steps' 64-row blocks
     out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, FM.BLOCK_M_LARGE), res, T)

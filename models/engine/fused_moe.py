@@ -256,6 +256,34 @@ if triton is not None:
 ALIGN_MAX_PAIRS = 1024
 
 
+if triton is not None:
+
+    @triton.jit
+    def _combine_kernel(y_ptr, res_ptr, out_ptr, H, PAIRS: tl.constexpr, BLOCK_H: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = offs < H
+        acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for p in tl.static_range(PAIRS):
+            acc += tl.load(y_ptr + (t * PAIRS + p) * H + offs, mask=m, other=0.0)
+        moe = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded once, as combine's .to(dtype)
+        r = tl.load(res_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + t * H + offs, (r + moe).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def combine_kernel(y: torch.Tensor, residual: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """`combine` with a residual as one Triton pass (fixed tiles). The compiled PyTorch combine chose its
+    reduction tiles by autotuning on the first shapes it met: on one H100 run it took 327 us a layer at 528
+    tokens against 43 us on another (benchmarks/ENGINE_NOTES.md), so the result hung on warm-up order."""
+    h = y.shape[-1]
+    res = residual.contiguous()
+    out = torch.empty_like(res)
+    block_h = min(1024, triton.next_power_of_2(h))
+    _combine_kernel[(n_tokens, triton.cdiv(h, block_h))](y, res, out, h, PAIRS=y.shape[0] // n_tokens,
+                                                           BLOCK_H=block_h, num_warps=4)
+    return out
+
+
 def align_buffers(n_pairs: int, n_experts: int, device, block_m: int = BLOCK_M):
     """(sorted_pair, block_expert, scratch, constexpr kwargs) for the one-program alignment."""
     nb = max_blocks(n_pairs, n_experts, block_m)

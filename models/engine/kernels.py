@@ -147,12 +147,11 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, u
     return out
 
 
-from .fused_moe import combine as moe_combine  # noqa: E402 - the fused MoE's PyTorch pieces
-from .fused_moe import moe_align  # noqa: E402
+from .fused_moe import moe_align  # noqa: E402 - the fused MoE's PyTorch pieces
 from .fused_router import append_shared  # noqa: E402
 
 _FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "masked_softmax_upto", "route_sigmoid_topk",
-            "expert_order", "combine_experts", "append_shared", "moe_align", "moe_combine")
+            "expert_order", "combine_experts", "append_shared", "moe_align")
 
 # Four kernel sets: `eager` (eager mixed steps, references); `decode`, which enable_compile() turns into
 # torch.compile'd kernels (launch-bound at small batch); `prefill`, compiled too unless

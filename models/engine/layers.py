@@ -363,7 +363,7 @@ class MoE(nn.Module):
                 flat.contiguous(), self.gate_weight, self.router.bias, a.top_k, a.norm_topk_prob,
                 a.routed_scaling_factor, self.weights.n_shared)
             y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert)
-            return kk.moe_combine(y, res, t)
+            return fused_moe.combine_kernel(y, res, t)
         pair_expert, pair_weight = self.route_pairs(flat, kk)
         if not self.kernels:
             return fused_moe.fused_moe_reference(flat, pair_expert, pair_weight, self.weights, res, block_m)
@@ -372,7 +372,7 @@ class MoE(nn.Module):
         else:
             sorted_pair, block_expert = kk.moe_align(pair_expert, n_experts, block_m)
         y = fused_moe.fused_moe(flat.contiguous(), pair_expert, pair_weight, self.weights, sorted_pair, block_expert, block_m)
-        return kk.moe_combine(y, res, t)
+        return fused_moe.combine_kernel(y, res, t)
 
 
 class Block(nn.Module):

@@ -188,6 +188,25 @@ def set_kernel_version(engine, version):
                     setattr(mod, k, v)
 
 
+def watch_slow_steps(engine, over_ms: float = 60.0) -> list[dict]:
+    """Record every engine step that takes longer than over_ms (wall, its read-back included): what it ran.
+    A p99 latency is a handful of requests; this says which step held them (a capture, a compile, a prefill)."""
+    slow: list[dict] = []
+    run = engine._execute
+
+    def timed(out):
+        t = time.perf_counter()
+        run(out)
+        ms = (time.perf_counter() - t) * 1e3
+        if ms > over_ms:
+            slow.append({"ms": round(ms, 1), "decode_rows": len(out.decode), "pieces": len(out.prefill),
+                         "prefill_tokens": out.prefill_tokens, "packed": bool(engine._runs_packed(out)) if out.decode else False,
+                         "graphs": len(getattr(engine.packed_runner, "graphs", {}) or {}) + len(engine.runner.graphs)})
+
+    engine._execute = timed
+    return slow
+
+
 def bench_engine(name, spec, hf, vocab, args, rates):
     module, _, rest = spec.partition(":")
     budget, _, rest = rest.partition(":")
@@ -214,11 +233,14 @@ def bench_engine(name, spec, hf, vocab, args, rates):
            "check_tokens": tokens, **warm(engine, vocab, args), "rates": {}}
     print(f"== {name} ({spec}): warm {res['warm_s']:.1f} s, decode b1 {res['decode_b1_ms_step']:.2f} ms/step, "
           f"static batch {res['static_batch']}", flush=True)
+    slow = watch_slow_steps(engine)
     for rate in rates:
         n = max(args.min_requests, min(args.max_requests, int(rate * args.duration)))
         work = workload(n, rate, args, vocab, seed=args.seed + int(rate * 1000))
         before = dict(engine.stats)
+        slow.clear()
         m = metrics(*serve(engine, work, args.new_tokens, args.timeout))
+        m["slowest_steps"] = sorted(slow, key=lambda r: -r["ms"])[:8]
         st = {k: v if k.startswith("max_") else v - before.get(k, 0) for k, v in engine.stats.items()}
         if st.get("decode_steps") and "decode_slots" in st:
             st["mean_decode_batch"] = st["decode_slots"] / st["decode_steps"]
@@ -230,6 +252,7 @@ def bench_engine(name, spec, hf, vocab, args, rates):
               f"TTFT p50/p99 {m['ttft_ms']['p50']:.0f}/{m['ttft_ms']['p99']:.0f} ms, "
               f"TPOT p50/p99 {m['tpot_ms']['p50']:.1f}/{m['tpot_ms']['p99']:.1f} ms, "
               f"ITL p50/p99 {m['itl_ms']['p50']:.1f}/{m['itl_ms']['p99']:.1f} ms, {st}", flush=True)
+        print(f"{name} rate {rate} slowest steps: {m['slowest_steps'][:5]}", flush=True)
     engine.stop()
     del engine
     gc.collect()

@@ -128,6 +128,21 @@ def latent_splits(batch: int, seq: int, block_s: int = 32, target_programs: int 
 if triton is not None:
 
     @triton.jit
+    def _online_softmax_block(ql, qr, rows, offs_r, rm, offs_d, dm, sm, keep, scale, m_i, l_i, acc, R: tl.constexpr):
+        """One block of keys folded into a flash pass: rows [BLOCK_S, 1] point at cache rows [latent | rope key],
+        sm [BLOCK_S] marks the keys that exist, keep [M or 1, BLOCK_S] those each query row attends; returns the
+        running max, sum and weighted latent (m_i, l_i, acc) with the block added (fp32 scores)."""
+        lat = tl.load(rows + offs_r[None, :], mask=sm[:, None] & rm[None, :], other=0.0)
+        kr = tl.load(rows + R + offs_d[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
+        s = tl.dot(ql, tl.trans(lat)) + tl.dot(qr, tl.trans(kr))
+        s = tl.where(keep, s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
+
+    @triton.jit
     def _latent_attn_split_kernel(ql_ptr, qr_ptr, kv_ptr, pos_ptr, part_ptr, ml_ptr,
                                   stride_qlb, stride_qlh, stride_qrb, stride_qrh, stride_kvb, stride_kvs, seq, scale,
                                   H: tl.constexpr, H_P2: tl.constexpr, R: tl.constexpr, R_P2: tl.constexpr,
@@ -157,16 +172,8 @@ if triton is not None:
                 offs_s = s0 + tl.arange(0, BLOCK_S)
                 sm = offs_s < end
                 rows = base + offs_s[:, None].to(tl.int64) * stride_kvs
-                lat = tl.load(rows + offs_r[None, :], mask=sm[:, None] & rm[None, :], other=0.0)
-                kr = tl.load(rows + R + offs_d[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
-                s = tl.dot(ql, tl.trans(lat)) + tl.dot(qr, tl.trans(kr))
-                s = tl.where(sm[None, :], s * scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, axis=1))
-                alpha = tl.exp(m_i - m_new)
-                p = tl.exp(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, axis=1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
-                m_i = m_new
+                m_i, l_i, acc = _online_softmax_block(ql, qr, rows, offs_r, rm, offs_d, dm, sm, sm[None, :], scale,
+                                                      m_i, l_i, acc, R)
         row = b * NSPLIT + sp
         tl.store(part_ptr + row * H_P2 * R_P2 + heads[:, None] * R_P2 + offs_r[None, :], acc)
         tl.store(ml_ptr + row * 2 * H_P2 + heads, m_i)
@@ -283,17 +290,8 @@ if triton is not None:
             offs_s = s0 + tl.arange(0, BLOCK_S)
             sm = offs_s < block_keys
             rows = kv_ptr + offs_s[:, None].to(tl.int64) * stride_kvs
-            lat = tl.load(rows + offs_r[None, :], mask=sm[:, None] & rm[None, :], other=0.0)
-            kr = tl.load(rows + R + offs_d[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
-            s = tl.dot(ql, tl.trans(lat)) + tl.dot(qr, tl.trans(kr))
-            s = tl.where(offs_s[None, :] < n_keys[:, None], s * scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(lat.dtype), lat)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_block(ql, qr, rows, offs_r, rm, offs_d, dm, sm,
+                                                  offs_s[None, :] < n_keys[:, None], scale, m_i, l_i, acc, R)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows: acc and l are 0, the output 0
         tl.store(out_ptr + offs_m[:, None].to(tl.int64) * R + offs_r[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=(offs_m < N_ROWS)[:, None] & rm[None, :])

@@ -106,20 +106,7 @@ def metrics(submitted, stamps, done, t0):
 def warm(engine, vocab, args):
     """Capture every decode graph bucket (and packed mixed-step bucket), then serve a short burst (prefill kernels, chunked pieces)."""
     t0 = time.perf_counter()
-    runner = engine.runner
-    if runner.use_graphs:
-        with torch.inference_mode():
-            for b in runner.batch_sizes:
-                for s in runner.seq_sizes:
-                    tok = torch.zeros(b, dtype=torch.long, device=engine.device)
-                    pos = torch.zeros(b, dtype=torch.long, device=engine.device)
-                    pos[0] = s - 1
-                    runner.step(tok, pos, s)
-        sync()
-    packed = getattr(engine, "packed_runner", None)
-    if packed is not None:
-        with torch.inference_mode():
-            packed.capture_all()
+    engine.capture_graphs()  # every decode and packed-step bucket, as a GPU Summarizer replica does at load
     capture_s = time.perf_counter() - t0
     static = static_figures(engine, vocab, args)
     engine.start()

@@ -136,6 +136,7 @@ def test_other_model_families_fall_back_to_transformers():
     engine = load_engine(model, max_batch=2, max_seq_len=32)
     assert type(engine).__name__ == "TransformersEngine"
     assert engine.generate([[1, 2, 3]], 4) == [hf_greedy(model, [1, 2, 3], 4)]
+    assert engine.capture_graphs() == 0.0  # the Engine's interface: nothing to capture
 
 
 def test_long_context_split_of_the_attention_sum_is_exact(monkeypatch):
@@ -597,6 +598,46 @@ def test_default_mixed_step_is_the_packed_graph_step_where_decode_is_graphed(hf_
     assert graphed.mixed_step == "graph" and graphed.packed_runner.chunk == E.PACKED_CHUNK_DEFAULT
     assert load_engine(hf_model, max_batch=2, max_seq_len=64, prefill_budget=8).packed_runner.chunk == 8
     assert load_engine(hf_model, max_batch=2, max_seq_len=64, mixed_step=False).packed_runner is None
+
+
+def test_capture_graphs_takes_every_bucket_up_front_writing_only_the_unused_position(hf_model, monkeypatch):
+    """Engine.capture_graphs runs one decode step per (batch, sequence) bucket and one packed step per (batch,
+    piece, sequence) bucket, every row at the cache's last position (which no request uses): the cache rows a
+    request holds are untouched. On CPU (no graphs) it returns 0 and runs nothing."""
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=16, mixed_step="graph")
+    assert engine.capture_graphs() == 0.0
+    prompt = engine.submit(PROMPTS[1], 3)
+    engine.step()  # a request holds slot 0 while the graphs are taken
+    held = engine.cache.clone()
+    decode, packed = [], []
+    run_decode, run_packed = engine.runner.step, engine.packed_runner._replay
+
+    def decode_step(tokens, pos, max_len):
+        decode.append((tokens.shape[0], max_len, set(pos.tolist())))
+        engine.runner.use_graphs = False
+        try:
+            return run_decode(tokens, pos, max_len)
+        finally:
+            engine.runner.use_graphs = True
+
+    def packed_step(b, c, keys):
+        t = b + c
+        packed.append((b, c, keys, set(engine.packed_runner.buf[t : 2 * t].tolist())))  # every token's position
+        return engine.packed_runner._run(b, c, keys)
+
+    for runner in (engine.runner, engine.packed_runner):
+        monkeypatch.setattr(runner, "use_graphs", True)  # as on a GPU: the steps run eagerly here
+    monkeypatch.setattr(engine.runner, "step", decode_step)
+    monkeypatch.setattr(engine.packed_runner, "_replay", packed_step)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    engine.capture_graphs()
+    r, p = engine.runner, engine.packed_runner
+    assert sorted((b, s) for b, s, _ in decode) == sorted((b, s) for b in r.batch_sizes for s in r.seq_sizes)
+    assert sorted(x[:3] for x in packed) == sorted((b, c, s) for b in p.batch_sizes for c in p.piece_sizes for s in p.seq_sizes)
+    assert all(rows == {63} for *_, rows in decode) and all(rows == {63} for *_, rows in packed)
+    torch.testing.assert_close(engine.cache[:, :, :63], held[:, :, :63])
+    monkeypatch.undo()
+    assert prompt.result() == hf_greedy(hf_model, PROMPTS[1], 3)
 
 
 def test_packed_backlog_switches_to_whole_prompts(hf_model):

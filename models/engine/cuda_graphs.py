@@ -93,6 +93,19 @@ class DecodeRunner:
         graph.replay()
         return out[:n]
 
+    def capture_all(self) -> None:
+        """Capture every (batch, sequence) bucket up front, on steps whose rows all sit at the cache's unused
+        last position (as padding rows do): nothing a request holds is written."""
+        if not self.use_graphs:
+            return
+        dummy = self.model.max_seq_len - 1
+        for b in self.batch_sizes:
+            tokens = torch.zeros(b, dtype=torch.long, device=self.model.device)
+            pos = torch.full((b,), dummy, dtype=torch.long, device=self.model.device)
+            for s in self.seq_sizes:
+                self.step(tokens, pos, s)
+        torch.cuda.synchronize()
+
 
 class PackedRunner:
     """Runs `model.packed` (decode rows of slots 0..b-1 + one prefill piece of at most `chunk` tokens,

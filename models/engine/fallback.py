@@ -30,6 +30,10 @@ class TransformersEngine:
             outs.append(gen[0, ids.shape[1]:].tolist())
         return outs
 
+    def capture_graphs(self) -> float:
+        """Nothing to capture: generate() runs transformers eagerly (the Engine's method, for one interface)."""
+        return 0.0
+
     def submit(self, prompt_token_ids, max_new_tokens, on_token=None, **kwargs):
         tokens = self.generate([prompt_token_ids], max_new_tokens, **kwargs)[0]
         if on_token is not None:

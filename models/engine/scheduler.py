@@ -184,6 +184,18 @@ class Engine:
 
     # ---- public API -------------------------------------------------------------------------
 
+    def capture_graphs(self) -> float:
+        """Capture every decode and packed-step CUDA graph now; returns the seconds taken (0 off CUDA). Graphs
+        are otherwise captured lazily, so the first request to meet a new (batch, sequence, piece) bucket would
+        wait for its capture, compile and kernel autotuning (seconds for a packed step). The capture steps
+        write only the cache's unused last position, so this is safe while requests run (it holds the lock)."""
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            self.runner.capture_all()
+            if self.packed_runner is not None:
+                self.packed_runner.capture_all()
+        return time.perf_counter() - t0 if self.runner.use_graphs else 0.0
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -489,6 +489,7 @@ for C, S, heads, rank, rope, valid in ((5, 40, 4, 32, 8, 3), (12, 70, 16, 64, 16
     torch.testing.assert_close(got, ML.piece_attention_reference(q_lat, q_rope, kv, pos, last, 0.3, valid_offset=-1),
                                rtol=1e-4, atol=1e-4)
     assert not got[valid:].any()
+ML.tune_piece_attention(4, 32, 8, [4, 8], 16, torch.float32, "cpu", 0.3)  # runs the kernel on each piece size
 for interleave in (True, False):
     B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10
     q, kv = torch.randn(B, heads * (nope + rope)), torch.randn(B, 2 * (rank + rope))[:, : rank + rope]
@@ -630,7 +631,15 @@ def test_capture_graphs_takes_every_bucket_up_front_writing_only_the_unused_posi
     monkeypatch.setattr(engine.runner, "step", decode_step)
     monkeypatch.setattr(engine.packed_runner, "_replay", packed_step)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    from models.engine import fused_mla
+
+    tuned = []  # the piece kernel is tuned on a real piece of each size before the captures (their pieces are empty)
+    monkeypatch.setattr(fused_mla, "tune_piece_attention", lambda heads, rank, rope, chunks, *rest: tuned.append(list(chunks)))
+    monkeypatch.setattr(fused_mla, "piece_attention", fused_mla.piece_attention_reference)
+    for block in engine.model.blocks:
+        monkeypatch.setattr(block.attn, "piece_kernel", True)
     engine.capture_graphs()
+    assert tuned == [engine.packed_runner.piece_sizes]
     r, p = engine.runner, engine.packed_runner
     assert sorted((b, s) for b, s, _ in decode) == sorted((b, s) for b in r.batch_sizes for s in r.seq_sizes)
     assert sorted(x[:3] for x in packed) == sorted((b, c, s) for b in p.batch_sizes for c in p.piece_sizes for s in p.seq_sizes)

@@ -12,6 +12,7 @@ from bisect import bisect_left
 
 import torch
 
+from . import fused_mla
 from .mixed_batch import PackedStep
 from .model import EngineModel
 
@@ -141,6 +142,10 @@ class PackedRunner:
         """Capture every bucket up front, on a step that writes only the cache's unused last position."""
         if not self.use_graphs:
             return
+        attn, a = self.model.blocks[0].attn, self.model.args
+        if attn.piece_kernel:  # tuned on real work first (the capture steps below carry an empty piece)
+            fused_mla.tune_piece_attention(a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim, self.piece_sizes,
+                                           min(2048, self.seq_sizes[-1]), self.model.dtype, self.model.device, attn.scale)
         dummy = self.model.max_seq_len - 1
         for b in self.batch_sizes:
             for c in self.piece_sizes:

@@ -312,3 +312,18 @@ def piece_attention(q_lat, q_rope, kv, pos, n_valid, scale, valid_offset: int = 
         kv.stride(0), seq, int(valid_offset), float(scale), n_rows, H=heads, R=r, R_P2=max(16, triton.next_power_of_2(r)),
         DR=dr, DR_P2=max(16, triton.next_power_of_2(dr)))
     return out
+
+
+def tune_piece_attention(heads: int, rank: int, rope: int, chunks, seq: int, dtype, device, scale: float) -> None:
+    """Autotune piece_attention for each piece size on a representative piece (the last c tokens of a slot of
+    `seq` keys, all real) before the packed graphs are captured: the captures' own warm-up steps carry an empty
+    piece (one row, nothing to attend), and the autotuner would pick its tiles on that."""
+    if not piece_attention_available(torch.device(device), rank, rope):
+        return
+    g = torch.Generator(device=device).manual_seed(0)
+    for c in chunks:
+        s = max(seq, c)
+        kv = torch.randn(s, rank + rope, device=device, dtype=dtype, generator=g)
+        q_lat = torch.randn(c, heads, rank, device=device, dtype=dtype, generator=g)
+        q_rope = torch.randn(c, heads, rope, device=device, dtype=dtype, generator=g)
+        piece_attention(q_lat, q_rope, kv, torch.arange(s - c, s, device=device), torch.tensor([c], device=device), scale)

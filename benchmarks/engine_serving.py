@@ -155,8 +155,9 @@ KERNEL_VERSIONS = {
     "attn-ops": {"attn": {"attn_kernel": False}},
     # a packed step's piece attention as PyTorch ops instead of fused_mla.piece_attention
     "piece-ops": {"attn": {"piece_kernel": False}},
-    # the engine of commit f5518a8: both of the above
-    "f5518a8": {"mlp": {"packed_fused": False}, "attn": {"attn_kernel": False}},
+    # the engine of commit f5518a8: both of the above and the piece's attention as ops (its MoE combine, compiled
+    # PyTorch then, is not restored)
+    "f5518a8": {"mlp": {"packed_fused": False}, "attn": {"attn_kernel": False, "piece_kernel": False}},
 }
 
 

@@ -259,6 +259,31 @@ def bench_engine(hf, cfg, args):
 
 
 @phase("engine_long")
+def prefill_backends(engine, prompt):
+    """One prompt's prefill (one plain causal chunk) with each SDPA backend forced, V padded to Q/K's head dim
+    or not (flash needs it padded); a backend that refuses the shapes is recorded with its error."""
+    from torch.nn.attention import SDPBackend
+
+    from models.engine import layers
+
+    out = {}
+    for name, backend, pad in (("flash_padv", SDPBackend.FLASH_ATTENTION, True),
+                               ("efficient", SDPBackend.EFFICIENT_ATTENTION, False),
+                               ("cudnn", SDPBackend.CUDNN_ATTENTION, False),
+                               ("cudnn_padv", SDPBackend.CUDNN_ATTENTION, True)):
+        layers.PAD_V_FOR_FLASH, layers.PREFILL_SDPA_BACKENDS = pad, (backend,)
+        try:
+            engine.generate(prompt, 1)  # first use of this backend
+            t0 = now()
+            engine.generate(prompt, 1)
+            out[name] = now() - t0
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run these shapes is a result
+            out[name] = f"{type(e).__name__}: {str(e)[:160]}"
+    layers.PAD_V_FOR_FLASH, layers.PREFILL_SDPA_BACKENDS = True, None
+    print(f"prefill backends: {out}", flush=True)
+    return out
+
+
 def bench_long(hf, cfg, args):
     """Prefill 8K/32K (+ chunking sweep), and one slot of max_seq_len tokens (128K): fit, prefill, decode."""
     vocab = cfg.vocab_size
@@ -298,6 +323,9 @@ def bench_long(hf, cfg, args):
     layers.PAD_V_FOR_FLASH, engine.prefill_chunk, engine.prefill_chunk_continued = True, default_chunk, default_cont
     res[f"prefill_{n}_variants_s"] = sweep
     print(f"prefill variants: {sweep}", flush=True)
+    res[f"prefill_{n}_backends_s"] = prefill_backends(engine, p)
+    if args.only_prefill:
+        return
     n_ctx = args.seq_long - 16
     p = rand_prompts(1, n_ctx, vocab, 3)
     h = engine.submit(p[0], 16)
@@ -445,6 +473,7 @@ def main():
     ap.add_argument("--hf-compile", action="store_true", help="also time transformers' static cache + compile (batch 1)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--only-long", action="store_true", help="only the long-context engine phase (no transformers)")
+    ap.add_argument("--only-prefill", action="store_true", help="only prefill 8K/32K, chunking and SDPA backends")
     ap.add_argument("--profile-long", action="store_true", help="kernel profile of a decode step at the longest bucket")
     ap.add_argument("--no-compile", dest="compile", action="store_false", default=None)
     args = ap.parse_args()
@@ -467,11 +496,11 @@ def main():
     t0 = now()
     hf = random_hf_model(cfg, dev, torch.float32 if args.quick and dev.type == "cpu" else torch.bfloat16, experts_implementation="grouped_mm" if dev.type == "cuda" else "eager")
     R["build_model_s"] = now() - t0
-    if args.only_long:
+    if args.only_long or args.only_prefill:
         bench_long(hf, cfg, args)
     else:
         bench_engine(hf, cfg, args)
-    if not (args.skip_hf or args.only_long):
+    if not (args.skip_hf or args.only_long or args.only_prefill):
         bench_hf(hf, cfg, args)
         if args.hf_compile:
             bench_hf_compiled(hf, cfg, args)

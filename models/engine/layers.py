@@ -9,6 +9,8 @@ and `decode` for one token per sequence (MLA with absorbed weights over the comp
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +28,19 @@ def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
 # Prefill attention: pad V's head dim up to Q/K's so SDPA can take the flash kernel (else it picks
 # cuDNN / memory-efficient attention, which accept unequal head dims). benchmarks/engine.py times both.
 PAD_V_FOR_FLASH = True
+# SDPA backends prefill attention may use, in PyTorch's order of preference (flash, memory-efficient, math,
+# cuDNN) unless set: a tuple of torch.nn.attention.SDPBackend. benchmarks/engine.py --only-prefill sweeps them.
+PREFILL_SDPA_BACKENDS: tuple | None = None
 LONG_CONTEXT_SPLIT = 2048
 LONG_SOFTMAX_EAGER = 16384  # decode attention over more keys than this uses the eager softmax  # decode attention over >= 4 of these splits the sum over keys (see below)
+
+
+def _prefill_backends():
+    if PREFILL_SDPA_BACKENDS is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(list(PREFILL_SDPA_BACKENDS), set_priority=True)
 
 
 def _weighted_latent(probs: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -129,15 +142,16 @@ class MLAAttention(nn.Module):
         if PAD_V_FOR_FLASH and rows.is_cuda and a.v_head_dim < a.qk_head_dim:
             pad = a.qk_head_dim - a.v_head_dim  # flash attention wants one head dim for q, k and v
             v = F.pad(v, (0, pad))
-        if p == c:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-        elif rows.is_cuda:
-            from torch.nn.attention.bias import causal_lower_right
+        with _prefill_backends():
+            if p == c:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            elif rows.is_cuda:
+                from torch.nn.attention.bias import causal_lower_right
 
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, p), scale=self.scale)
-        else:
-            keep = torch.arange(p, device=rows.device)[None, :] <= (start + torch.arange(c, device=rows.device))[:, None]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=self.scale)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, p), scale=self.scale)
+            else:
+                keep = torch.arange(p, device=rows.device)[None, :] <= (start + torch.arange(c, device=rows.device))[:, None]
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=self.scale)
         if pad:
             o = o[..., : a.v_head_dim]
         return o.transpose(1, 2).reshape(bsz, c, a.num_heads * a.v_head_dim)

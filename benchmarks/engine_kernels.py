@@ -442,7 +442,7 @@ def event_ms(fn, iters=20):
 
 @torch.inference_mode()
 def bench_packed(hf, cfg, args, dev):
-    """The packed mixed step (decode rows + one prefill piece of C tokens in one CUDA graph, mixed_batch.PackedStep).
+    """The packed mixed step (decode rows + a prefill piece of C tokens in one CUDA graph, mixed_batch.PackedStep).
     1. Equivalence: slots prefilled with real prompts; the packed step vs the decode step + the piece's prefill
        run apart (same cache copy): relative error of the decode rows' and the piece's logits, argmax agreement,
        and of the cache rows the piece writes.
@@ -474,7 +474,7 @@ def bench_packed(hf, cfg, args, dev):
                                               start)[0, -1:])
         packed = base.clone()
         runner = PackedRunner(model, packed, 64, chunk, use_graphs=True)
-        dec, last = runner.step(dec_tokens, dec_pos, prefix + 1, slot, piece, start)
+        dec, last = runner.step(dec_tokens, dec_pos, prefix + 1, [(slot, piece, start)])
         real = [i for i, p in enumerate(dec_pos) if p != L - 1]
         rows = slice(start, start + chunk)
         row = {"decode_rel_err": rel(dec[real], ref_dec[real]), "piece_rel_err": rel(last, ref_last),
@@ -503,7 +503,7 @@ def bench_packed(hf, cfg, args, dev):
             runner = PackedRunner(model, engine.cache, 64, chunk, use_graphs=True)
             for b in (1, 16, 32, 64):
                 dec_tokens = torch.randint(2, vocab, (b,), generator=g).tolist()
-                runner.step(dec_tokens, [prefix] * b, prefix + 1, 63, piece[0].tolist(), 1024)
+                runner.step(dec_tokens, [prefix] * b, prefix + 1, [(63, piece[0].tolist(), 1024)])
                 bb, keys = pick_bucket(runner, b, 1024 + chunk)
                 graph, _ = runner.graphs[(bb, chunk, keys)]
                 packed_ms = event_ms(graph.replay)
@@ -592,8 +592,9 @@ def piece_attention_bench(attn, kv_all, a, dtype, dev, g):
         q_rope = torch.randn(c, a.num_heads, a.qk_rope_head_dim, device=dev, dtype=dtype, generator=g)
         pos = torch.full((c,), s + 100, device=dev)  # padding rows: past the bucket
         pos[:valid] = torch.arange(start, start + valid, device=dev)
-        last = torch.tensor([valid - 1], device=dev)
-        ref = ML.piece_attention_reference(q_lat.float(), q_rope.float(), kv.float(), pos, last, attn.scale, 1)
+        base = torch.full((c,), -1, device=dev)  # padding rows: no slot
+        base[:valid] = 0
+        ref = ML.piece_attention_reference(q_lat.float(), q_rope.float(), kv.float(), pos, base, attn.scale)
 
         def ops():
             q = torch.cat([q_lat, q_rope], dim=-1).reshape(1, -1, a.latent_dim)
@@ -602,7 +603,7 @@ def piece_attention_bench(attn, kv_all, a, dtype, dev, g):
             return torch.bmm(probs.view(1, -1, s), kv[None, :, : a.kv_lora_rank]).view(c, a.num_heads, -1)
 
         def kernel():
-            return ML.piece_attention(q_lat, q_rope, kv, pos, last, attn.scale, valid_offset=1)
+            return ML.piece_attention(q_lat, q_rope, kv, pos, base, attn.scale)
 
         real = slice(0, valid)
         row = {"kernel_rel_err": rel(kernel()[real], ref[real]), "ops_rel_err": rel(ops()[real], ref[real]),
@@ -630,8 +631,8 @@ def profile_packed(runner, vocab, prefix, piece, variant, args, g):
     from torch.profiler import ProfilerActivity, profile
 
     runner.use_graphs = False
-    runner.step(torch.randint(2, vocab, (16,), generator=g).tolist(), [prefix] * 16, prefix + 1, 63,
-                piece[0].tolist(), 1024)
+    runner.step(torch.randint(2, vocab, (16,), generator=g).tolist(), [prefix] * 16, prefix + 1,
+                [(63, piece[0].tolist(), 1024)])
     sync()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):

@@ -472,6 +472,7 @@ for T, E, H, k, S, norm in ((1, 8, 64, 3, 2, True), (20, 16, 96, 4, 1, False), (
     torch.testing.assert_close(pw.view(T, -1).sum(1), pw_r.view(T, -1).sum(1))
     assert all(torch.equal(a, b) for a, b in zip((sp, be), FM.moe_align(pe, E + S)))
 from models.engine import fused_mla as ML
+from models.engine.mixed_batch import PackedStep
 for B, S, heads, rank, rope in ((1, 40, 4, 32, 8), (3, 200, 16, 64, 16), (2, 7, 3, 20, 6)):
     q_lat, q_rope = torch.randn(heads, B, rank).transpose(0, 1), torch.randn(B, heads, rope)  # q_lat strided, as in decode
     cache = torch.randn(B + 1, S + 9, rank + rope)
@@ -479,16 +480,21 @@ for B, S, heads, rank, rope in ((1, 40, 4, 32, 8), (3, 200, 16, 64, 16), (2, 7, 
     pos[-1] = S + 8  # a padding row's position, past the bucket: it attends to all S keys
     got = ML.latent_attention(q_lat, q_rope, cache[:B, :S], pos, 0.3)
     torch.testing.assert_close(got, ML.latent_attention_reference(q_lat, q_rope, cache[:B, :S], pos, 0.3), rtol=1e-4, atol=1e-4)
-for C, S, heads, rank, rope, valid in ((5, 40, 4, 32, 8, 3), (12, 70, 16, 64, 16, 12), (7, 9, 3, 20, 6, 1), (4, 130, 2, 16, 4, 4)):
+for heads, rank, rope, lengths, S in ((4, 32, 8, (3,), 40), (16, 64, 16, (12,), 70), (3, 20, 6, (1, 5), 30),
+                                      (2, 16, 4, (4, 33, 2), 130), (4, 32, 8, (17, 3, 9), 60)):
+    # pieces of distinct slots at aligned rows, padding between and after (a packed step's piece area)
+    align = ML.piece_align(heads)
+    offsets = PackedStep.placement(list(lengths), align)
+    C = offsets[-1] + lengths[-1] + 5
     q_lat, q_rope = torch.randn(heads, C, rank).transpose(0, 1), torch.randn(C, heads, rope)  # q_lat strided
-    kv = torch.randn(S, 2 * (rank + rope))[:, : rank + rope]  # strided keys
-    start = int(torch.randint(0, S - valid + 1, ()))
-    pos = torch.cat([torch.arange(start, start + valid), torch.full((C - valid,), S + 30)])  # padding past the bucket
-    last = torch.tensor([2 + valid - 1])  # a packed step's index of the last real token, after 2 decode rows
-    got = ML.piece_attention(q_lat, q_rope, kv, pos, last, 0.3, valid_offset=-1)
-    torch.testing.assert_close(got, ML.piece_attention_reference(q_lat, q_rope, kv, pos, last, 0.3, valid_offset=-1),
-                               rtol=1e-4, atol=1e-4)
-    assert not got[valid:].any()
+    kv = torch.randn(4 * S, 2 * (rank + rope))[:, : rank + rope]  # strided keys: 4 slots of S rows, flattened
+    pos, base = torch.full((C,), S + 30), torch.full((C,), -1)  # padding: past the bucket, no slot
+    for j, (off, n) in enumerate(zip(offsets, lengths)):
+        start = int(torch.randint(0, S - n + 1, ()))
+        pos[off : off + n], base[off : off + n] = torch.arange(start, start + n), ((j + 1) % 4) * S
+    got = ML.piece_attention(q_lat, q_rope, kv, pos, base, 0.3)
+    torch.testing.assert_close(got, ML.piece_attention_reference(q_lat, q_rope, kv, pos, base, 0.3), rtol=1e-4, atol=1e-4)
+    assert not got[base < 0].any()
 ML.tune_piece_attention(4, 32, 8, [4, 8], 16, torch.float32, "cpu", 0.3)  # runs the kernel on each piece size
 for interleave in (True, False):
     B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10
@@ -520,6 +526,15 @@ first = engine.submit(prompts[0], 5)
 engine.step()
 third = engine.submit(prompts[2], 5)
 assert [first.result(), third.result()] == [expected[0], expected[2]] and engine.stats["mixed_forwards"] == 3
+# and two prompts packed into one step (the second at row 16: 4 heads), beside the first's decode row
+engine = load_engine(hf, max_batch=3, max_seq_len=64, fused_moe=True, attention_kernel=True, prefill_budget=32,
+                     mixed_step="graph")
+first = engine.submit(prompts[0], 5)
+engine.step()
+others = [engine.submit(p, 5) for p in prompts[1:]]
+engine.step()
+assert engine.stats["mixed_forwards"] == 1 and all(len(h.request.output) == 1 for h in others)
+assert [first.result()] + [h.result() for h in others] == expected
 print("ok")
 """
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -530,42 +545,47 @@ print("ok")
 
 # ---- the packed (graphed) mixed step: decode rows + one padded piece in fixed shapes ---------------
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16]), fused=st.booleans(), piece_kernel=st.booleans())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=mixed_layouts(), chunk=st.sampled_from([12, 16, 48]), fused=st.booleans(), piece_kernel=st.booleans())
 def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk, fused, piece_kernel):
-    """The packed step (decode rows padded to a bucket, one piece padded to the chunk, absorbed attention
-    for both) gives the logits and cache rows of the decode step and the piece's prefill run apart;
-    padding writes only the cache's last position, which no request uses. With piece_kernel the piece's
-    attention takes fused_mla.piece_attention's path (its reference here: causal, padding rows zero)."""
+    """The packed step (decode rows padded to a bucket, up to a few pieces of distinct slots packed into an area
+    of `chunk` rows, each after the first at an aligned row, absorbed attention for all) gives the logits and
+    cache rows of the decode step and each piece's prefill run apart; padding writes only the cache's last
+    position, which no request uses. With piece_kernel the pieces' attention takes fused_mla.piece_attention's
+    path (its reference here: each row over its own slot, causal, padding rows zero)."""
     from models.engine import fused_mla
     from models.engine.cuda_graphs import PackedRunner
 
     pos, pieces, seed = layout
     if not pos:
         pos = [63]  # a packed step has decode rows (dummies at least)
-    slot, start, length = pieces[0] if pieces else (5, 0, 3)
     engine = load_engine(hf_model, max_batch=6, max_seq_len=64, fused_moe=fused, packed_fused_moe=fused)
     model = engine.model
+    packed = engine.cache
+    runner = PackedRunner(model, packed, 6, chunk, use_graphs=False)
+    pieces = pieces or [(5, 0, 3)]
+    while not runner.fits([n for *_, n in pieces]):
+        pieces = pieces[:-1]  # what the scheduler would pack: a prefix of the pieces
     gen = torch.Generator().manual_seed(seed)
-    cache = torch.randn(engine.cache.shape, generator=gen)
+    packed.copy_(torch.randn(engine.cache.shape, generator=gen))
     vocab = model.args.vocab_size
     dec_tokens = torch.randint(0, vocab, (len(pos),), generator=gen)
-    piece = torch.randint(0, vocab, (length,), generator=gen)
+    piece_tokens = [torch.randint(0, vocab, (n,), generator=gen) for *_, n in pieces]
     dec_pos = torch.tensor(pos, dtype=torch.long)
     keys = max([p + 1 for p in pos if p != 63] or [1])
 
-    apart = cache.clone()
+    apart = packed.clone()
     ref_dec = model.decode(dec_tokens, dec_pos, apart, keys)
-    ref_last = model.logits(model.prefill(piece[None], apart, torch.tensor([slot]), start)[0, -1:])
+    ref_last = torch.cat([model.logits(model.prefill(t[None], apart, torch.tensor([slot]), start)[0, -1:])
+                          for (slot, start, _), t in zip(pieces, piece_tokens)])
 
-    packed = cache.clone()
     calls = []
     for block in model.blocks:
         block.attn.piece_kernel = piece_kernel
-    runner = PackedRunner(model, packed, 6, chunk, use_graphs=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fused_mla, "piece_attention", lambda *a, **k: calls.append(1) or fused_mla.piece_attention_reference(*a, **k))
-        dec, last = runner.step(dec_tokens.tolist(), pos, keys, slot, piece.tolist(), start)
+        dec, last = runner.step(dec_tokens.tolist(), pos, keys,
+                                [(slot, t.tolist(), start) for (slot, start, _), t in zip(pieces, piece_tokens)])
     assert len(calls) == (model.args.num_layers if piece_kernel else 0)
     real = [i for i, p in enumerate(pos) if p != 63]
     torch.testing.assert_close(dec[real], ref_dec[real], atol=1e-4, rtol=1e-4)
@@ -573,17 +593,71 @@ def test_packed_step_equals_separate_decode_and_prefill(hf_model, layout, chunk,
     torch.testing.assert_close(packed[:, :, :63], apart[:, :, :63], atol=1e-5, rtol=1e-5)
 
 
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=0, max_size=6), align=st.sampled_from([1, 4, 16]),
+       chunk=st.sampled_from([16, 64, 128]))
+def test_packed_pieces_are_placed_aligned_without_overlap(lengths, align, chunk):
+    """PackedStep.placement: the first piece at row 0, each next one at the first multiple of align past the one
+    before; host_layout gives each piece row its slot's base and position, every other row padding."""
+    from models.engine.mixed_batch import PackedStep
+
+    offsets = PackedStep.placement(lengths, align)
+    assert offsets[:1] in ([], [0]) and all(o % align == 0 for o in offsets)
+    assert all(b >= a + n and b - (a + n) < align for a, b, n in zip(offsets, offsets[1:], lengths))
+    if not lengths or PackedStep.rows_used(lengths, align) > chunk or len(lengths) > 4:
+        return
+    pieces = [(j + 2, list(range(100, 100 + n)), 3 * j) for j, n in enumerate(lengths)]
+    buf = PackedStep.host_layout([7], [5], 2, chunk, pieces, 4, align, 64)
+    t = 2 + chunk
+    tokens, pos, flat = buf[:t], buf[t : 2 * t], buf[2 * t : 3 * t]
+    base, piece = buf[3 * t : 3 * t + chunk], buf[3 * t + chunk : 3 * t + 2 * chunk]
+    last = buf[3 * t + 2 * chunk + 4 :]
+    owned = {}
+    for j, ((slot, toks, start), off) in enumerate(zip(pieces, offsets)):
+        for i in range(len(toks)):
+            r = off + i
+            owned[r] = j
+            assert (tokens[2 + r], pos[2 + r], flat[2 + r]) == (toks[i], start + i, slot * 64 + start + i)
+            assert (base[r], piece[r]) == (slot * 64, j)
+        assert last[j] == 2 + off + len(toks) - 1
+    assert all(base[r] == -1 and piece[r] == -1 and pos[2 + r] == 63 for r in range(chunk) if r not in owned)
+
+
 @pytest.mark.parametrize("budget", [3, 4, 16])
 def test_packed_mixed_steps_give_transformers_tokens(hf_model, budget):
-    """Requests arriving while others decode, each prompt prefilled one piece per step beside the decode
-    rows (mixed_step='graph'): transformers' greedy tokens; no step carries two pieces."""
+    """Requests arriving while others decode, each prompt prefilled in pieces beside the decode rows
+    (mixed_step='graph'): transformers' greedy tokens; no step carries more prompt tokens than its budget."""
     engine = load_engine(hf_model, max_batch=3, max_seq_len=64, prefill_budget=budget, mixed_step="graph")
     plans = _staggered_prompts_give_transformers_tokens(engine, hf_model)
     packed = [plan for plan in plans if plan.decode and plan.prefill]
-    assert packed and all(len(plan.prefill) == 1 and plan.prefill_tokens <= budget for plan in packed)
+    assert packed and all(plan.prefill_tokens <= budget for plan in packed)
     assert engine.stats["mixed_forwards"] == len(packed)
     with pytest.raises(ValueError):
         load_engine(hf_model, max_batch=3, max_seq_len=64, mixed_step="graph")
+
+
+def test_a_packed_step_carries_several_pieces_first_come_first_served(hf_model):
+    """Prompts waiting while a request decodes are packed into one step, each piece after the first at an
+    aligned row (16 here: 4 heads); the one that does not fit whole is cut, carried to the next step and
+    continued first. Every request gets transformers' greedy tokens."""
+    engine = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=24, mixed_step="graph")
+    assert engine.packed_runner.align == 16
+    plans = _recorded(engine)
+    first = engine.submit(PROMPTS[1], 8)
+    engine.step()
+    long_prompt = PROMPTS[2] + PROMPTS[0]  # 16 tokens
+    rest = [engine.submit(p, 6) for p in (PROMPTS[2], long_prompt)]
+    engine.step()
+    assert [(len(p.request.prompt), p.start, p.stop) for p in plans[-1].prefill] == [(11, 0, 11), (16, 0, 8)]
+    engine.step()
+    assert [(len(p.request.prompt), p.start, p.stop) for p in plans[-1].prefill] == [(16, 8, 16)]
+    assert engine.stats["mixed_forwards"] == 2
+    more = [engine.submit(p, 4) for p in (PROMPTS[0], PROMPTS[3], PROMPTS[4])]  # 5 + 1 + 4 tokens, one slot free
+    engine.step()
+    assert [(len(p.request.prompt), p.start, p.stop) for p in plans[-1].prefill] == [(5, 0, 5)]
+    assert first.result() == hf_greedy(hf_model, PROMPTS[1], 8)
+    assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 6) for p in (PROMPTS[2], long_prompt)]
+    assert [h.result() for h in more] == [hf_greedy(hf_model, p, 4) for p in (PROMPTS[0], PROMPTS[3], PROMPTS[4])]
 
 
 def test_default_mixed_step_is_the_packed_graph_step_where_decode_is_graphed(hf_model, monkeypatch):

@@ -109,47 +109,54 @@ class DecodeRunner:
 
 
 class PackedRunner:
-    """Runs `model.packed` (decode rows of slots 0..b-1 + one prefill piece of at most `chunk` tokens,
-    padded to a piece bucket: chunk/4, chunk/2 or chunk, so a prompt's short last piece pads little):
+    """Runs `model.packed` (decode rows of slots 0..b-1 + up to `max_pieces` prefill pieces packed into an area of
+    at most `chunk` rows, padded to a piece bucket: chunk/4, chunk/2 or chunk, so a short area pads little):
     one CUDA graph per (batch bucket, piece bucket, sequence bucket), captured lazily or by `capture_all`;
     eagerly off CUDA. A mixed step then costs its GPU work, not ~1,900 eager launches."""
 
-    def __init__(self, model: EngineModel, cache: torch.Tensor, max_batch: int, chunk: int, use_graphs: bool, pool=None):
-        self.model, self.cache, self.chunk = model, cache, chunk
+    def __init__(self, model: EngineModel, cache: torch.Tensor, max_batch: int, chunk: int, use_graphs: bool, pool=None,
+                 max_pieces: int = 4):
+        self.model, self.cache, self.chunk, self.max_pieces = model, cache, chunk, max_pieces
+        # pieces after the first start at a multiple of this many rows (the piece kernel's blocks hold one slot)
+        self.align = fused_mla.piece_align(model.args.num_heads)
         self.use_graphs = use_graphs and model.device.type == "cuda"
         self.batch_sizes = batch_buckets(max_batch)
         self.piece_sizes = sorted({max(1, chunk // 4), max(1, chunk // 2), chunk}) if chunk >= 16 else [chunk]
         self.seq_sizes = seq_buckets(model.max_seq_len)
-        self.buf = torch.zeros(PackedStep.size(max_batch, chunk), dtype=torch.long, device=model.device)
+        self.buf = torch.zeros(PackedStep.size(max_batch, chunk, max_pieces), dtype=torch.long, device=model.device)
         self.graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = pool if pool is not None or not self.use_graphs else torch.cuda.graph_pool_handle()
         self.capture_seconds = 0.0
 
-    def step(self, dec_tokens: list[int], dec_pos: list[int], max_len: int, slot: int, piece: list[int], start: int):
+    def fits(self, lengths: list[int]) -> bool:
+        """Whether pieces of these lengths pack into one step."""
+        return 0 < len(lengths) <= self.max_pieces and PackedStep.rows_used(lengths, self.align) <= self.chunk
+
+    def step(self, dec_tokens: list[int], dec_pos: list[int], max_len: int, pieces: list[tuple[int, list[int], int]]):
         """Decode rows (ids and positions of slots 0..n-1, dummies at max_seq_len - 1; max_len: the real rows'
-        largest position + 1) and `piece` (at most `chunk` prompt tokens at start.. of `slot`).
-        Returns (decode logits [n, vocab], the piece's last token's logits [1, vocab])."""
+        largest position + 1) and `pieces`, each (slot, prompt tokens, start position), that `fits`.
+        Returns (decode logits [n, vocab], each piece's last token's logits [len(pieces), vocab])."""
         n = len(dec_tokens)
-        assert 0 < len(piece) <= self.chunk and n > 0
-        b, c = pick(self.batch_sizes, n), pick(self.piece_sizes, len(piece))
-        keys = pick(self.seq_sizes, max(max_len, start + len(piece)))
-        data = PackedStep.host_layout(dec_tokens, dec_pos, b, c, slot, piece, start, self.model.max_seq_len)
-        self._load(data)
+        assert n > 0 and self.fits([len(p) for _, p, _ in pieces])
+        b = pick(self.batch_sizes, n)
+        c = pick(self.piece_sizes, PackedStep.rows_used([len(p) for _, p, _ in pieces], self.align))
+        keys = pick(self.seq_sizes, max([max_len] + [start + len(p) for _, p, start in pieces]))
+        self._load(PackedStep.host_layout(dec_tokens, dec_pos, b, c, pieces, self.max_pieces, self.align,
+                                          self.model.max_seq_len))
         out = self._replay(b, c, keys)
-        return out[:n], out[b:]
+        return out[:n], out[b : b + len(pieces)]
 
     def capture_all(self) -> None:
         """Capture every bucket up front, on a step that writes only the cache's unused last position."""
         if not self.use_graphs:
             return
         attn, a = self.model.blocks[0].attn, self.model.args
-        if attn.piece_kernel:  # tuned on real work first (the capture steps below carry an empty piece)
+        if attn.piece_kernel:  # tuned on real work first (the capture steps below carry no piece)
             fused_mla.tune_piece_attention(a.num_heads, a.kv_lora_rank, a.qk_rope_head_dim, self.piece_sizes,
                                            min(2048, self.seq_sizes[-1]), self.model.dtype, self.model.device, attn.scale)
-        dummy = self.model.max_seq_len - 1
         for b in self.batch_sizes:
             for c in self.piece_sizes:
-                self._load(PackedStep.host_layout([], [], b, c, 0, [], dummy, self.model.max_seq_len))
+                self._load(PackedStep.host_layout([], [], b, c, [], self.max_pieces, self.align, self.model.max_seq_len))
                 for keys in self.seq_sizes:
                     self._replay(b, c, keys)
         torch.cuda.synchronize()
@@ -161,7 +168,7 @@ class PackedRunner:
         self.buf[: len(data)].copy_(src, non_blocking=True)
 
     def _run(self, b: int, c: int, keys: int) -> torch.Tensor:
-        tokens, step = PackedStep.view(self.buf, b, c, keys, self.model.max_seq_len)
+        tokens, step = PackedStep.view(self.buf, b, c, keys, self.max_pieces, self.model.max_seq_len)
         return self.model.packed(tokens, step, self.cache)
 
     def _replay(self, b: int, c: int, keys: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ by Inductor (fp32 inside, one rounding to the model dtype; the norm's weight app
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import kernels as K
@@ -223,28 +225,39 @@ def latent_attention(q_lat, q_rope, kv, pos, scale, block_s: int = 32):
     return out
 
 
-# ---- a packed step's prompt piece: its queries over its own slot, causal, in one flash pass -------------
+# ---- a packed step's prompt pieces: each query over its own slot, causal, in one flash pass -------------
 #
-# A packed step's piece (mixed_batch.PackedStep) has C query tokens x heads, all over ONE slot's first S cache
-# rows (multi-query in the absorbed form: every head of every query reads the same [latent | rope key] rows),
-# each query up to its own position. As PyTorch ops that is a cat, a [C*heads x S] scores bmm, the masked softmax
-# over it and a P . latent bmm: the scores are written and read three times (2.4 ms of a 22 ms step at C 512,
-# S 2,048 on an H100). Here one program per block of (query, head) rows streams the keys once with an online
-# softmax (fp32 scores), up to its rows' last position, so a piece early in its prompt reads few keys. Rows at
-# or past `n_valid` (the piece's padding) read nothing and give zeros.
+# A packed step's pieces (mixed_batch.PackedStep) have C query rows x heads; each piece row reads its own slot's
+# cache rows (multi-query in the absorbed form: every head of every query reads the same [latent | rope key]
+# rows), each query up to its own position. As PyTorch ops that is a cat, a [C*heads x S] scores bmm, the masked
+# softmax over it and a P . latent bmm: the scores are written and read three times (2.4 ms of a 22 ms step at
+# C 512, S 2,048 on an H100). Here one program per block of (query, head) rows streams its slot's keys once with
+# an online softmax (fp32 scores), up to its rows' last position, so a piece early in its prompt reads few keys.
+# A block never straddles two pieces (pieces start at multiples of `piece_align` rows), so its rows share one
+# slot. Padding rows (base -1) read nothing and give zeros.
 
-def piece_attention_reference(q_lat, q_rope, kv, pos, n_valid, scale, valid_offset: int = 0):
-    """q_lat [C, heads, r], q_rope [C, heads, dr], kv [S, r + dr] (the piece's slot), pos [C], n_valid [1]
-    (the piece's real tokens, the first n_valid + valid_offset rows) -> o_lat [C, heads, r] in q_lat's dtype:
-    each real row softmax over keys 0..min(pos, S - 1), fp32 inside; padding rows zero."""
-    c, r = q_lat.shape[0], q_lat.shape[-1]
+def piece_align(heads: int) -> int:
+    """Query rows a piece's start is aligned to: a multiple of every block of (query, head) rows the kernel may
+    take (16, 32 or 64 rows) starts a piece, so no block holds two slots."""
+    return 64 // math.gcd(heads, 64)
+
+
+def piece_attention_reference(q_lat, q_rope, kv, pos, base, scale):
+    """q_lat [C, heads, r], q_rope [C, heads, dr], kv [rows, r + dr] (a layer's cache, slots flattened), pos [C],
+    base [C] (each row's slot * max_seq_len; -1: a padding row) -> o_lat [C, heads, r] in q_lat's dtype: each real
+    row softmax over its slot's keys 0..pos, fp32 inside; padding rows zero."""
+    r = q_lat.shape[-1]
+    out = torch.zeros_like(q_lat)
     q = torch.cat([q_lat, q_rope], dim=-1).float()
-    scores = torch.einsum("chd,sd->chs", q, kv.float()) * scale
-    keep = torch.arange(kv.shape[0], device=kv.device)[None, None, :] <= pos[:, None, None]
-    probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
-    out = torch.einsum("chs,sr->chr", probs, kv[:, :r].float()).to(q_lat.dtype)
-    real = torch.arange(c, device=q_lat.device) < n_valid.to(q_lat.device) + valid_offset
-    return torch.where(real[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    for b in base[base >= 0].unique().tolist():  # one piece (slot) at a time
+        rows = (base == b).nonzero()[:, 0]
+        n_keys = int(pos[rows].max()) + 1
+        keys = kv[b : b + n_keys].float()
+        scores = torch.einsum("chd,sd->chs", q[rows], keys) * scale
+        keep = torch.arange(n_keys, device=kv.device)[None, None, :] <= pos[rows, None, None]
+        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+        out[rows] = torch.einsum("chs,sr->chr", probs, keys[:, :r]).to(q_lat.dtype)
+    return out
 
 
 def piece_attention_available(device: torch.device, rank: int, rope: int) -> bool:
@@ -262,19 +275,20 @@ if triton is not None:
 
     @triton.autotune(configs=_piece_configs(), key=["H", "R", "DR", "N_ROWS"], do_bench=autotune_bench)
     @triton.jit
-    def _piece_attn_kernel(ql_ptr, qr_ptr, kv_ptr, pos_ptr, valid_ptr, out_ptr,
-                           stride_qlc, stride_qlh, stride_qrc, stride_qrh, stride_kvs, seq, valid_offset, scale,
+    def _piece_attn_kernel(ql_ptr, qr_ptr, kv_ptr, pos_ptr, base_ptr, out_ptr,
+                           stride_qlc, stride_qlh, stride_qrc, stride_qrh, stride_kvs, scale,
                            N_ROWS, H: tl.constexpr, R: tl.constexpr, R_P2: tl.constexpr, DR: tl.constexpr,
                            DR_P2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
         # rows are (query, head) pairs, query-major: row m is query m // H, head m % H
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         qi = offs_m // H
         hi = offs_m % H
-        n_valid = tl.load(valid_ptr) + valid_offset
-        real = (offs_m < N_ROWS) & (qi < n_valid)
+        base = tl.load(base_ptr + qi, mask=offs_m < N_ROWS, other=-1)
+        real = base >= 0
         pos = tl.load(pos_ptr + qi, mask=real, other=-1)
-        n_keys = tl.where(real, tl.minimum(pos + 1, seq), 0)  # keys each row reads; padding rows none
+        n_keys = tl.where(real, pos + 1, 0)  # keys each row reads; padding rows none
         block_keys = tl.max(n_keys, axis=0)
+        slot_base = tl.max(base, axis=0).to(tl.int64)  # one slot a block (pieces are aligned to whole blocks)
         offs_r = tl.arange(0, R_P2)
         rm = offs_r < R
         offs_d = tl.arange(0, DR_P2)
@@ -289,7 +303,7 @@ if triton is not None:
         for s0 in range(0, block_keys, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
             sm = offs_s < block_keys
-            rows = kv_ptr + offs_s[:, None].to(tl.int64) * stride_kvs
+            rows = kv_ptr + (slot_base + offs_s[:, None].to(tl.int64)) * stride_kvs
             m_i, l_i, acc = _online_softmax_block(ql, qr, rows, offs_r, rm, offs_d, dm, sm,
                                                   offs_s[None, :] < n_keys[:, None], scale, m_i, l_i, acc, R)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows: acc and l are 0, the output 0
@@ -297,27 +311,26 @@ if triton is not None:
                  mask=(offs_m < N_ROWS)[:, None] & rm[None, :])
 
 
-def piece_attention(q_lat, q_rope, kv, pos, n_valid, scale, valid_offset: int = 0):
-    """The kernel; same arguments and result as piece_attention_reference. n_valid is a device tensor (a graph
-    replays with new pieces) read as n_valid + valid_offset (a PackedStep passes its `last` index and
-    1 - n_decode). kv may be a strided view; q_lat / q_rope any layout with a unit last stride."""
+def piece_attention(q_lat, q_rope, kv, pos, base, scale):
+    """The kernel; same arguments and result as piece_attention_reference. Each piece's rows must start at a
+    multiple of piece_align(heads) (PackedStep.placement does). kv may be a strided view; q_lat / q_rope any
+    layout with a unit last stride."""
     c, heads, r = q_lat.shape
     dr = q_rope.shape[-1]
-    seq = kv.shape[0]
     assert q_lat.stride(-1) == 1 and q_rope.stride(-1) == 1 and kv.stride(-1) == 1 and kv.shape[-1] == r + dr
     out = torch.empty(c, heads, r, dtype=q_lat.dtype, device=q_lat.device)
     n_rows = c * heads
     _piece_attn_kernel[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]),)](
-        q_lat, q_rope, kv, pos, n_valid, out, q_lat.stride(0), q_lat.stride(1), q_rope.stride(0), q_rope.stride(1),
-        kv.stride(0), seq, int(valid_offset), float(scale), n_rows, H=heads, R=r, R_P2=max(16, triton.next_power_of_2(r)),
+        q_lat, q_rope, kv, pos, base, out, q_lat.stride(0), q_lat.stride(1), q_rope.stride(0), q_rope.stride(1),
+        kv.stride(0), float(scale), n_rows, H=heads, R=r, R_P2=max(16, triton.next_power_of_2(r)),
         DR=dr, DR_P2=max(16, triton.next_power_of_2(dr)))
     return out
 
 
 def tune_piece_attention(heads: int, rank: int, rope: int, chunks, seq: int, dtype, device, scale: float) -> None:
-    """Autotune piece_attention for each piece size on a representative piece (the last c tokens of a slot of
-    `seq` keys, all real) before the packed graphs are captured: the captures' own warm-up steps carry an empty
-    piece (one row, nothing to attend), and the autotuner would pick its tiles on that."""
+    """Autotune piece_attention for each piece-area size on a representative piece (the last c tokens of a slot
+    of `seq` keys, all real) before the packed graphs are captured: the captures' own warm-up steps carry no
+    piece (every row padding), and the autotuner would pick its tiles on that."""
     if not piece_attention_available(torch.device(device), rank, rope):
         return
     g = torch.Generator(device=device).manual_seed(0)
@@ -326,4 +339,5 @@ def tune_piece_attention(heads: int, rank: int, rope: int, chunks, seq: int, dty
         kv = torch.randn(s, rank + rope, device=device, dtype=dtype, generator=g)
         q_lat = torch.randn(c, heads, rank, device=device, dtype=dtype, generator=g)
         q_rope = torch.randn(c, heads, rope, device=device, dtype=dtype, generator=g)
-        piece_attention(q_lat, q_rope, kv, torch.arange(s - c, s, device=device), torch.tensor([c], device=device), scale)
+        piece_attention(q_lat, q_rope, kv, torch.arange(s - c, s, device=device),
+                        torch.zeros(c, dtype=torch.long, device=device), scale)

@@ -213,25 +213,42 @@ class MLAAttention(nn.Module):
 
     def packed(self, x, cos, sin, cache: torch.Tensor, step: PackedStep, kk) -> torch.Tensor:
         """A packed step (mixed_batch.PackedStep): x [n_decode + C, H], decode rows of slots 0..n_decode-1, then the
-        C tokens of one prefill piece (padding included). The projections and o_proj run once over all
-        tokens; every row is written to the cache at step.flat, then attention is the absorbed form for
-        both parts: each decode row over its slot, the piece's queries over its slot's first step.keys rows
-        (keys up to each query's position: causal within the piece). Fixed shapes: graph-capturable."""
+        C rows of up to step's max pieces (each its own slot; padding included). The projections and o_proj run
+        once over all tokens; every row is written to the cache at step.flat, then attention is the absorbed form
+        for both parts: each decode row over its slot, each piece row over its own slot's keys up to its position
+        (causal within the piece). Fixed shapes: graph-capturable."""
         a = self.args
         n = step.n_decode
         q_nope, q_rope, rows = self._project(x, cos, sin, kk)
         flat_cache = cache.view(-1, a.latent_dim)
         flat_cache.index_copy_(0, step.flat, rows)
-        piece_kv = flat_cache.index_select(0, step.piece_keys)  # [keys, r + dr]
-        if self.piece_kernel:  # causal over the piece's own keys, padding rows skipped (step.last: its last real row)
-            o = self._from_latent(fused_mla.piece_attention(self._absorb(q_nope[n:]), q_rope[n:], piece_kv, step.pos[n:],
-                                                            step.last, self.scale, valid_offset=1 - n))
+        if self.piece_kernel:  # one flash pass, each block of rows over its piece's slot, padding rows skipped
+            o = self._from_latent(fused_mla.piece_attention(self._absorb(q_nope[n:]), q_rope[n:], flat_cache, step.pos[n:],
+                                                            step.base, self.scale))
         else:
-            o = self._latent_attention(q_nope[n:], q_rope[n:], piece_kv[None], step.pos[n:], kk)
+            o = self._pieces_attention(q_nope[n:], q_rope[n:], flat_cache, step, kk)
         if n:
             o_dec = self._latent_attention(q_nope[:n], q_rope[:n], cache[:n, : step.keys], step.pos[:n], kk)
             o = torch.cat([o_dec, o])
         return self._out(o)
+
+    def _pieces_attention(self, q_nope, q_rope, flat_cache, step: PackedStep, kk) -> torch.Tensor:
+        """The pieces' attention as PyTorch ops (where the kernel cannot run): every piece row scores against the
+        keys of all the step's pieces [pieces x keys] and keeps its own piece's, up to its position. Padding rows
+        (no piece) attend to one key so the softmax stays finite; their output is never read."""
+        a = self.args
+        p, s = step.piece_keys.shape
+        kv = flat_cache.index_select(0, step.piece_keys.reshape(-1))  # [P * S, r + dr]
+        c = q_nope.shape[0]
+        q = torch.cat([self._absorb(q_nope), q_rope], dim=-1).reshape(1, c * a.num_heads, a.latent_dim)
+        scores = torch.bmm(q, kv.t()[None]).view(c, a.num_heads, p * s)
+        key_piece = torch.arange(p, device=kv.device).repeat_interleave(s)
+        key_pos = torch.arange(s, device=kv.device).repeat(p)
+        row_piece = step.row_piece.clamp(min=0)
+        keep = (key_piece[None, :] == row_piece[:, None]) & (key_pos[None, :] <= step.pos[-c:, None])
+        probs = torch.softmax(scores.float().masked_fill(~keep[:, None, :], float("-inf")) * self.scale, dim=-1)
+        o_lat = torch.bmm(probs.to(kv.dtype).view(1, c * a.num_heads, p * s), kv[None, :, : a.kv_lora_rank])
+        return self._from_latent(o_lat.view(c, a.num_heads, a.kv_lora_rank))
 
     def mixed(self, x, cos, sin, cache: torch.Tensor, batch: MixedBatch) -> torch.Tensor:
         """A packed step: x [T, H] holds batch.n_decode decode tokens (slots 0..n-1) and then each

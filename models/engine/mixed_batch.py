@@ -6,7 +6,8 @@ token-wise GEMM and, above all, the routed-expert pass read their weights once f
 (Sarathi-Serve / vLLM v1 style). Only attention differs per part: the absorbed MLA form over the
 latent cache for the decode rows, per-head SDPA for each piece (`MixedBatch`: eager, any pieces).
 `PackedStep` is the same step in fixed shapes for a CUDA graph: the decode rows padded to a batch
-bucket, one piece padded to the chunk size, attention in the absorbed form for both parts.
+bucket, up to a few pieces packed into a padded area of the chunk size, attention in the absorbed form for both
+parts.
 """
 
 from __future__ import annotations
@@ -30,39 +31,74 @@ class MixedBatch:
 
 @dataclass(frozen=True)
 class PackedStep:
-    """A mixed step in fixed shapes, so that one CUDA graph per (n_decode, keys) replays it: n_decode decode
-    rows (slots 0..n_decode-1, dummies included) and then `chunk` tokens of ONE prefill piece (padded), all
-    attention in the absorbed form over the latent cache (`MLAAttention.packed`). Padding tokens and dummy
-    rows sit at the cache's last position (max_seq_len - 1), which no request uses."""
+    """A mixed step in fixed shapes, so that one CUDA graph per (n_decode, chunk, keys) replays it: n_decode decode
+    rows (slots 0..n_decode-1, dummies included) and then `chunk` rows holding up to `max_pieces` prefill pieces,
+    each of its own slot, the first at row 0 and each next one at a multiple of `align` rows (so that no block of
+    the piece attention kernel straddles two pieces); all attention in the absorbed form over the latent cache
+    (`MLAAttention.packed`). Padding tokens and dummy rows sit at the cache's last position (max_seq_len - 1),
+    which no request uses."""
 
     n_decode: int  # decode rows: a batch bucket
     keys: int  # cache positions attention reads, for both parts: a sequence bucket
     pos: torch.Tensor  # [n_decode + chunk] every token's position
     flat: torch.Tensor  # [n_decode + chunk] the cache row each token writes: slot * max_seq_len + pos
-    piece_keys: torch.Tensor  # [keys] cache rows of the piece's slot, positions 0..keys-1
-    last: torch.Tensor  # [1] index of the piece's last real token (its logits are returned)
+    base: torch.Tensor  # [chunk] each piece row's slot * max_seq_len (its keys start there); -1: a padding row
+    row_piece: torch.Tensor  # [chunk] each piece row's piece (0..max_pieces-1); -1: a padding row
+    piece_keys: torch.Tensor  # [max_pieces, keys] cache rows of each piece's slot, positions 0..keys-1
+    last: torch.Tensor  # [max_pieces] row of each piece's last real token (its logits are returned)
 
     @staticmethod
-    def size(n_decode: int, chunk: int) -> int:
-        """Length of the int64 buffer of a step: [tokens | positions | cache rows] x tokens, slot, last."""
-        return 3 * (n_decode + chunk) + 2
+    def size(n_decode: int, chunk: int, max_pieces: int) -> int:
+        """Length of the int64 buffer of a step: [tokens | positions | cache rows] x tokens, [base | piece] x piece
+        rows, [slot | last] x pieces."""
+        return 3 * (n_decode + chunk) + 2 * chunk + 2 * max_pieces
 
     @staticmethod
-    def host_layout(dec_tokens: list[int], dec_pos: list[int], n_decode: int, chunk: int, slot: int,
-                    piece: list[int], start: int, max_seq_len: int) -> list[int]:
-        """The buffer's values (see `size`) for decode rows (padded to n_decode with dummies) and a piece of
-        `piece` tokens at start.. of `slot` (padded to chunk)."""
+    def placement(lengths: list[int], align: int) -> list[int]:
+        """The first row of each piece in the piece area: back to back, each after the first at a multiple of align."""
+        offsets, used = [], 0
+        for n in lengths:
+            start = -(-used // align) * align if offsets else 0
+            offsets.append(start)
+            used = start + n
+        return offsets
+
+    @staticmethod
+    def rows_used(lengths: list[int], align: int) -> int:
+        """Piece-area rows taken by pieces of these lengths (the last one's end)."""
+        offsets = PackedStep.placement(lengths, align)
+        return offsets[-1] + lengths[-1] if lengths else 0
+
+    @staticmethod
+    def host_layout(dec_tokens: list[int], dec_pos: list[int], n_decode: int, chunk: int,
+                    pieces: list[tuple[int, list[int], int]], max_pieces: int, align: int, max_seq_len: int) -> list[int]:
+        """The buffer's values (see `size`) for decode rows (padded to n_decode with dummies) and `pieces`, each
+        (slot, prompt tokens, start position), placed as `placement` says in the chunk rows (rest padding)."""
+        assert len(pieces) <= max_pieces
         dummy = max_seq_len - 1
-        n, m = len(dec_tokens), len(piece)
-        tokens = list(dec_tokens) + [0] * (n_decode - n) + list(piece) + [0] * (chunk - m)
-        pos = list(dec_pos) + [dummy] * (n_decode - n) + list(range(start, start + m)) + [dummy] * (chunk - m)
-        flat = [s * max_seq_len + p for s, p in enumerate(pos[:n_decode])] + [slot * max_seq_len + p for p in pos[n_decode:]]
-        return tokens + pos + flat + [slot, n_decode + max(m, 1) - 1]
+        n = len(dec_tokens)
+        tokens = list(dec_tokens) + [0] * (n_decode - n) + [0] * chunk
+        pos = list(dec_pos) + [dummy] * (n_decode - n) + [dummy] * chunk
+        flat = [s * max_seq_len + p for s, p in enumerate(pos[:n_decode])] + [dummy] * chunk
+        base, row_piece = [-1] * chunk, [-1] * chunk
+        slots, last = [0] * max_pieces, [n_decode] * max_pieces
+        for j, ((slot, piece, start), off) in enumerate(zip(pieces, PackedStep.placement([len(p[1]) for p in pieces], align))):
+            m = len(piece)
+            assert 0 < m and off + m <= chunk
+            for i in range(m):
+                r = n_decode + off + i
+                tokens[r], pos[r], flat[r] = piece[i], start + i, slot * max_seq_len + start + i
+                base[off + i], row_piece[off + i] = slot * max_seq_len, j
+            slots[j], last[j] = slot, n_decode + off + m - 1
+        return tokens + pos + flat + base + row_piece + slots + last
 
     @classmethod
-    def view(cls, buf: torch.Tensor, n_decode: int, chunk: int, keys: int, max_seq_len: int):
+    def view(cls, buf: torch.Tensor, n_decode: int, chunk: int, keys: int, max_pieces: int, max_seq_len: int):
         """(token ids, PackedStep) as views of a buffer laid out by `host_layout` (device ops only)."""
         t = n_decode + chunk
-        slot = buf[3 * t : 3 * t + 1]
-        piece_keys = slot * max_seq_len + torch.arange(keys, device=buf.device)
-        return buf[:t], cls(n_decode, keys, buf[t : 2 * t], buf[2 * t : 3 * t], piece_keys, buf[3 * t + 1 : 3 * t + 2])
+        o = 3 * t
+        slots = buf[o + 2 * chunk : o + 2 * chunk + max_pieces]
+        piece_keys = slots[:, None] * max_seq_len + torch.arange(keys, device=buf.device)
+        return buf[:t], cls(n_decode, keys, buf[t : 2 * t], buf[2 * t : 3 * t], buf[o : o + chunk],
+                            buf[o + chunk : o + 2 * chunk], piece_keys,
+                            buf[o + 2 * chunk + max_pieces : o + 2 * chunk + 2 * max_pieces])

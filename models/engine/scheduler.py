@@ -31,7 +31,7 @@ import torch
 from models.errors import ModelError
 
 from .cuda_graphs import DecodeRunner, PackedRunner
-from .mixed_batch import MixedBatch
+from .mixed_batch import MixedBatch, PackedStep
 from .model import EngineModel
 
 TokenCallback = Callable[[int, int], None]  # (request id, token id)
@@ -152,9 +152,10 @@ class Engine:
         # when its prompt tokens fit one plain chunk; else the decode graph, then the prefill behind it.
         # Off by default: measured on an H100 the eager packed forward lost to the decode graph + a
         # separate prefill (benchmarks/results/engine_serving_mixed_h100.json).
-        # "graph": while requests decode, a step takes at most ONE prompt piece of at most `prefill_budget`
-        # tokens, run with the decode rows as a packed step in fixed shapes (mixed_batch.PackedStep), one
-        # CUDA graph per (batch bucket, sequence bucket) on GPU (cuda_graphs.PackedRunner)
+        # "graph": while requests decode, a step takes prompt pieces (FCFS, the last one cut) packed into an area
+        # of `prefill_budget` rows (at most PackedRunner.max_pieces pieces, each after the first at an aligned
+        # row), run with the decode rows as a packed step in fixed shapes (mixed_batch.PackedStep), one CUDA
+        # graph per (batch bucket, piece bucket, sequence bucket) on GPU (cuda_graphs.PackedRunner)
         if mixed_step not in (False, True, "graph"):
             raise ValueError(f"mixed_step must be False, True or 'graph', not {mixed_step!r}")
         if mixed_step == "graph" and not prefill_budget:
@@ -316,22 +317,35 @@ class Engine:
         budget = self.prefill_budget if chunked else self.max_prefill_tokens
         out.budget = budget
         left = budget
-        one_piece = chunked and self.packed_runner is not None  # a packed step carries one piece
+        runner = self.packed_runner if chunked else None  # a packed step: as many pieces as fit its area
+
+        def room() -> int:
+            if runner is None:
+                return left
+            if len(out.prefill) >= runner.max_pieces:
+                return 0
+            lengths = [p.stop - p.start for p in out.prefill]
+            return runner.chunk - PackedStep.placement(lengths + [0], runner.align)[-1]
+
         for req in self._prefilling:
-            if left <= 0 or (one_piece and out.prefill):
+            take = room()
+            if take <= 0:
                 break
-            stop = len(req.prompt) if not chunked else min(len(req.prompt), req.cache_len + left)
+            stop = len(req.prompt) if not chunked else min(len(req.prompt), req.cache_len + take)
             out.prefill.append(PrefillPiece(req, req.cache_len, stop))
             left -= stop - req.cache_len
-        while self._queue and self._free and left > 0 and not (one_piece and out.prefill):
+        while self._queue and self._free:
+            take = room()
+            if take <= 0:
+                break
             req = self._queue[0]
-            if not chunked and out.prefill and len(req.prompt) > left:
+            if not chunked and out.prefill and len(req.prompt) > take:
                 break  # whole prompts only: this one goes first next step
             self._queue.popleft()
             req.slot = heapq.heappop(self._free)
             self._prefilling.append(req)
             out.admitted.append(req)
-            stop = len(req.prompt) if not chunked else min(len(req.prompt), left)
+            stop = len(req.prompt) if not chunked else min(len(req.prompt), take)
             out.prefill.append(PrefillPiece(req, 0, stop))
             left -= stop
         return out
@@ -392,21 +406,23 @@ class Engine:
                 and all(p.stop <= self.prefill_chunk for p in out.prefill))
 
     def _runs_packed(self, out: SchedulerOutput) -> bool:
-        """A packed (graphed) mixed step: decode rows and exactly one piece within the chunk size."""
-        return (self.packed_runner is not None and bool(out.decode) and len(out.prefill) == 1
-                and out.prefill_tokens <= self.packed_runner.chunk)
+        """A packed (graphed) mixed step: decode rows and pieces that fit the packed runner's area."""
+        return (self.packed_runner is not None and bool(out.decode)
+                and self.packed_runner.fits([p.stop - p.start for p in out.prefill]))
 
     def _launch_packed(self, out: SchedulerOutput):
-        """Decode rows and one prefill piece through the packed runner (a CUDA graph per bucket on GPU);
-        sampled tokens (on the device) of the decode rows, then of the request whose prompt it completes."""
+        """Decode rows and the step's prefill pieces through the packed runner (a CUDA graph per bucket on GPU);
+        sampled tokens (on the device) of the decode rows, then of the requests whose prompt this step completes."""
         rows, tokens, pos = self._decode_rows(out.decode)
-        piece = out.prefill[0]
-        req = piece.request
-        dec_logits, last_logits = self.packed_runner.step(tokens, pos, max(r.cache_len for r in out.decode) + 1,
-                                                          req.slot, req.prompt[piece.start : piece.stop], piece.start)
-        first = [req] if piece.completes_prompt else []
-        logits = torch.cat([dec_logits, last_logits]) if first else dec_logits
-        return rows, first, self._sample(logits, rows + first)
+        pieces = [(p.request.slot, p.request.prompt[p.start : p.stop], p.start) for p in out.prefill]
+        dec_logits, piece_logits = self.packed_runner.step(tokens, pos, max(r.cache_len for r in out.decode) + 1, pieces)
+        done = [i for i, p in enumerate(out.prefill) if p.completes_prompt]
+        first = [out.prefill[i].request for i in done]
+        if not first:
+            return rows, first, self._sample(dec_logits, rows)
+        # usually a prefix (the last piece is the one cut short): a slice, no index copy
+        picked = piece_logits[: len(done)] if done == list(range(len(done))) else piece_logits.index_select(0, self._tensor(done))
+        return rows, first, self._sample(torch.cat([dec_logits, picked]), rows + first)
 
     def _decode_rows(self, reqs: list[Request]):
         """The decode batch covers slots 0..highest running slot; slots in between that are free or

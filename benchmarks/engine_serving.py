@@ -5,10 +5,12 @@
     python benchmarks/engine_serving.py --engine-path .bench_head \\
         --engine before=engine_head --engine after=models.engine --engine after_b512=models.engine:512
 
-Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused]]]`: a package with `load_engine`, e.g. a copy
-of an older models/engine put on `--engine-path`; `none` for whole prompts; `mixed`: decode rows and
-prompt pieces in one eager forward per step; `graph`: decode rows and one piece of at most PREFILL_BUDGET
-tokens per step, packed in fixed shapes and replayed as a CUDA graph; `fused`: the fused decode kernels, `fused-v1` / `fused-v2` earlier versions of them) is built once over the same random-weight model, warmed (every
+Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off]]]]`: a
+package with `load_engine`, e.g. a copy of an older models/engine put on `--engine-path`; `none` for whole prompts;
+`mixed`: decode rows and prompt pieces in one eager forward per step; `graph`: decode rows and prompt pieces packed
+into an area of PREFILL_BUDGET rows per step, in fixed shapes and replayed as a CUDA graph; `fused`: the fused
+decode kernels, `fused-v1` / `fused-v2` earlier versions of them; `backlog`: the engine's packed_backlog, `off` for
+packed steps whatever waits) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -198,7 +200,8 @@ def watch_slow_steps(engine, over_ms: float = 60.0) -> list[dict]:
 def bench_engine(name, spec, hf, vocab, args, rates):
     module, _, rest = spec.partition(":")
     budget, _, rest = rest.partition(":")
-    mode, _, moe = rest.partition(":")
+    mode, _, rest = rest.partition(":")
+    moe, _, backlog = rest.partition(":")
     mod = importlib.import_module(module)
     kw = {"prefill_budget": int(budget) if budget not in ("", "none") else None} if budget else {}
     if mode:
@@ -209,6 +212,11 @@ def bench_engine(name, spec, hf, vocab, args, rates):
         if moe not in ("fused", "unfused", *KERNEL_VERSIONS):
             raise SystemExit(f"engine {name}: kernels must be fused, unfused or one of {sorted(KERNEL_VERSIONS)}, not {moe!r}")
         kw["fused_moe"] = moe != "unfused"
+    if backlog:
+        key, _, value = backlog.partition("=")
+        if key != "backlog" or not (value == "off" or value.isdigit()):
+            raise SystemExit(f"engine {name}: the fifth field must be backlog=N or backlog=off, not {backlog!r}")
+        kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)  # off: a backlog never reached
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
@@ -312,7 +320,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|fused-v1|fused-v2|fused-v3]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off]]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

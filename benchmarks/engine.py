@@ -284,6 +284,39 @@ def prefill_backends(engine, prompt):
     return out
 
 
+def prefill_combine(engine, prompt):
+    """One prompt's prefill with the MoE's grouped-GEMM combine as ops (gather, compiled weighted sum, adds) and as
+    the one Triton pass (fused_moe.combine_sorted); best of two each."""
+    out = {}
+    moes = [b.mlp for b in engine.model.blocks if getattr(b.mlp, "combine_kernel", False)]
+    if not moes:  # no Triton here: nothing to compare
+        return out
+    for name, on in (("ops", False), ("kernel", True), ("ops_again", False), ("kernel_again", True)):
+        for m in moes:
+            m.combine_kernel = on
+        engine.generate(prompt, 1)
+        t0 = now()
+        engine.generate(prompt, 1)
+        out[name] = now() - t0
+    print(f"prefill combine: {out}", flush=True)
+    return out
+
+
+def profile_prefill(engine, prompt, path):
+    """Kernel time by name of one prompt's prefill (written to path); returns the GPU ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.generate(prompt, 1)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.generate(prompt, 1)
+        sync()
+    avg = prof.key_averages()
+    with open(path, "w") as f:
+        f.write(avg.table(sort_by="cuda_time_total", row_limit=30))
+    return sum(e.device_time_total for e in avg) / 1e3
+
+
 def bench_long(hf, cfg, args):
     """Prefill 8K/32K (+ chunking sweep), and one slot of max_seq_len tokens (128K): fit, prefill, decode."""
     vocab = cfg.vocab_size
@@ -324,6 +357,9 @@ def bench_long(hf, cfg, args):
     res[f"prefill_{n}_variants_s"] = sweep
     print(f"prefill variants: {sweep}", flush=True)
     res[f"prefill_{n}_backends_s"] = prefill_backends(engine, p)
+    res[f"prefill_{n}_combine_s"] = prefill_combine(engine, p)
+    if args.out and torch.cuda.is_available():
+        res[f"prefill_{n}_gpu_ms"] = profile_prefill(engine, p, os.path.join(args.out, f"engine_prefill_{n}_kernels.txt"))
     if args.only_prefill:
         return
     n_ctx = args.seq_long - 16

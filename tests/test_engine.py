@@ -461,6 +461,15 @@ for T in (1, 7, 20, 90):
     sp, be = FM.moe_align(pe, W.n_experts, FM.BLOCK_M_LARGE)  # packed steps' 64-row blocks
     out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, FM.BLOCK_M_LARGE), res, T)
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
+for T, k, H, dtype in ((1, 6, 64, torch.float32), (37, 6, 96, torch.bfloat16), (5, 2, 2100, torch.float32)):
+    # the grouped-GEMM path's combine: gather by dest, weight, sum in fp32, + shared, + residual, one pass
+    ys = torch.randn(T * k, H).to(dtype)
+    dest = torch.randperm(T * k)
+    w, sh, res = torch.rand(T, k), torch.randn(T, H).to(dtype), torch.randn(T, H).to(dtype)
+    for extra in ((None, None), (sh, None), (None, res), (sh, res)):
+        got = FM.combine_sorted(ys, dest, w, *extra)
+        tol = 1e-5 if dtype == torch.float32 else 8e-2  # bf16: a sum order of its own moves a rounding by an ulp
+        torch.testing.assert_close(got, FM.combine_sorted_reference(ys, dest, w, *extra), rtol=tol, atol=tol)
 for p, E in ((8, 66), (256, 66), (512, 64), (5, 3)):  # the lite shape's pair counts, experts not a power of 2
     pe = torch.randint(0, E, (p,))
     assert all(torch.equal(a, b) for a, b in zip(FM.moe_align(pe, E), FM.moe_align_triton(pe, E)))

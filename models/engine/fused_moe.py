@@ -284,6 +284,61 @@ def combine_kernel(y: torch.Tensor, residual: torch.Tensor, n_tokens: int) -> to
     return out
 
 
+def combine_sorted_reference(ys: torch.Tensor, dest: torch.Tensor, weights: torch.Tensor,
+                             shared: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The grouped-GEMM path's combine as PyTorch ops: ys [P, H] (pair outputs sorted by expert), dest [T * k] (row
+    of ys of each (token, j) pair), weights [T, k] -> residual + (shared + sum_j weights * ys[dest]), each sum
+    rounded to ys' dtype as the eager ops do (the weighted sum in fp32)."""
+    t, k = weights.shape
+    out = (ys.index_select(0, dest).view(t, k, -1).float() * weights.unsqueeze(-1)).sum(1).to(ys.dtype)
+    if shared is not None:
+        out = out + shared
+    return out if residual is None else residual + out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _combine_sorted_kernel(ys_ptr, dest_ptr, w_ptr, shared_ptr, res_ptr, out_ptr, H, K: tl.constexpr,
+                               HAS_SHARED: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_H: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)
+        offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        m = offs < H
+        acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for j in tl.static_range(K):
+            row = tl.load(dest_ptr + t * K + j).to(tl.int64)
+            w = tl.load(w_ptr + t * K + j).to(tl.float32)
+            acc += w * tl.load(ys_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
+        out = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as each eager op rounds
+        if HAS_SHARED:
+            out = (out + tl.load(shared_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32))
+            out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_RES:
+            out = tl.load(res_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32) + out
+        tl.store(out_ptr + t * H + offs, out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def combine_sorted(ys: torch.Tensor, dest: torch.Tensor, weights: torch.Tensor,
+                   shared: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """combine_sorted_reference in one Triton pass: each token's k rows gathered, weighted and summed in fp32, the
+    shared MLP's output and the residual added. As ops that was a gather of [T * k, H], the compiled weighted sum
+    (its reduction tiles autotuned on the first shapes met: 2 ms a layer for 19,682 tokens on an H100, ~13x its
+    bytes' time) and two adds: ~20% of a prefill's GPU time (benchmarks/ENGINE_NOTES.md)."""
+    t, k = weights.shape
+    h = ys.shape[-1]
+    assert ys.stride(-1) == 1 and ys.stride(0) == h
+    out = torch.empty(t, h, dtype=ys.dtype, device=ys.device)
+    if t == 0:
+        return out
+    block_h = min(1024, triton.next_power_of_2(h))
+    sh = shared.contiguous() if shared is not None else out
+    res = residual.contiguous() if residual is not None else out
+    _combine_sorted_kernel[(t, triton.cdiv(h, block_h))](ys, dest.contiguous(), weights.contiguous(), sh, res, out, h, K=k,
+                                                         HAS_SHARED=shared is not None, HAS_RES=residual is not None,
+                                                         BLOCK_H=block_h, num_warps=4)
+    return out
+
+
 def align_buffers(n_pairs: int, n_experts: int, device, block_m: int = BLOCK_M):
     """(sorted_pair, block_expert, scratch, constexpr kwargs) for the one-program alignment."""
     nb = max_blocks(n_pairs, n_experts, block_m)

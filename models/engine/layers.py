@@ -321,11 +321,17 @@ class GroupedExperts(nn.Module):
             h = kk.silu_mul(triton_moe.expert_gemv(x, self.w_gate_up, flat, k))
             y = triton_moe.expert_gemv(h, self.w_down, flat, 1)
             return kk.combine_experts(y.view(t, k, -1), weights)
-        order, dest, offsets = kk.expert_order(flat, self.num_experts)
+        ys, dest = self.sorted_outputs(x, idx, kk)
+        return kk.combine_experts(ys.index_select(0, dest).view(t, k, -1), weights)
+
+    def sorted_outputs(self, x: torch.Tensor, idx: torch.Tensor, kk=K.eager) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grouped-GEMM pass: pair outputs sorted by expert ys [T * k, H] (unweighted) and dest [T * k], the row
+        of ys of each (token, j) pair."""
+        k = idx.shape[1]
+        order, dest, offsets = kk.expert_order(idx.reshape(-1), self.num_experts)
         xs = x.index_select(0, order // k)
         h = kk.silu_mul(K.grouped_gemm(xs, self.w_gate_up, offsets, self.use_grouped_mm))
-        ys = K.grouped_gemm(h, self.w_down, offsets, self.use_grouped_mm)
-        return kk.combine_experts(ys.index_select(0, dest).view(t, k, -1), weights)
+        return K.grouped_gemm(h, self.w_down, offsets, self.use_grouped_mm), dest
 
 
 class MoE(nn.Module):
@@ -354,6 +360,8 @@ class MoE(nn.Module):
         self.router_block_h: int | None = None  # the router kernel's block width (None: autotuned)
         self.router_kernel = (fused_router.available(self.gate_weight.device) and args.n_group <= 1)
         self.route_align = self.router_kernel and self.align_kernel  # split gate GEMV + one route/align program
+        # the grouped-GEMM path (prefill, steps over FUSED_MAX_TOKENS) combines in one Triton pass
+        self.combine_kernel = self.kernels
 
     def route_pairs(self, flat: torch.Tensor, kk) -> tuple[torch.Tensor, torch.Tensor]:
         a, n_shared = self.args, self.weights.n_shared
@@ -374,6 +382,12 @@ class MoE(nn.Module):
         if self.uses_fused(flat.shape[0], packed):
             return self._fused(flat, kk, residual).view(shape)
         weights, idx = self.router(flat, kk)
+        if self.combine_kernel and idx.numel() > self.experts.gemv_max_pairs:
+            # gather, weight and sum the pair outputs, add the shared MLP and the residual: one Triton pass
+            ys, dest = self.experts.sorted_outputs(flat, idx, kk)
+            shared = self.shared(flat, kk) if self.shared is not None else None
+            res = residual.reshape(flat.shape) if residual is not None else None
+            return fused_moe.combine_sorted(ys, dest.view(-1), weights, shared, res).view(shape)
         out = self.experts(flat, weights, idx, kk)
         if self.shared is not None:
             out = out + self.shared(flat, kk)

@@ -106,9 +106,11 @@ def metrics(submitted, stamps, done, t0):
 
 
 def warm(engine, vocab, args):
-    """Capture every decode graph bucket (and packed mixed-step bucket), then serve a short burst (prefill kernels, chunked pieces)."""
+    """Warm the engine as a replica does at load (Engine.warm_up: every graph, each step kind once; an older engine copy:
+    its graphs), then serve a short burst."""
     t0 = time.perf_counter()
-    engine.capture_graphs()  # every decode and packed-step bucket, as a GPU Summarizer replica does at load
+    # every decode and packed-step bucket and each step kind once, as a GPU Summarizer replica does at load
+    getattr(engine, "warm_up", engine.capture_graphs)()
     capture_s = time.perf_counter() - t0
     static = static_figures(engine, vocab, args)
     engine.start()

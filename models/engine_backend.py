@@ -74,11 +74,12 @@ class SummariserEngine:
         graph = mixed_step == "graph"
         self.engine = load_engine(lm, max_batch=max_batch, max_seq_len=max_seq_len,
                                   prefill_budget=prefill_budget if graph else None, mixed_step="graph" if graph else False)
-        # every CUDA graph now, at load (before the replica reports ready): else the first request to meet a
-        # new batch / sequence / piece bucket waits for its capture and kernel tuning
-        seconds = self.engine.capture_graphs()
+        # every CUDA graph and each kind of step once, at load (before the replica reports ready): else the first
+        # request to meet a new bucket or step kind waits for its capture, compile and kernel tuning
+        seconds = self.engine.warm_up()
         if seconds:
-            log.info("summariser engine: CUDA graphs captured in %.1f s (mixed step %s)", seconds, mixed_step)
+            log.info("summariser engine: warmed up in %.1f s (CUDA graphs, every step kind; mixed step %s)",
+                     seconds, mixed_step)
         self.max_seq_len = max_seq_len
 
     def fits(self, prompt: Sequence[int], max_new_tokens: int) -> bool:

@@ -745,3 +745,23 @@ def test_packed_backlog_switches_to_whole_prompts(hf_model):
     assert engine.stats["mixed_forwards"] == 0
     assert first.result() == hf_greedy(hf_model, PROMPTS[1], 10)
     assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 4) for p in (PROMPTS[2], PROMPTS[4])]
+
+
+def test_warm_up_runs_each_step_kind_once_and_leaves_the_engine_idle(hf_model):
+    """Engine.warm_up (a replica at load): graphs, then a prompt alone, a packed piece beside its decode row and a
+    backlog of whole prompts (several rows) behind decode rows; then the engine is idle with zeroed stats, serves
+    transformers' tokens, and refuses to warm up while it holds requests."""
+    engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=8, mixed_step="graph")
+    plans = _recorded(engine)
+    assert engine.warm_up() >= 0
+    assert any(not p.decode and len(p.prefill) == 1 for p in plans)  # a prompt alone
+    assert any(p.decode and engine._runs_packed(p) for p in plans)  # a packed step
+    assert any(p.decode and len(p.prefill) >= 2 and not engine._runs_packed(p) for p in plans)  # backlog, whole prompts
+    assert engine.pending() == {"decoding": 0, "prefilling": 0, "waiting": 0}
+    assert set(engine.stats.values()) == {0} and sorted(engine._free) == list(range(8))
+    assert engine.generate([PROMPTS[2]], 5) == [hf_greedy(hf_model, PROMPTS[2], 5)]
+    engine.submit(PROMPTS[0], 2)
+    with pytest.raises(RuntimeError):
+        engine.warm_up()
+    whole = load_engine(hf_model, max_batch=2, max_seq_len=64)  # whole prompts (CPU default): runs as well
+    assert whole.warm_up() >= 0 and whole.generate([PROMPTS[1]], 4) == [hf_greedy(hf_model, PROMPTS[1], 4)]

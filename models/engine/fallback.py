@@ -34,6 +34,10 @@ class TransformersEngine:
         """Nothing to capture: generate() runs transformers eagerly (the Engine's method, for one interface)."""
         return 0.0
 
+    def warm_up(self) -> float:
+        """Nothing to compile ahead: the Engine's method, for one interface."""
+        return 0.0
+
     def submit(self, prompt_token_ids, max_new_tokens, on_token=None, **kwargs):
         tokens = self.generate([prompt_token_ids], max_new_tokens, **kwargs)[0]
         if on_token is not None:

@@ -197,6 +197,41 @@ class Engine:
                 self.packed_runner.capture_all()
         return time.perf_counter() - t0 if self.runner.use_graphs else 0.0
 
+    def warm_up(self, new_tokens: int = 4) -> float:
+        """Before serving (nothing else running: a replica at load): capture every CUDA graph, then run each kind
+        of step once on synthetic prompts, so that no request pays a first use's compile or kernel tuning: a
+        prompt alone (prefill of one row), prompts arriving while it decodes (packed pieces, or prefill behind the
+        decode), more prompt tokens than the packed backlog at once (whole prompts, several rows, behind the decode
+        rows). On a GPU the first engine of a process took 2.2 s for its first whole-prompt step behind decode rows
+        against 151 ms once compiled (benchmarks/ENGINE_NOTES.md). The stats are reset after; returns seconds."""
+        if self.running or self._active or self._prefilling or self._queue or not self._waiting.empty():
+            raise RuntimeError("warm_up runs on an idle engine, before it serves")
+        t0 = time.perf_counter()
+        self.capture_graphs()
+        vocab, chunk = self.model.args.vocab_size, self.prefill_budget or 256
+        first_new = 6 * new_tokens  # the first request decodes through every later step
+        room = max(1, self.max_seq_len - first_new - 1)
+        length = max(1, min(room, 2 * chunk))
+        n_backlog = max(2, min(self.max_batch - 2, (self.packed_backlog or 0) // max(1, length) + 2))
+
+        def prompt(i: int, n: int) -> list[int]:
+            return [(7919 * i + 31 * j + 1) % vocab for j in range(max(1, n - i))]
+
+        with self._lock:
+            first = self.submit(prompt(0, length), min(first_new, self.max_seq_len - length))
+            self.step()  # alone: one row's prefill
+            self.step()
+            if self.max_batch > 1:
+                self.submit(prompt(1, min(room, chunk // 2 + 3)), new_tokens)  # while it decodes: a packed piece
+                self.step()
+                for i in range(n_backlog):  # a backlog beside the decode rows: whole prompts, several rows
+                    self.submit(prompt(2 + i, length), new_tokens)
+            while self.step():
+                pass
+        assert first.request.done.is_set()
+        self.stats = dict.fromkeys(self.stats, 0)
+        return time.perf_counter() - t0
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

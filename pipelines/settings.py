@@ -86,8 +86,8 @@ class ModelSettings(BaseModel):
     summariser_checkpoint: Path | None = None
     device: str = "auto"  # auto | cpu | cuda
     engine_backend: str = "auto"  # auto (engine on CUDA) | engine | transformers: models/engine_backend.py
-    # the summariser engine's mixed step: "graph" prefills prompt pieces of at most engine_prefill_budget
-    # tokens beside the decode rows in one CUDA-graph step (steady request streams; models/engine);
+    # the summariser engine's mixed step: "graph" prefills prompt pieces (up to four, packed into
+    # engine_prefill_budget rows) beside the decode rows in one CUDA-graph step (models/engine);
     # "auto": graph where the engine runs CUDA graphs (a GPU), whole prompts on CPU
     engine_mixed_step: Literal["auto", "off", "graph"] = "auto"
     engine_prefill_budget: int = Field(512, ge=16)

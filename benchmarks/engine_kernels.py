@@ -732,6 +732,58 @@ def table():
               f"{prof.get('gpu_ms_per_step', float('nan')):.2f} ms GPU, {prof.get('kernels_per_step', float('nan')):.0f} kernels")
 
 
+@torch.inference_mode()
+def new_kernels_check(dev, dtype, small=False):
+    """No model: the grouped-GEMM path's one-pass combine (fused_moe.combine_sorted) against its ops (gather, the
+    compiled weighted fp32 sum, two adds) at prefill token counts, and the packed pieces' attention with several
+    pieces of distinct slots (fused_mla.piece_attention) against its reference, on lite's shapes."""
+    from models.engine.mixed_batch import PackedStep
+
+    out = {"combine": {}, "pieces": {}}
+    timed = dev.type == "cuda"
+    g = torch.Generator(device=dev).manual_seed(3)
+    hidden, k = (64, 6) if small else (2048, 6)
+    for t in (5, 33) if small else (512, 4096, 19682):
+        ys = torch.randn(t * k, hidden, device=dev, dtype=dtype, generator=g)
+        dest = torch.randperm(t * k, device=dev, generator=g)
+        w = torch.rand(t, k, device=dev, generator=g)
+        sh, res = (torch.randn(t, hidden, device=dev, dtype=dtype, generator=g) for _ in range(2))
+
+        def ops():
+            return res + (K.prefill.combine_experts(ys.index_select(0, dest).view(t, k, -1), w) + sh)
+
+        ref = FM.combine_sorted_reference(ys.float(), dest, w, sh.float(), res.float())
+        row = {"kernel_rel_err": rel(FM.combine_sorted(ys, dest, w, sh, res), ref), "ops_rel_err": rel(ops(), ref),
+               "kernel_us": event_ms(lambda: FM.combine_sorted(ys, dest, w, sh, res)) * 1e3 if timed else None,
+               "ops_us": event_ms(ops) * 1e3 if timed else None,
+               "bytes_MB": (ys.numel() + 3 * sh.numel()) * 2 / 1e6}
+        out["combine"][f"t{t}"] = row
+        print(f"combine T{t}: {row}", flush=True)
+    heads, rank, rope, slots, seq = (4, 32, 8, 8, 64) if small else (16, 512, 64, 8, 2304)
+    cache = torch.randn(slots * seq, rank + rope, device=dev, dtype=dtype, generator=g)
+    align = ML.piece_align(heads)
+    c = 32 if small else 512
+    for lengths in ((c,), (c // 2 + 3, c // 3), (c // 4 + 1, c // 4 - 1, 3, 2)):
+        offsets = PackedStep.placement(list(lengths), align)
+        if offsets[-1] + lengths[-1] > c:
+            continue
+        pos, base = torch.full((c,), seq - 1, device=dev), torch.full((c,), -1, device=dev)
+        for j, (off, n) in enumerate(zip(offsets, lengths)):
+            start = (8 if small else 1024) + 3 * j
+            pos[off : off + n] = torch.arange(start, start + n, device=dev)
+            base[off : off + n] = (j + 2) * seq
+        q_lat = torch.randn(heads, c, rank, device=dev, dtype=dtype, generator=g).transpose(0, 1)
+        q_rope = torch.randn(c, heads, rope, device=dev, dtype=dtype, generator=g)
+        got = ML.piece_attention(q_lat, q_rope, cache, pos, base, 0.07)
+        ref = ML.piece_attention_reference(q_lat.float(), q_rope.float(), cache.float(), pos, base, 0.07)
+        real = base >= 0
+        row = {"rel_err": rel(got[real], ref[real]), "padding_zero": not bool(got[~real].any()),
+               "kernel_us": graph_ms(lambda: ML.piece_attention(q_lat, q_rope, cache, pos, base, 0.07)) * 1e3 if timed else None}
+        out["pieces"]["+".join(map(str, lengths))] = row
+        print(f"pieces {lengths}: {row}", flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="lite")
@@ -749,6 +801,7 @@ def main(argv=None):
     ap.add_argument("--packed-chunks", default="256,512,1024")
     ap.add_argument("--packed-only", action="store_true", help="only the packed mixed step (no MoE kernel tables)")
     ap.add_argument("--attention", action="store_true", help="the fused decode attention kernel vs the ops it replaces")
+    ap.add_argument("--new-kernels", action="store_true", help="only the one-pass combine and several-piece attention (no model)")
     ap.add_argument("--packed-moe", default="grouped,fused", help=f"the packed step's expert pass, any of {PACKED_MOE_VARIANTS}")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if CUDA and not args.dry_run else "cpu")
@@ -768,6 +821,11 @@ def main(argv=None):
     if dev.type == "cuda":
         ceiling()
         print(f"copy ceiling {R['ceiling_copy_TBps']:.2f} TB/s", flush=True)
+    if args.new_kernels:
+        K.enable_compile() if dev.type == "cuda" else None
+        run_phase("new_kernels", lambda: new_kernels_check(dev, dtype, small=args.dry_run), args)
+        save(args)
+        return R
     if args.prefill_accuracy:
         if args.dry_run:
             args.max_seq_len = 64

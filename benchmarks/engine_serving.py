@@ -5,12 +5,12 @@
     python benchmarks/engine_serving.py --engine-path .bench_head \\
         --engine before=engine_head --engine after=models.engine --engine after_b512=models.engine:512
 
-Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off]]]]`: a
+Each engine (`NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:OPTIONS]]]]`: a
 package with `load_engine`, e.g. a copy of an older models/engine put on `--engine-path`; `none` for whole prompts;
 `mixed`: decode rows and prompt pieces in one eager forward per step; `graph`: decode rows and prompt pieces packed
 into an area of PREFILL_BUDGET rows per step, in fixed shapes and replayed as a CUDA graph; `fused`: the fused
-decode kernels, `fused-v1` / `fused-v2` earlier versions of them; `backlog`: the engine's packed_backlog, `off` for
-packed steps whatever waits) is built once over the same random-weight model, warmed (every
+decode kernels, `fused-v1` / `fused-v2` earlier versions of them; OPTIONS, comma-separated: `backlog=N|off`, the
+engine's packed_backlog (`off`: packed steps whatever waits), `pieces=N`, the pieces a packed step carries) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -203,7 +203,7 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     module, _, rest = spec.partition(":")
     budget, _, rest = rest.partition(":")
     mode, _, rest = rest.partition(":")
-    moe, _, backlog = rest.partition(":")
+    moe, _, options = rest.partition(":")
     mod = importlib.import_module(module)
     kw = {"prefill_budget": int(budget) if budget not in ("", "none") else None} if budget else {}
     if mode:
@@ -214,11 +214,14 @@ def bench_engine(name, spec, hf, vocab, args, rates):
         if moe not in ("fused", "unfused", *KERNEL_VERSIONS):
             raise SystemExit(f"engine {name}: kernels must be fused, unfused or one of {sorted(KERNEL_VERSIONS)}, not {moe!r}")
         kw["fused_moe"] = moe != "unfused"
-    if backlog:
-        key, _, value = backlog.partition("=")
-        if key != "backlog" or not (value == "off" or value.isdigit()):
-            raise SystemExit(f"engine {name}: the fifth field must be backlog=N or backlog=off, not {backlog!r}")
-        kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)  # off: a backlog never reached
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key == "backlog" and (value == "off" or value.isdigit()):
+            kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)  # off: a backlog never reached
+        elif key == "pieces" and value.isdigit() and int(value) > 0:
+            kw["packed_max_pieces"] = int(value)
+        else:
+            raise SystemExit(f"engine {name}: options are backlog=N|off and pieces=N, comma-separated, not {option!r}")
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
@@ -322,7 +325,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off]]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off,pieces=N]]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

@@ -667,6 +667,14 @@ def test_a_packed_step_carries_several_pieces_first_come_first_served(hf_model):
     assert first.result() == hf_greedy(hf_model, PROMPTS[1], 8)
     assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 6) for p in (PROMPTS[2], long_prompt)]
     assert [h.result() for h in more] == [hf_greedy(hf_model, p, 4) for p in (PROMPTS[0], PROMPTS[3], PROMPTS[4])]
+    one = load_engine(hf_model, max_batch=4, max_seq_len=64, prefill_budget=24, mixed_step="graph", packed_max_pieces=1)
+    plans = _recorded(one)
+    first = one.submit(PROMPTS[1], 8)
+    one.step()
+    rest = [one.submit(p, 6) for p in (PROMPTS[2], long_prompt)]
+    one.step()
+    assert [(len(p.request.prompt), p.start, p.stop) for p in plans[-1].prefill] == [(11, 0, 11)]  # one piece a step
+    assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 6) for p in (PROMPTS[2], long_prompt)]
 
 
 def test_default_mixed_step_is_the_packed_graph_step_where_decode_is_graphed(hf_model, monkeypatch):

@@ -24,13 +24,14 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=None, fused_moe=None, packed_backlog=None,
-packed_fused_moe=None, attention_kernel=None)`
+packed_fused_moe=None, attention_kernel=None, packed_max_pieces=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
-`mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries at most one prompt
-piece of at most C tokens, run with the decode rows as one packed forward in fixed shapes (decode rows
-padded to a batch bucket, the piece to C/4, C/2 or C tokens, absorbed attention for both), a CUDA graph per
-bucket; while more than `packed_backlog` (default 4 C) prompt tokens wait for a free slot, whole prompts are
+`mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries up to
+`packed_max_pieces` (default `cuda_graphs.PACKED_MAX_PIECES`, 4) prompt pieces packed first come, first served into an area of C
+rows (each of its own slot, each after the first at an aligned row, the last one cut), run with the decode rows
+as one packed forward in fixed shapes (decode rows padded to a batch bucket, the area to C/4, C/2 or C rows,
+absorbed attention for both), a CUDA graph per bucket; while more than `packed_backlog` (default 4 C) prompt tokens wait for a free slot, whole prompts are
 prefilled behind the decode graph instead (batched: throughput at saturation). `mixed_step=None` (the default,
 `default_mixed_step`) is "graph" with C = `PACKED_CHUNK_DEFAULT` (512) wherever decode runs in CUDA graphs, else
 False (whole prompts behind each decode step; CPU).
@@ -61,6 +62,7 @@ from __future__ import annotations
 import torch
 
 from .config import EngineArgs, UnsupportedModelError
+from .cuda_graphs import PACKED_MAX_PIECES
 from .scheduler import Engine, RequestError, RequestHandle
 
 __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "UnsupportedModelError", "default_mixed_step",
@@ -101,6 +103,7 @@ def load_engine(
     packed_backlog: int | None = None,
     packed_fused_moe: bool | None = None,
     attention_kernel: bool | None = None,
+    packed_max_pieces: int | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -138,4 +141,5 @@ def load_engine(
         prefill_budget=prefill_budget,
         mixed_step=mixed_step,
         packed_backlog=packed_backlog,
+        packed_max_pieces=PACKED_MAX_PIECES if packed_max_pieces is None else packed_max_pieces,
     )

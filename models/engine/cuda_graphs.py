@@ -108,6 +108,9 @@ class DecodeRunner:
         torch.cuda.synchronize()
 
 
+PACKED_MAX_PIECES = 4  # prompt pieces a packed step carries by default (one a step starved the batch at saturation)
+
+
 class PackedRunner:
     """Runs `model.packed` (decode rows of slots 0..b-1 + up to `max_pieces` prefill pieces packed into an area of
     at most `chunk` rows, padded to a piece bucket: chunk/4, chunk/2 or chunk, so a short area pads little):
@@ -115,7 +118,7 @@ class PackedRunner:
     eagerly off CUDA. A mixed step then costs its GPU work, not ~1,900 eager launches."""
 
     def __init__(self, model: EngineModel, cache: torch.Tensor, max_batch: int, chunk: int, use_graphs: bool, pool=None,
-                 max_pieces: int = 4):
+                 max_pieces: int = PACKED_MAX_PIECES):
         self.model, self.cache, self.chunk, self.max_pieces = model, cache, chunk, max_pieces
         # pieces after the first start at a multiple of this many rows (the piece kernel's blocks hold one slot)
         self.align = fused_mla.piece_align(model.args.num_heads)

@@ -30,7 +30,7 @@ import torch
 
 from models.errors import ModelError
 
-from .cuda_graphs import DecodeRunner, PackedRunner
+from .cuda_graphs import PACKED_MAX_PIECES, DecodeRunner, PackedRunner
 from .mixed_batch import MixedBatch, PackedStep
 from .model import EngineModel
 
@@ -138,6 +138,7 @@ class Engine:
         prefill_budget: int | None = None,
         mixed_step: bool | str = False,
         packed_backlog: int | None = None,
+        packed_max_pieces: int = PACKED_MAX_PIECES,
     ):
         self.model, self.max_batch, self.max_seq_len = model, max_batch, model.max_seq_len
         self.device = model.device
@@ -163,8 +164,8 @@ class Engine:
         self.mixed_step = mixed_step
         self.cache = model.new_cache(max_batch)
         self.runner = DecodeRunner(model, self.cache, max_batch, use_cuda_graphs)
-        self.packed_runner = (PackedRunner(model, self.cache, max_batch, prefill_budget, use_cuda_graphs, self.runner.pool)
-                              if mixed_step == "graph" else None)
+        self.packed_runner = (PackedRunner(model, self.cache, max_batch, prefill_budget, use_cuda_graphs, self.runner.pool,
+                                           max_pieces=packed_max_pieces) if mixed_step == "graph" else None)
         # with more prompt tokens than this waiting for a slot, a step prefills whole prompts behind the decode
         # graph (batched: throughput) instead of one packed piece (latency); default 4 x prefill_budget
         self.packed_backlog = (4 * prefill_budget if packed_backlog is None and prefill_budget else packed_backlog)

@@ -1,4 +1,5 @@
-"""Decode steps (and packed mixed steps) captured as CUDA graphs, one per (batch bucket, sequence bucket), captured lazily.
+"""Decode steps (and packed mixed steps) captured as CUDA graphs, one per (batch bucket, [piece bucket,] sequence
+bucket), lazily or all up front (`capture_all`).
 
 A decode step is ~30 small launches per layer; replaying a graph removes the host launch cost. The
 batch bucket is how many leading cache slots the step covers, the sequence bucket how many cache

@@ -450,7 +450,7 @@ class Block(nn.Module):
         return self._mlp(normed, h, K.eager)
 
     def packed(self, x, cos, sin, cache, step, kk):
-        """Decode rows and one prefill piece packed in one [T, H] (mixed_batch.PackedStep): one expert pass."""
+        """Decode rows and prompt pieces packed in one [T, H] (mixed_batch.PackedStep): one expert pass."""
         h = self.attn.packed(kk.rms_norm(x, self.attn_norm, self.eps), cos, sin, cache, step, kk)
         h, normed = kk.add_rms_norm(h, x, self.mlp_norm, self.eps)
         return self._mlp(normed, h, kk, packed=True)

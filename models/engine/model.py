@@ -104,8 +104,9 @@ class EngineModel(nn.Module):
 
     @torch.no_grad()
     def packed(self, tokens: torch.Tensor, step: PackedStep, cache: torch.Tensor) -> torch.Tensor:
-        """A mixed step in fixed shapes (decode rows + one padded prefill piece, `PackedStep`): logits
-        [n_decode + 1, vocab] of the decode rows and of the piece's last real token. Graph-capturable."""
+        """A mixed step in fixed shapes (decode rows + up to step's max pieces of prompt in a padded area,
+        `PackedStep`): logits [n_decode + max_pieces, vocab] of the decode rows and of each piece's last real token
+        (an unused piece's row is a padding row's). Graph-capturable."""
         kk = K.mixed
         cos, sin = self.rope.cos[step.pos], self.rope.sin[step.pos]
         h = F.embedding(tokens, self.embed)

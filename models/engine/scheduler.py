@@ -2,17 +2,19 @@
 
 Each engine step is decided first and run second (as vLLM v1's scheduler): `schedule()` returns a plain
 `SchedulerOutput` (which running requests decode one token, which prompt pieces are prefilled), and
-`_execute()` runs the model on it. A step runs the whole decode batch, then the prefill of waiting
-prompts (whole, up to `max_prefill_tokens`, launched behind the decode graph). With a `prefill_budget`
-(off by default) a step takes at most that many prompt tokens (Sarathi-Serve's chunked prefill): a long
-prompt is prefilled over several steps, carried across them in its cache slot, while every running
-request still gets one token per step. Measured on an H100 (lite, bf16, no mixed forward yet), chunks
-cost more than they save: each piece reads every routed expert again (ENGINE_NOTES.md).
+`_execute()` runs the model on it. Two ways to prefill beside decode rows:
+- packed steps (`mixed_step="graph"`, the default on a GPU): a step takes prompt pieces first come, first
+  served into an area of `prefill_budget` rows (Sarathi-Serve's chunked prefill, several pieces a step as in
+  vLLM's token budget), and runs them with the decode rows as one CUDA-graphed forward (one expert pass);
+  while more than `packed_backlog` prompt tokens wait, whole prompts go behind the decode graph instead;
+- whole prompts (the default on CPU): the decode batch, then the waiting prompts' prefill (up to
+  `max_prefill_tokens`) launched behind it. A `prefill_budget` without the graph cuts prompts over steps
+  the same way, but each piece then reads every routed expert again (slower on an H100; ENGINE_NOTES.md).
 
-Admission is first come, first served: the partially prefilled request is continued before anyone
-else, and the head of the queue is never passed over for a shorter prompt behind it. Slots are taken
-lowest first, so the decode batch (slots 0..highest running) stays dense. Tokens are streamed to each
-request's handle (an iterator) and optional callback as they come.
+Admission is first come, first served: partially prefilled requests are continued before anyone else,
+and the head of the queue is never passed over for a shorter prompt behind it. Slots are taken lowest
+first, so the decode batch (slots 0..highest running) stays dense. Tokens are streamed to each request's
+handle (an iterator) and optional callback as they come.
 """
 
 from __future__ import annotations

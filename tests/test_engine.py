@@ -773,3 +773,27 @@ def test_warm_up_runs_each_step_kind_once_and_leaves_the_engine_idle(hf_model):
         engine.warm_up()
     whole = load_engine(hf_model, max_batch=2, max_seq_len=64)  # whole prompts (CPU default): runs as well
     assert whole.warm_up() >= 0 and whole.generate([PROMPTS[1]], 4) == [hf_greedy(hf_model, PROMPTS[1], 4)]
+
+
+def test_several_pieces_a_step_keep_the_decode_batch_fuller_under_a_backlog(hf_model):
+    """A sustained backlog with the switch off (packed steps whatever waits): packing two pieces a step admits
+    requests twice as fast as one piece a step, so the same work takes fewer steps with more rows decoding in
+    each, with every request's tokens still transformers'."""
+    import random
+
+    rng = random.Random(5)
+    prompts = [[rng.randrange(1, 500) for _ in range(rng.randint(8, 16))] for _ in range(16)]
+    runs = {}
+    for pieces in (1, 4):
+        engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=32, mixed_step="graph",
+                             packed_backlog=10**9, packed_max_pieces=pieces)
+        plans = _recorded(engine)
+        first = engine.submit(prompts[0], 12)
+        engine.step()
+        handles = [first] + [engine.submit(p, 6) for p in prompts[1:]]
+        while engine.step():
+            pass
+        assert all(len(p.prefill) <= pieces for p in plans[1:])
+        runs[pieces] = (len(plans), engine.stats["decode_slots"] / engine.stats["decode_steps"], [h.result() for h in handles])
+    assert runs[4][0] < runs[1][0] and runs[4][1] > runs[1][1]
+    assert runs[4][2] == runs[1][2] == [hf_greedy(hf_model, p, 12 if i == 0 else 6) for i, p in enumerate(prompts)]

@@ -504,6 +504,24 @@ for heads, rank, rope, lengths, S in ((4, 32, 8, (3,), 40), (16, 64, 16, (12,), 
     got = ML.piece_attention(q_lat, q_rope, kv, pos, base, 0.3)
     torch.testing.assert_close(got, ML.piece_attention_reference(q_lat, q_rope, kv, pos, base, 0.3), rtol=1e-4, atol=1e-4)
     assert not got[base < 0].any()
+# every GPU tile (BLOCK_M up to 64 rows) keeps each block within one piece: lite's 16 heads, pieces aligned to 4 queries
+import triton
+heads, rank, rope, S = 16, 64, 16, 48
+lengths = (5, 3, 7, 1)
+offsets = PackedStep.placement(list(lengths), ML.piece_align(heads))
+C = offsets[-1] + lengths[-1] + 3
+kv = torch.randn(4 * S, rank + rope)
+pos, base = torch.full((C,), S - 1), torch.full((C,), -1)
+for j, (off, n) in enumerate(zip(offsets, lengths)):
+    pos[off : off + n], base[off : off + n] = torch.arange(S - n - j, S - j), ((j + 1) % 4) * S
+q_lat, q_rope = torch.randn(C, heads, rank), torch.randn(C, heads, rope)
+ref = ML.piece_attention_reference(q_lat, q_rope, kv, pos, base, 0.3)
+for bm, bs in sorted({(m, s) for m, s, *_ in ML.PIECE_TILES}):
+    got = torch.empty(C, heads, rank)
+    ML._piece_attn_kernel.fn[(triton.cdiv(C * heads, bm),)](
+        q_lat, q_rope, kv, pos, base, got, q_lat.stride(0), q_lat.stride(1), q_rope.stride(0), q_rope.stride(1),
+        kv.stride(0), 0.3, C * heads, H=heads, R=rank, R_P2=rank, DR=rope, DR_P2=rope, BLOCK_M=bm, BLOCK_S=bs)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 ML.tune_piece_attention(4, 32, 8, [4, 8], 16, torch.float32, "cpu", 0.3)  # runs the kernel on each piece size
 for interleave in (True, False):
     B, heads, nope, rope, rank, seq = 3, 4, 16, 8, 32, 10

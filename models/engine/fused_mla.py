@@ -236,6 +236,11 @@ def latent_attention(q_lat, q_rope, kv, pos, scale, block_s: int = 32):
 # A block never straddles two pieces (pieces start at multiples of `piece_align` rows), so its rows share one
 # slot. Padding rows (base -1) read nothing and give zeros.
 
+# (BLOCK_M, BLOCK_S, warps, stages) the piece kernel is autotuned over on a GPU; every BLOCK_M divides 64, which
+# piece_align relies on
+PIECE_TILES = ((32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2), (32, 32, 8, 1), (16, 64, 4, 2))
+
+
 def piece_align(heads: int) -> int:
     """Query rows a piece's start is aligned to: a multiple of every block of (query, head) rows the kernel may
     take (16, 32 or 64 rows) starts a piece, so no block holds two slots."""
@@ -269,9 +274,7 @@ if triton is not None:
     def _piece_configs():
         if _INTERPRET:
             return [triton.Config({"BLOCK_M": 16, "BLOCK_S": 16}, num_warps=4, num_stages=1)]
-        return [triton.Config({"BLOCK_M": m, "BLOCK_S": s}, num_warps=w, num_stages=st)
-                for m, s, w, st in ((32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2), (32, 32, 8, 1),
-                                    (16, 64, 4, 2))]
+        return [triton.Config({"BLOCK_M": m, "BLOCK_S": s}, num_warps=w, num_stages=st) for m, s, w, st in PIECE_TILES]
 
     @triton.autotune(configs=_piece_configs(), key=["H", "R", "DR", "N_ROWS"], do_bench=autotune_bench)
     @triton.jit

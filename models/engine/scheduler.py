@@ -200,17 +200,21 @@ class Engine:
                 self.packed_runner.capture_all()
         return time.perf_counter() - t0 if self.runner.use_graphs else 0.0
 
-    def warm_up(self, new_tokens: int = 4) -> float:
+    def warm_up(self, synthetic: bool | None = None, new_tokens: int = 4) -> float:
         """Before serving (nothing else running: a replica at load): capture every CUDA graph, then run each kind
         of step once on synthetic prompts, so that no request pays a first use's compile or kernel tuning: a
         prompt alone (prefill of one row), prompts arriving while it decodes (packed pieces, or prefill behind the
         decode), more prompt tokens than the packed backlog at once (whole prompts, several rows, behind the decode
         rows). On a GPU the first engine of a process took 2.2 s for its first whole-prompt step behind decode rows
-        against 151 ms once compiled (benchmarks/ENGINE_NOTES.md). The stats are reset after; returns seconds."""
+        against 151 ms once compiled (benchmarks/ENGINE_NOTES.md). The synthetic steps run on CUDA (on CPU nothing
+        is compiled or tuned) unless `synthetic` says otherwise. The stats are reset after; returns the seconds
+        spent (0 where nothing ran)."""
         if self.running or self._active or self._prefilling or self._queue or not self._waiting.empty():
             raise RuntimeError("warm_up runs on an idle engine, before it serves")
         t0 = time.perf_counter()
-        self.capture_graphs()
+        captured = self.capture_graphs()
+        if not (self.device.type == "cuda" if synthetic is None else synthetic):
+            return captured
         vocab, chunk = self.model.args.vocab_size, self.prefill_budget or 256
         first_new = 6 * new_tokens  # the first request decodes through every later step
         room = max(1, self.max_seq_len - first_new - 1)

@@ -83,13 +83,14 @@ class PackedStep:
         base, row_piece = [-1] * chunk, [-1] * chunk
         slots, last = [0] * max_pieces, [n_decode] * max_pieces
         for j, ((slot, piece, start), off) in enumerate(zip(pieces, PackedStep.placement([len(p[1]) for p in pieces], align))):
-            m = len(piece)
+            m, r, first_row = len(piece), n_decode + off, slot * max_seq_len
             assert 0 < m and off + m <= chunk
-            for i in range(m):
-                r = n_decode + off + i
-                tokens[r], pos[r], flat[r] = piece[i], start + i, slot * max_seq_len + start + i
-                base[off + i], row_piece[off + i] = slot * max_seq_len, j
-            slots[j], last[j] = slot, n_decode + off + m - 1
+            tokens[r : r + m] = piece  # slices of equal length: the lists keep their size
+            pos[r : r + m] = range(start, start + m)
+            flat[r : r + m] = range(first_row + start, first_row + start + m)
+            base[off : off + m] = [first_row] * m
+            row_piece[off : off + m] = [j] * m
+            slots[j], last[j] = slot, r + m - 1
         return tokens + pos + flat + base + row_piece + slots + last
 
     @classmethod

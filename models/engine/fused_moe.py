@@ -259,29 +259,54 @@ ALIGN_MAX_PAIRS = 1024
 if triton is not None:
 
     @triton.jit
-    def _combine_kernel(y_ptr, res_ptr, out_ptr, H, PAIRS: tl.constexpr, BLOCK_H: tl.constexpr):
+    def _combine_rows_kernel(ys_ptr, dest_ptr, w_ptr, shared_ptr, res_ptr, out_ptr, H, K: tl.constexpr,
+                             GATHER: tl.constexpr, WEIGHTED: tl.constexpr, HAS_SHARED: tl.constexpr,
+                             HAS_RES: tl.constexpr, BLOCK_H: tl.constexpr):
+        # token t sums its K rows of ys in fp32 (rows t*K.. in place, or dest[t*K..] with GATHER; times w[t*K..]
+        # with WEIGHTED), then adds the shared MLP's row and the residual's, rounding as each eager op rounds
         t = tl.program_id(0).to(tl.int64)
         offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         m = offs < H
         acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for p in tl.static_range(PAIRS):
-            acc += tl.load(y_ptr + (t * PAIRS + p) * H + offs, mask=m, other=0.0)
-        moe = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded once, as combine's .to(dtype)
-        r = tl.load(res_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(out_ptr + t * H + offs, (r + moe).to(out_ptr.dtype.element_ty), mask=m)
+        for j in tl.static_range(K):
+            row = t * K + j
+            if GATHER:
+                row = tl.load(dest_ptr + t * K + j).to(tl.int64)
+            y = tl.load(ys_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
+            if WEIGHTED:
+                y = tl.load(w_ptr + t * K + j).to(tl.float32) * y
+            acc += y
+        out = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_SHARED:
+            out = (out + tl.load(shared_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32))
+            out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
+        if HAS_RES:
+            out = tl.load(res_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32) + out
+        tl.store(out_ptr + t * H + offs, out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _combine_rows(ys, n_tokens, dtype, dest=None, weights=None, shared=None, residual=None) -> torch.Tensor:
+    """The one combine pass (see _combine_rows_kernel): [n_tokens, H] in dtype."""
+    h = ys.shape[-1]
+    assert ys.stride(-1) == 1 and ys.stride(0) == h
+    out = torch.empty(n_tokens, h, dtype=dtype, device=ys.device)
+    if n_tokens == 0:
+        return out
+    block_h = min(1024, triton.next_power_of_2(h))
+    sh = shared.contiguous() if shared is not None else out
+    res = residual.contiguous() if residual is not None else out
+    _combine_rows_kernel[(n_tokens, triton.cdiv(h, block_h))](
+        ys, dest.contiguous() if dest is not None else ys, weights.contiguous() if weights is not None else ys, sh, res,
+        out, h, K=ys.shape[0] // n_tokens, GATHER=dest is not None, WEIGHTED=weights is not None,
+        HAS_SHARED=shared is not None, HAS_RES=residual is not None, BLOCK_H=block_h, num_warps=4)
+    return out
 
 
 def combine_kernel(y: torch.Tensor, residual: torch.Tensor, n_tokens: int) -> torch.Tensor:
     """`combine` with a residual as one Triton pass (fixed tiles). The compiled PyTorch combine chose its
     reduction tiles by autotuning on the first shapes it met: on one H100 run it took 327 us a layer at 528
     tokens against 43 us on another (benchmarks/ENGINE_NOTES.md), so the result hung on warm-up order."""
-    h = y.shape[-1]
-    res = residual.contiguous()
-    out = torch.empty_like(res)
-    block_h = min(1024, triton.next_power_of_2(h))
-    _combine_kernel[(n_tokens, triton.cdiv(h, block_h))](y, res, out, h, PAIRS=y.shape[0] // n_tokens,
-                                                           BLOCK_H=block_h, num_warps=4)
-    return out
+    return _combine_rows(y, n_tokens, residual.dtype, residual=residual)
 
 
 def combine_sorted_reference(ys: torch.Tensor, dest: torch.Tensor, weights: torch.Tensor,
@@ -296,47 +321,13 @@ def combine_sorted_reference(ys: torch.Tensor, dest: torch.Tensor, weights: torc
     return out if residual is None else residual + out
 
 
-if triton is not None:
-
-    @triton.jit
-    def _combine_sorted_kernel(ys_ptr, dest_ptr, w_ptr, shared_ptr, res_ptr, out_ptr, H, K: tl.constexpr,
-                               HAS_SHARED: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_H: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)
-        offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        m = offs < H
-        acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for j in tl.static_range(K):
-            row = tl.load(dest_ptr + t * K + j).to(tl.int64)
-            w = tl.load(w_ptr + t * K + j).to(tl.float32)
-            acc += w * tl.load(ys_ptr + row * H + offs, mask=m, other=0.0).to(tl.float32)
-        out = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # rounded as each eager op rounds
-        if HAS_SHARED:
-            out = (out + tl.load(shared_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32))
-            out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
-        if HAS_RES:
-            out = tl.load(res_ptr + t * H + offs, mask=m, other=0.0).to(tl.float32) + out
-        tl.store(out_ptr + t * H + offs, out.to(out_ptr.dtype.element_ty), mask=m)
-
-
 def combine_sorted(ys: torch.Tensor, dest: torch.Tensor, weights: torch.Tensor,
                    shared: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """combine_sorted_reference in one Triton pass: each token's k rows gathered, weighted and summed in fp32, the
     shared MLP's output and the residual added. As ops that was a gather of [T * k, H], the compiled weighted sum
     (its reduction tiles autotuned on the first shapes met: 2 ms a layer for 19,682 tokens on an H100, ~13x its
     bytes' time) and two adds: ~20% of a prefill's GPU time (benchmarks/ENGINE_NOTES.md)."""
-    t, k = weights.shape
-    h = ys.shape[-1]
-    assert ys.stride(-1) == 1 and ys.stride(0) == h
-    out = torch.empty(t, h, dtype=ys.dtype, device=ys.device)
-    if t == 0:
-        return out
-    block_h = min(1024, triton.next_power_of_2(h))
-    sh = shared.contiguous() if shared is not None else out
-    res = residual.contiguous() if residual is not None else out
-    _combine_sorted_kernel[(t, triton.cdiv(h, block_h))](ys, dest.contiguous(), weights.contiguous(), sh, res, out, h, K=k,
-                                                         HAS_SHARED=shared is not None, HAS_RES=residual is not None,
-                                                         BLOCK_H=block_h, num_warps=4)
-    return out
+    return _combine_rows(ys, weights.shape[0], ys.dtype, dest, weights, shared, residual)
 
 
 def align_buffers(n_pairs: int, n_experts: int, device, block_m: int = BLOCK_M):

@@ -635,10 +635,12 @@ def test_packed_pieces_are_placed_aligned_without_overlap(lengths, align, chunk)
         return
     pieces = [(j + 2, list(range(100, 100 + n)), 3 * j) for j, n in enumerate(lengths)]
     buf = PackedStep.host_layout([7], [5], 2, chunk, pieces, 4, align, 64)
+    assert len(buf) == PackedStep.size(2, chunk, 4)
     t = 2 + chunk
-    tokens, pos, flat = buf[:t], buf[t : 2 * t], buf[2 * t : 3 * t]
-    base, piece = buf[3 * t : 3 * t + chunk], buf[3 * t + chunk : 3 * t + 2 * chunk]
-    last = buf[3 * t + 2 * chunk + 4 :]
+    ids, step = PackedStep.view(torch.tensor(buf), 2, chunk, 48, 4, 64)
+    tokens, pos, flat = ids.tolist(), step.pos.tolist(), step.flat.tolist()
+    base, piece, last = step.base.tolist(), step.row_piece.tolist(), step.last.tolist()
+    assert len(tokens) == len(pos) == len(flat) == t and len(base) == len(piece) == chunk and len(last) == 4
     owned = {}
     for j, ((slot, toks, start), off) in enumerate(zip(pieces, offsets)):
         for i in range(len(toks)):

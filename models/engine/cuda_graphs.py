@@ -140,10 +140,10 @@ class PackedRunner:
         """Decode rows (ids and positions of slots 0..n-1, dummies at max_seq_len - 1; max_len: the real rows'
         largest position + 1) and `pieces`, each (slot, prompt tokens, start position), that `fits`.
         Returns (decode logits [n, vocab], each piece's last token's logits [len(pieces), vocab])."""
-        n = len(dec_tokens)
-        assert n > 0 and self.fits([len(p) for _, p, _ in pieces])
+        n, lengths = len(dec_tokens), [len(p) for _, p, _ in pieces]
+        assert n > 0 and self.fits(lengths)
         b = pick(self.batch_sizes, n)
-        c = pick(self.piece_sizes, PackedStep.rows_used([len(p) for _, p, _ in pieces], self.align))
+        c = pick(self.piece_sizes, PackedStep.rows_used(lengths, self.align))
         keys = pick(self.seq_sizes, max([max_len] + [start + len(p) for _, p, start in pieces]))
         self._load(PackedStep.host_layout(dec_tokens, dec_pos, b, c, pieces, self.max_pieces, self.align,
                                           self.model.max_seq_len))

@@ -226,19 +226,20 @@ class MLAAttention(nn.Module):
             o = self._from_latent(fused_mla.piece_attention(self._absorb(q_nope[n:]), q_rope[n:], flat_cache, step.pos[n:],
                                                             step.base, self.scale))
         else:
-            o = self._pieces_attention(q_nope[n:], q_rope[n:], flat_cache, step, kk)
+            o = self._pieces_attention(q_nope[n:], q_rope[n:], flat_cache, cache.shape[1], step)
         if n:
             o_dec = self._latent_attention(q_nope[:n], q_rope[:n], cache[:n, : step.keys], step.pos[:n], kk)
             o = torch.cat([o_dec, o])
         return self._out(o)
 
-    def _pieces_attention(self, q_nope, q_rope, flat_cache, step: PackedStep, kk) -> torch.Tensor:
+    def _pieces_attention(self, q_nope, q_rope, flat_cache, slot_rows: int, step: PackedStep) -> torch.Tensor:
         """The pieces' attention as PyTorch ops (where the kernel cannot run): every piece row scores against the
         keys of all the step's pieces [pieces x keys] and keeps its own piece's, up to its position. Padding rows
         (no piece) attend to one key so the softmax stays finite; their output is never read."""
         a = self.args
-        p, s = step.piece_keys.shape
-        kv = flat_cache.index_select(0, step.piece_keys.reshape(-1))  # [P * S, r + dr]
+        p, s = step.slots.shape[0], step.keys
+        piece_keys = step.slots[:, None] * slot_rows + torch.arange(s, device=flat_cache.device)  # [P, S] cache rows
+        kv = flat_cache.index_select(0, piece_keys.reshape(-1))  # [P * S, r + dr]
         c = q_nope.shape[0]
         q = torch.cat([self._absorb(q_nope), q_rope], dim=-1).reshape(1, c * a.num_heads, a.latent_dim)
         scores = torch.bmm(q, kv.t()[None]).view(c, a.num_heads, p * s)

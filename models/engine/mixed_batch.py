@@ -42,16 +42,16 @@ class PackedStep:
     keys: int  # cache positions attention reads, for both parts: a sequence bucket
     pos: torch.Tensor  # [n_decode + chunk] every token's position
     flat: torch.Tensor  # [n_decode + chunk] the cache row each token writes: slot * max_seq_len + pos
-    base: torch.Tensor  # [chunk] each piece row's slot * max_seq_len (its keys start there); -1: a padding row
     row_piece: torch.Tensor  # [chunk] each piece row's piece (0..max_pieces-1); -1: a padding row
-    piece_keys: torch.Tensor  # [max_pieces, keys] cache rows of each piece's slot, positions 0..keys-1
+    slots: torch.Tensor  # [max_pieces] each piece's cache slot
     last: torch.Tensor  # [max_pieces] row of each piece's last real token (its logits are returned)
+    base: torch.Tensor  # [chunk] each piece row's slot * max_seq_len (its keys start there); -1: a padding row
 
     @staticmethod
     def size(n_decode: int, chunk: int, max_pieces: int) -> int:
-        """Length of the int64 buffer of a step: [tokens | positions | cache rows] x tokens, [base | piece] x piece
-        rows, [slot | last] x pieces."""
-        return 3 * (n_decode + chunk) + 2 * chunk + 2 * max_pieces
+        """Length of the int64 buffer of a step: [tokens | positions | cache rows] x tokens, piece x piece rows,
+        [slot | last] x pieces."""
+        return 3 * (n_decode + chunk) + chunk + 2 * max_pieces
 
     @staticmethod
     def placement(lengths: list[int], align: int) -> list[int]:
@@ -80,7 +80,7 @@ class PackedStep:
         tokens = list(dec_tokens) + [0] * (n_decode - n) + [0] * chunk
         pos = list(dec_pos) + [dummy] * (n_decode - n) + [dummy] * chunk
         flat = [s * max_seq_len + p for s, p in enumerate(pos[:n_decode])] + [dummy] * chunk
-        base, row_piece = [-1] * chunk, [-1] * chunk
+        row_piece = [-1] * chunk
         slots, last = [0] * max_pieces, [n_decode] * max_pieces
         for j, ((slot, piece, start), off) in enumerate(zip(pieces, PackedStep.placement([len(p[1]) for p in pieces], align))):
             m, r, first_row = len(piece), n_decode + off, slot * max_seq_len
@@ -88,18 +88,17 @@ class PackedStep:
             tokens[r : r + m] = piece  # slices of equal length: the lists keep their size
             pos[r : r + m] = range(start, start + m)
             flat[r : r + m] = range(first_row + start, first_row + start + m)
-            base[off : off + m] = [first_row] * m
             row_piece[off : off + m] = [j] * m
             slots[j], last[j] = slot, r + m - 1
-        return tokens + pos + flat + base + row_piece + slots + last
+        return tokens + pos + flat + row_piece + slots + last
 
     @classmethod
     def view(cls, buf: torch.Tensor, n_decode: int, chunk: int, keys: int, max_pieces: int, max_seq_len: int):
-        """(token ids, PackedStep) as views of a buffer laid out by `host_layout` (device ops only)."""
+        """(token ids, PackedStep) as views of a buffer laid out by `host_layout` (device ops only; the rows'
+        bases derived from their pieces' slots)."""
         t = n_decode + chunk
         o = 3 * t
-        slots = buf[o + 2 * chunk : o + 2 * chunk + max_pieces]
-        piece_keys = slots[:, None] * max_seq_len + torch.arange(keys, device=buf.device)
-        return buf[:t], cls(n_decode, keys, buf[t : 2 * t], buf[2 * t : 3 * t], buf[o : o + chunk],
-                            buf[o + chunk : o + 2 * chunk], piece_keys,
-                            buf[o + 2 * chunk + max_pieces : o + 2 * chunk + 2 * max_pieces])
+        row_piece, slots = buf[o : o + chunk], buf[o + chunk : o + chunk + max_pieces]
+        base = torch.where(row_piece >= 0, slots[row_piece.clamp(min=0)] * max_seq_len, -1)
+        return buf[:t], cls(n_decode, keys, buf[t : 2 * t], buf[2 * t : 3 * t], row_piece, slots,
+                            buf[o + chunk + max_pieces : o + chunk + 2 * max_pieces], base)

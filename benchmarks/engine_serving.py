@@ -10,7 +10,7 @@ package with `load_engine`, e.g. a copy of an older models/engine put on `--engi
 `mixed`: decode rows and prompt pieces in one eager forward per step; `graph`: decode rows and prompt pieces packed
 into an area of PREFILL_BUDGET rows per step, in fixed shapes and replayed as a CUDA graph; `fused`: the fused
 decode kernels, `fused-v1` / `fused-v2` earlier versions of them; OPTIONS, comma-separated: `backlog=N|off`, the
-engine's packed_backlog (`off`: packed steps whatever waits), `pieces=N`, the pieces a packed step carries) is built once over the same random-weight model, warmed (every
+engine's packed_backlog (`off`, the default: packed steps whatever waits), `pieces=N`, the pieces a packed step carries) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -217,7 +217,7 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key == "backlog" and (value == "off" or value.isdigit()):
-            kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)  # off: a backlog never reached
+            kw["packed_backlog"] = None if value == "off" else int(value)  # off (the default): packed steps always
         elif key == "pieces" and value.isdigit() and int(value) > 0:
             kw["packed_max_pieces"] = int(value)
         else:

@@ -776,10 +776,16 @@ def test_packed_backlog_switches_to_whole_prompts(hf_model):
 
 
 def test_warm_up_runs_each_step_kind_once_and_leaves_the_engine_idle(hf_model):
-    """Engine.warm_up (a replica at load): graphs, then a prompt alone, a packed piece beside its decode row and a
-    backlog of whole prompts (several rows) behind decode rows; then the engine is idle with zeroed stats, serves
+    """Engine.warm_up (a replica at load): graphs, then a prompt alone, a packed piece beside its decode row, and
+    several prompts at once: packed pieces by default, with a packed_backlog whole prompts (several rows) behind
+    decode rows; then the engine is idle with zeroed stats, serves
     transformers' tokens, and refuses to warm up while it holds requests."""
-    engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=8, mixed_step="graph")
+    default = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=8, mixed_step="graph")
+    plans = _recorded(default)
+    assert default.warm_up(synthetic=True) > 0
+    assert any(p.decode and default._runs_packed(p) for p in plans)
+    assert not any(p.decode and p.prefill and not default._runs_packed(p) for p in plans)  # no backlog switch
+    engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=8, mixed_step="graph", packed_backlog=16)
     plans = _recorded(engine)
     assert engine.warm_up() == 0.0 and not plans  # CPU: nothing compiled or tuned, so no synthetic steps
     assert engine.warm_up(synthetic=True) > 0
@@ -797,7 +803,7 @@ def test_warm_up_runs_each_step_kind_once_and_leaves_the_engine_idle(hf_model):
 
 
 def test_several_pieces_a_step_keep_the_decode_batch_fuller_under_a_backlog(hf_model):
-    """A sustained backlog with the switch off (packed steps whatever waits): packing two pieces a step admits
+    """A sustained backlog with the switch off (the default: packed steps whatever waits): packing two pieces a step admits
     requests twice as fast as one piece a step, so the same work takes fewer steps with more rows decoding in
     each, with every request's tokens still transformers'."""
     import random
@@ -807,7 +813,7 @@ def test_several_pieces_a_step_keep_the_decode_batch_fuller_under_a_backlog(hf_m
     runs = {}
     for pieces in (1, 4):
         engine = load_engine(hf_model, max_batch=8, max_seq_len=64, prefill_budget=32, mixed_step="graph",
-                             packed_backlog=10**9, packed_max_pieces=pieces)
+                             packed_max_pieces=pieces)
         plans = _recorded(engine)
         first = engine.submit(prompts[0], 12)
         engine.step()

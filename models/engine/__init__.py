@@ -31,8 +31,8 @@ family it returns a `TransformersEngine` with the same methods over transformers
 `packed_max_pieces` (default `cuda_graphs.PACKED_MAX_PIECES`, 4) prompt pieces packed first come, first served into an area of C
 rows (each of its own slot, each after the first at an aligned row, the last one cut), run with the decode rows
 as one packed forward in fixed shapes (decode rows padded to a batch bucket, the area to C/4, C/2 or C rows,
-absorbed attention for both), a CUDA graph per bucket; while more than `packed_backlog` (default 4 C) prompt tokens wait for a free slot, whole prompts are
-prefilled behind the decode graph instead (batched: throughput at saturation). `mixed_step=None` (the default,
+absorbed attention for both), a CUDA graph per bucket; with `packed_backlog` set (default None: off), while more than that many prompt tokens wait
+for a free slot, whole prompts are prefilled behind the decode graph instead (measured no faster at saturation). `mixed_step=None` (the default,
 `default_mixed_step`) is "graph" with C = `PACKED_CHUNK_DEFAULT` (512) wherever decode runs in CUDA graphs, else
 False (whole prompts behind each decode step; CPU).
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;

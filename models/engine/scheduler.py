@@ -6,7 +6,8 @@ Each engine step is decided first and run second (as vLLM v1's scheduler): `sche
 - packed steps (`mixed_step="graph"`, the default on a GPU): a step takes prompt pieces first come, first
   served into an area of `prefill_budget` rows (Sarathi-Serve's chunked prefill, several pieces a step as in
   vLLM's token budget), and runs them with the decode rows as one CUDA-graphed forward (one expert pass);
-  while more than `packed_backlog` prompt tokens wait, whole prompts go behind the decode graph instead;
+  with a `packed_backlog` set (off by default), while more than that many prompt tokens wait, whole prompts
+  go behind the decode graph instead;
 - whole prompts (the default on CPU): the decode batch, then the waiting prompts' prefill (up to
   `max_prefill_tokens`) launched behind it. A `prefill_budget` without the graph cuts prompts over steps
   the same way, but each piece then reads every routed expert again (slower on an H100; ENGINE_NOTES.md).
@@ -169,8 +170,11 @@ class Engine:
         self.packed_runner = (PackedRunner(model, self.cache, max_batch, prefill_budget, use_cuda_graphs, self.runner.pool,
                                            max_pieces=packed_max_pieces) if mixed_step == "graph" else None)
         # with more prompt tokens than this waiting for a slot, a step prefills whole prompts behind the decode
-        # graph (batched: throughput) instead of one packed piece (latency); default 4 x prefill_budget
-        self.packed_backlog = (4 * prefill_budget if packed_backlog is None and prefill_budget else packed_backlog)
+        # graph instead of packed pieces. None (the default): packed steps whatever waits. Measured on an H100
+        # (benchmarks/results/engine_serving_pieces_h100.json) with up to 4 pieces a step, the switch at 4 C
+        # bought no throughput at 48 req/s (2,147 against 2,165 tok/s) and cost the tails: inter-token p99
+        # 331 against 23 ms (a whole-prompt step stalls every decoding request), TTFT p99 4.7 against 4.2 s
+        self.packed_backlog = packed_backlog
         self._free = list(range(max_batch))  # a heap: the lowest free slot first keeps decode batches dense
         self._active: dict[int, Request] = {}  # slot -> request decoding
         self._prefilling: list[Request] = []  # holding a slot, prompt not yet all in the cache (FCFS)
@@ -204,8 +208,8 @@ class Engine:
         """Before serving (nothing else running: a replica at load): capture every CUDA graph, then run each kind
         of step once on synthetic prompts, so that no request pays a first use's compile or kernel tuning: a
         prompt alone (prefill of one row), prompts arriving while it decodes (packed pieces, or prefill behind the
-        decode), more prompt tokens than the packed backlog at once (whole prompts, several rows, behind the decode
-        rows). On a GPU the first engine of a process took 2.2 s for its first whole-prompt step behind decode rows
+        decode), then several prompts at once (several packed pieces a step; with a `packed_backlog`, more prompt
+        tokens than it: whole prompts, several rows, behind the decode rows). On a GPU the first engine of a process took 2.2 s for its first whole-prompt step behind decode rows
         against 151 ms once compiled (benchmarks/ENGINE_NOTES.md). The synthetic steps run on CUDA (on CPU nothing
         is compiled or tuned) unless `synthetic` says otherwise. The stats are reset after; returns the seconds
         spent (0 where nothing ran)."""

@@ -90,7 +90,7 @@ class ModelSettings(BaseModel):
     # engine_prefill_budget rows) beside the decode rows in one CUDA-graph step (models/engine);
     # "auto": graph where the engine runs CUDA graphs (a GPU), whole prompts on CPU
     engine_mixed_step: Literal["auto", "off", "graph"] = "auto"
-    engine_prefill_budget: int = Field(512, ge=16)
+    engine_prefill_budget: int | None = Field(None, ge=16)  # None: the engine's PACKED_CHUNK_DEFAULT (1,024)
     # the fraud stream and the REST deployment, unless given a checkpoint, serve the registry's
     # champion and look for a new one every this many seconds (0: never; pipelines/model_holder.py)
     registry_poll_s: float = Field(10.0, ge=0.0)

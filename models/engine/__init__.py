@@ -33,7 +33,7 @@ rows (each of its own slot, each after the first at an aligned row, the last one
 as one packed forward in fixed shapes (decode rows padded to a batch bucket, the area to C/4, C/2 or C rows,
 absorbed attention for both), a CUDA graph per bucket; with `packed_backlog` set (default None: off), while more than that many prompt tokens wait
 for a free slot, whole prompts are prefilled behind the decode graph instead (measured no faster at saturation). `mixed_step=None` (the default,
-`default_mixed_step`) is "graph" with C = `PACKED_CHUNK_DEFAULT` (512) wherever decode runs in CUDA graphs, else
+`default_mixed_step`) is "graph" with C = `PACKED_CHUNK_DEFAULT` (1,024; also `mixed_step="graph"` without a budget) wherever decode runs in CUDA graphs, else
 False (whole prompts behind each decode step; CPU).
 `compile` (default: on CUDA) fuses the elementwise kernels of decode and prefill with torch.compile;
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
@@ -75,10 +75,11 @@ FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmar
 PACKED_FUSED_MOE_DEFAULT = True
 # Decode attention in one flash-decoding pass over the latent cache (fused_mla.latent_attention), on CUDA.
 ATTENTION_KERNEL_DEFAULT = True
-# The packed mixed step in CUDA graphs with pieces of at most 512 prompt tokens, wherever decode is graphed:
-# measured on an H100 at 8 req/s TPOT p99 17-18 ms against 44 ms for whole prompts, equal at 48 req/s
-# (benchmarks/ENGINE_NOTES.md, "same call").
-PACKED_CHUNK_DEFAULT = 512
+# The packed mixed step in CUDA graphs with an area of this many prompt rows, wherever decode is graphed. A
+# saturated packed engine is bound by its area (a step takes at most this many prompt tokens): measured on an
+# H100 (benchmarks/results/engine_serving_area_h100.json), 48 req/s gave 2,214 / 2,415 / 2,336 output tok/s at
+# 512 / 1,024 / 2,048 rows, and 8 req/s TPOT p99 15.0 / 15.0 / 15.8 ms, TTFT p99 146 / 124 / 95 ms.
+PACKED_CHUNK_DEFAULT = 1024
 
 
 def default_mixed_step(cuda_graphs: bool) -> str | bool:
@@ -129,8 +130,8 @@ def load_engine(
     graphs = on_gpu if use_cuda_graphs is None else use_cuda_graphs
     if mixed_step is None:
         mixed_step = default_mixed_step(graphs)
-        if mixed_step == "graph" and prefill_budget is None:
-            prefill_budget = PACKED_CHUNK_DEFAULT
+    if mixed_step == "graph" and prefill_budget is None:
+        prefill_budget = PACKED_CHUNK_DEFAULT
     return Engine(
         model,
         max_batch,

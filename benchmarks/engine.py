@@ -261,7 +261,8 @@ def bench_engine(hf, cfg, args):
 @phase("engine_long")
 def prefill_backends(engine, prompt):
     """One prompt's prefill (one plain causal chunk) with each SDPA backend forced, V padded to Q/K's head dim
-    or not (flash needs it padded); a backend that refuses the shapes is recorded with its error."""
+    or not (flash needs it padded); a backend that refuses the shapes is recorded with its error. `cudnn` is what
+    the engine runs on a card of layers.PREFILL_CUDNN_CAPABILITIES, `cudnn_padv` PyTorch's own choice there before."""
     from torch.nn.attention import SDPBackend
 
     from models.engine import layers

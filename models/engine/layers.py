@@ -28,18 +28,32 @@ def _linear_weight(module: nn.Module | None) -> torch.Tensor | None:
 # Prefill attention: pad V's head dim up to Q/K's so SDPA can take the flash kernel (else it picks
 # cuDNN / memory-efficient attention, which accept unequal head dims). benchmarks/engine.py times both.
 PAD_V_FOR_FLASH = True
-# SDPA backends prefill attention may use, in PyTorch's order of preference (flash, memory-efficient, math,
-# cuDNN) unless set: a tuple of torch.nn.attention.SDPBackend. benchmarks/engine.py --only-prefill sweeps them.
+# SDPA backends prefill attention may use, in PyTorch's order of preference unless set: a tuple of
+# torch.nn.attention.SDPBackend. benchmarks/engine.py --only-prefill sweeps them.
 PREFILL_SDPA_BACKENDS: tuple | None = None
+# Cards (compute capability) whose one plain causal chunk goes to cuDNN with V at its own head dim. On an H100,
+# 32K prefill: 0.666 / 0.602 s against 0.707 / 0.636 s for PyTorch's own choice with V padded (two calls:
+# benchmarks/results/engine_prefill_{backends,combine}_h100.json). Continued chunks (a lower-right causal mask)
+# keep V padded for flash: unpadded they fell to memory-efficient attention (1.47-1.53 against 0.97-1.06 s).
+PREFILL_CUDNN_CAPABILITIES = {(9, 0)}
 LONG_CONTEXT_SPLIT = 2048
 LONG_SOFTMAX_EAGER = 16384  # decode attention over more keys than this uses the eager softmax  # decode attention over >= 4 of these splits the sum over keys (see below)
 
 
-def _prefill_backends():
+def _prefill_cudnn(rows: torch.Tensor, plain_causal: bool) -> bool:
+    """Whether this prefill chunk's attention goes to cuDNN with V unpadded (see PREFILL_CUDNN_CAPABILITIES)."""
+    return (plain_causal and rows.is_cuda and PREFILL_SDPA_BACKENDS is None
+            and torch.cuda.get_device_capability(rows.device) in PREFILL_CUDNN_CAPABILITIES)
+
+
+def _prefill_backends(cudnn: bool = False):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if cudnn:  # the others stay behind it, in case cuDNN refuses a shape
+        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                            SDPBackend.MATH], set_priority=True)
     if PREFILL_SDPA_BACKENDS is None:
         return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
     return sdpa_kernel(list(PREFILL_SDPA_BACKENDS), set_priority=True)
 
 
@@ -139,10 +153,11 @@ class MLAAttention(nn.Module):
         k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         pad = 0
-        if PAD_V_FOR_FLASH and rows.is_cuda and a.v_head_dim < a.qk_head_dim:
+        cudnn = _prefill_cudnn(rows, p == c)
+        if PAD_V_FOR_FLASH and not cudnn and rows.is_cuda and a.v_head_dim < a.qk_head_dim:
             pad = a.qk_head_dim - a.v_head_dim  # flash attention wants one head dim for q, k and v
             v = F.pad(v, (0, pad))
-        with _prefill_backends():
+        with _prefill_backends(cudnn):
             if p == c:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
             elif rows.is_cuda:

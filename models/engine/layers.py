@@ -33,8 +33,9 @@ PAD_V_FOR_FLASH = True
 PREFILL_SDPA_BACKENDS: tuple | None = None
 # Cards (compute capability) whose one plain causal chunk goes to cuDNN with V at its own head dim. On an H100,
 # 32K prefill: 0.666 / 0.602 / 0.604 s against 0.707 / 0.636 / 0.640 s for PyTorch's own choice with V padded
-# (three calls: benchmarks/results/engine_prefill_{backends,combine,sample3}_h100.json). Continued chunks (a lower-right causal mask)
-# keep V padded for flash: unpadded they fell to memory-efficient attention (1.47-1.53 against 0.97-1.06 s).
+# (three calls: benchmarks/results/engine_prefill_{backends,combine,sample3}_h100.json). Continued chunks (a
+# lower-right causal mask) keep V padded for flash: unpadded they fell to memory-efficient attention (8K chunks
+# of a 32K prompt: 1.47-1.53 against 0.97-1.06 s).
 PREFILL_CUDNN_CAPABILITIES = {(9, 0)}
 LONG_CONTEXT_SPLIT = 2048
 LONG_SOFTMAX_EAGER = 16384  # decode attention over more keys than this uses the eager softmax  # decode attention over >= 4 of these splits the sum over keys (see below)

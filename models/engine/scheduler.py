@@ -209,10 +209,11 @@ class Engine:
         of step once on synthetic prompts, so that no request pays a first use's compile or kernel tuning: a
         prompt alone (prefill of one row), prompts arriving while it decodes (packed pieces, or prefill behind the
         decode), then several prompts at once (several packed pieces a step; with a `packed_backlog`, more prompt
-        tokens than it: whole prompts, several rows, behind the decode rows). On a GPU the first engine of a process took 2.2 s for its first whole-prompt step behind decode rows
-        against 151 ms once compiled (benchmarks/ENGINE_NOTES.md). The synthetic steps run on CUDA (on CPU nothing
-        is compiled or tuned) unless `synthetic` says otherwise. The stats are reset after; returns the seconds
-        spent (0 where nothing ran)."""
+        tokens than it: whole prompts, several rows, behind the decode rows). On an H100 the first engine of a
+        process took 2.2 s for its first whole-prompt step behind decode rows without this, 151 ms once compiled;
+        with it, its slowest step at 8 req/s took 224 ms (benchmarks/ENGINE_NOTES.md). The synthetic steps run on
+        CUDA (on CPU nothing is compiled or tuned) unless `synthetic` says otherwise. The stats are reset after;
+        returns the seconds spent (0 where nothing ran)."""
         if self.running or self._active or self._prefilling or self._queue or not self._waiting.empty():
             raise RuntimeError("warm_up runs on an idle engine, before it serves")
         t0 = time.perf_counter()

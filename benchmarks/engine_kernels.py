@@ -613,18 +613,19 @@ def piece_attention_bench(attn, kv_all, a, dtype, dev, g):
     return res
 
 
-PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16", "piece-ops")
+PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16", "fused128", "piece-ops")
 
 
 def set_packed_moe(model, variant):
-    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16-row blocks;
+    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16- or 128-row
+    blocks (at C 1,024 an expert averages ~130 rows a packed step, so 64-row blocks read its weights ~3 times);
     piece-ops: the fused kernels with the piece's attention as PyTorch ops instead of fused_mla.piece_attention."""
     assert variant in PACKED_MOE_VARIANTS, variant
     for block in model.blocks:
         if hasattr(block.mlp, "packed_fused"):
             block.mlp.packed_fused = variant != "grouped"
         block.attn.piece_kernel = variant != "piece-ops" and block.attn.attn_kernel
-    FM.BLOCK_M_LARGE = 16 if variant == "fused16" else 64
+    FM.BLOCK_M_LARGE = {"fused16": 16, "fused128": 128}.get(variant, 64)
 
 
 def profile_packed(runner, vocab, prefix, piece, variant, args, g):
@@ -649,20 +650,20 @@ def profile_packed(runner, vocab, prefix, piece, variant, args, g):
 
 @torch.inference_mode()
 def packed_moe_check(model, vocab, dev):
-    """One MoE layer at packed-step token counts: the fused kernels (64- and 16-row blocks) against the grouped
+    """One MoE layer at packed-step token counts: the fused kernels (64-, 16- and 128-row blocks) against the grouped
     GEMM path and a float32 reference, same inputs (relative error), and the time of each (CUDA graph)."""
     moe = next(b.mlp for b in model.blocks if hasattr(b.mlp, "packed_fused"))
     kk = K.mixed
     g = torch.Generator(device=dev).manual_seed(11)
     res = {}
-    for t in (65, 272, 528, 1088):
+    for t in (65, 272, 528, 1088, 2112):
         x = torch.randn(t, model.args.hidden_size, device=dev, dtype=model.dtype, generator=g)
         resid = torch.randn_like(x)
         pe, pw = FR.route_pairs_reference(x, moe.router.weight, moe.router.bias, moe.args.top_k, 1, 1,
                                           moe.args.norm_topk_prob, moe.args.routed_scaling_factor, moe.weights.n_shared, K.eager)
         ref = reference_moe(x.float(), pe, pw, moe.weights, resid.float())
         row = {}
-        for variant in ("grouped", "fused", "fused16"):
+        for variant in ("grouped", "fused", "fused16", "fused128"):
             set_packed_moe(model, variant)
             y = moe(x, kk, residual=resid, packed=True)
             row[f"{variant}_rel_err"] = rel(y, ref)

@@ -458,9 +458,10 @@ for T in (1, 7, 20, 90):
     out = FM.combine(y, res, T)
     torch.testing.assert_close(FM.combine_kernel(y, res, T), out)  # the engine's combine: one Triton pass
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
-    sp, be = FM.moe_align(pe, W.n_experts, FM.BLOCK_M_LARGE)  # packed steps' 64-row blocks
-    out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, FM.BLOCK_M_LARGE), res, T)
-    torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
+    for bm in (FM.BLOCK_M_LARGE, 128):  # packed steps' 64-row blocks; 128 rows: the benchmark's fused128 variant
+        sp, be = FM.moe_align(pe, W.n_experts, bm)
+        out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, bm), res, T)
+        torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
 for T, k, H, dtype in ((1, 6, 64, torch.float32), (37, 6, 96, torch.bfloat16), (5, 2, 2100, torch.float32)):
     # the grouped-GEMM path's combine: gather by dest, weight, sum in fp32, + shared, + residual, one pass
     ys = torch.randn(T * k, H).to(dtype)

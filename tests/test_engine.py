@@ -699,6 +699,24 @@ def test_a_packed_step_carries_several_pieces_first_come_first_served(hf_model):
     assert [h.result() for h in rest] == [hf_greedy(hf_model, p, 6) for p in (PROMPTS[2], long_prompt)]
 
 
+def test_prefill_attention_takes_cudnn_unpadded_only_for_a_plain_chunk_on_the_cards_measured(monkeypatch):
+    """One plain causal prefill chunk on a card of PREFILL_CUDNN_CAPABILITIES (Hopper: measured faster) goes to
+    cuDNN with V unpadded; a continued chunk, another card, a forced backend list or the CPU keep the old path."""
+    from types import SimpleNamespace
+
+    from models.engine import layers
+
+    caps = {"cuda:0": (9, 0), "cuda:1": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: caps[device])
+    hopper, ampere = SimpleNamespace(is_cuda=True, device="cuda:0"), SimpleNamespace(is_cuda=True, device="cuda:1")
+    assert layers._prefill_cudnn(hopper, plain_causal=True)
+    assert not layers._prefill_cudnn(hopper, plain_causal=False)  # a lower-right mask: flash with V padded
+    assert not layers._prefill_cudnn(ampere, plain_causal=True)
+    assert not layers._prefill_cudnn(torch.zeros(1), plain_causal=True)  # CPU
+    monkeypatch.setattr(layers, "PREFILL_SDPA_BACKENDS", ("flash",))  # a benchmark's forced list wins
+    assert not layers._prefill_cudnn(hopper, plain_causal=True)
+
+
 def test_default_mixed_step_is_the_packed_graph_step_where_decode_is_graphed(hf_model, monkeypatch):
     """mixed_step=None: "graph" with pieces of PACKED_CHUNK_DEFAULT tokens where decode runs in CUDA graphs
     (a GPU), whole prompts where it does not (CPU); an explicit budget or mode wins."""

@@ -340,7 +340,9 @@ def bench_long(hf, cfg, args):
             times.append(now() - t0)
         res[f"prefill_{n}_s"] = min(times)
         print(f"engine prefill {n}: {times}", flush=True)
-    # prefill variants at the longest length: chunk size x (V padded for flash | unequal head dims)
+    # prefill variants at the longest length: chunk size x (V padded for flash | unequal head dims); on a card of
+    # layers.PREFILL_CUDNN_CAPABILITIES a plain chunk takes cuDNN with V unpadded either way, so there the padding
+    # changes only the continued chunks (8K)
     from models.engine import layers
 
     default_chunk, default_cont = engine.prefill_chunk, engine.prefill_chunk_continued

@@ -217,7 +217,9 @@ def bench_engine(name, spec, hf, vocab, args, rates):
     for option in filter(None, options.split(",")):
         key, _, value = option.partition("=")
         if key == "backlog" and (value == "off" or value.isdigit()):
-            kw["packed_backlog"] = None if value == "off" else int(value)  # off (the default): packed steps always
+            # off: a backlog never reached, so packed steps whatever waits (this engine's default; an older copy on
+            # --engine-path may default to the switch on, and None would give it that)
+            kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)
         elif key == "pieces" and value.isdigit() and int(value) > 0:
             kw["packed_max_pieces"] = int(value)
         else:

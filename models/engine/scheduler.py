@@ -236,7 +236,7 @@ class Engine:
             if self.max_batch > 1:
                 self.submit(prompt(1, min(room, chunk // 2 + 3)), new_tokens)  # while it decodes: a packed piece
                 self.step()
-                for i in range(n_backlog):  # a backlog beside the decode rows: whole prompts, several rows
+                for i in range(n_backlog):  # several at once: packed pieces, or with a packed_backlog whole prompts
                     self.submit(prompt(2 + i, length), new_tokens)
             while self.step():
                 pass

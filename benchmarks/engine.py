@@ -285,22 +285,59 @@ def prefill_backends(engine, prompt):
     return out
 
 
-def prefill_combine(engine, prompt):
-    """One prompt's prefill with the MoE's grouped-GEMM combine as ops (gather, compiled weighted sum, adds) and as
-    the one Triton pass (fused_moe.combine_sorted); best of two each."""
+def prefill_ab(engine, prompt, label, variants, switch):
+    """One prompt's prefill under each variant in turn (switch(variant) sets it), twice over, best of two each:
+    {variant: s, variant_again: s}. The last variant is left set."""
     out = {}
+    for again in ("", "_again"):
+        for name in variants:
+            switch(name)
+            engine.generate(prompt, 1)
+            t0 = now()
+            engine.generate(prompt, 1)
+            out[name + again] = now() - t0
+    print(f"prefill {label}: {out}", flush=True)
+    return out
+
+
+def prefill_combine(engine, prompt):
+    """The MoE's grouped-GEMM combine as ops (gather, compiled weighted sum, adds) against the one Triton pass
+    (fused_moe.combine_sorted)."""
     moes = [b.mlp for b in engine.model.blocks if getattr(b.mlp, "combine_kernel", False)]
     if not moes:  # no Triton here: nothing to compare
-        return out
-    for name, on in (("ops", False), ("kernel", True), ("ops_again", False), ("kernel_again", True)):
+        return {}
+
+    def switch(name):
         for m in moes:
-            m.combine_kernel = on
-        engine.generate(prompt, 1)
-        t0 = now()
-        engine.generate(prompt, 1)
-        out[name] = now() - t0
-    print(f"prefill combine: {out}", flush=True)
-    return out
+            m.combine_kernel = name == "kernel"
+    return prefill_ab(engine, prompt, "combine", ("ops", "kernel"), switch)
+
+
+def prefill_head_cat(engine, prompt):
+    """The prefill's q and k assembled by PyTorch's cat (eager) against the compiled kernels.head_cat (one pass each)."""
+    from models.engine import kernels as K
+
+    compiled = K._compiled.get("head_cat")
+    if compiled is None or K.prefill.head_cat is not compiled:  # not compiled here: nothing to compare
+        return {}
+
+    def switch(name):
+        K.prefill.head_cat = compiled if name == "compiled" else K.eager.head_cat
+    return prefill_ab(engine, prompt, "head_cat", ("eager", "compiled"), switch)
+
+
+def prefill_silu(engine, prompt):
+    """SiLU(gate) * up at prefill sizes: the compiled PyTorch version against the Triton pass (fused_silu.py)."""
+    from models.engine import kernels as K
+
+    compiled = K._compiled.get("silu_mul")
+    triton_pass = K.prefill.silu_mul
+    if compiled is None or triton_pass is compiled:  # no Triton pass here: nothing to compare
+        return {}
+
+    def switch(name):
+        K.prefill.silu_mul = triton_pass if name == "triton" else compiled
+    return prefill_ab(engine, prompt, "silu_mul", ("compiled", "triton"), switch)
 
 
 def profile_prefill(engine, prompt, path):
@@ -361,6 +398,8 @@ def bench_long(hf, cfg, args):
     print(f"prefill variants: {sweep}", flush=True)
     res[f"prefill_{n}_backends_s"] = prefill_backends(engine, p)
     res[f"prefill_{n}_combine_s"] = prefill_combine(engine, p)
+    res[f"prefill_{n}_head_cat_s"] = prefill_head_cat(engine, p)
+    res[f"prefill_{n}_silu_mul_s"] = prefill_silu(engine, p)
     if args.out and torch.cuda.is_available():
         res[f"prefill_{n}_gpu_ms"] = profile_prefill(engine, p, os.path.join(args.out, f"engine_prefill_{n}_kernels.txt"))
     if args.only_prefill:

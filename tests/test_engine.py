@@ -471,6 +471,16 @@ for T, k, H, dtype in ((1, 6, 64, torch.float32), (37, 6, 96, torch.bfloat16), (
         got = FM.combine_sorted(ys, dest, w, *extra)
         tol = 1e-5 if dtype == torch.float32 else 8e-2  # bf16: a sum order of its own moves a rounding by an ulp
         torch.testing.assert_close(got, FM.combine_sorted_reference(ys, dest, w, *extra), rtol=tol, atol=tol)
+from models.engine import fused_silu as FS
+for shape, dtype in (((1, 2 * 1408), torch.bfloat16), ((37, 2 * 300), torch.float32), ((2, 19, 2 * 8), torch.bfloat16),
+                     ((0, 64), torch.float32)):
+    # SiLU(gate) * up in one pass: rows and columns past a tile's edge, fp32 inside, one rounding (as compiled)
+    h = torch.randn(shape).to(dtype)
+    gate, up = h.float().chunk(2, dim=-1)
+    want = (torch.nn.functional.silu(gate) * up).to(dtype)
+    torch.testing.assert_close(FS.silu_mul(h), want)  # bf16: an ulp apart where exp rounds otherwise
+h = torch.randn(6, 40)[:, ::2]  # last dim not contiguous: the fallback
+torch.testing.assert_close(FS.silu_mul(h, fallback=K.silu_mul), K.silu_mul(h))
 for p, E in ((8, 66), (256, 66), (512, 64), (5, 3)):  # the lite shape's pair counts, experts not a power of 2
     pe = torch.randint(0, E, (p,))
     assert all(torch.equal(a, b) for a, b in zip(FM.moe_align(pe, E), FM.moe_align_triton(pe, E)))

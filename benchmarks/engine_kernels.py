@@ -624,8 +624,8 @@ def set_packed_moe(model, variant):
     for block in model.blocks:
         if hasattr(block.mlp, "packed_fused"):
             block.mlp.packed_fused = variant != "grouped"
+            block.mlp.packed_block_m = {"fused16": 16, "fused128": 128}.get(variant, 64)
         block.attn.piece_kernel = variant != "piece-ops" and block.attn.attn_kernel
-    FM.BLOCK_M_LARGE = {"fused16": 16, "fused128": 128}.get(variant, 64)
 
 
 def profile_packed(runner, vocab, prefix, piece, variant, args, g):

@@ -10,7 +10,8 @@ package with `load_engine`, e.g. a copy of an older models/engine put on `--engi
 `mixed`: decode rows and prompt pieces in one eager forward per step; `graph`: decode rows and prompt pieces packed
 into an area of PREFILL_BUDGET rows per step, in fixed shapes and replayed as a CUDA graph; `fused`: the fused
 decode kernels, `fused-v1` / `fused-v2` earlier versions of them; OPTIONS, comma-separated: `backlog=N|off`, the
-engine's packed_backlog (`off`, the default: packed steps whatever waits), `pieces=N`, the pieces a packed step carries) is built once over the same random-weight model, warmed (every
+engine's packed_backlog (`off`, the default: packed steps whatever waits), `pieces=N`, the pieces a packed step carries,
+`packed_moe=grouped|16|64|128`, the packed steps' expert pass: the grouped GEMM or the fused kernels' block rows) is built once over the same random-weight model, warmed (every
 decode graph bucket captured, a short burst served), then served each rate in turn with its scheduler
 loop in a background thread: requests are submitted at seeded exponential inter-arrival times, prompts
 of uniform seeded length in [--prompt-min, --prompt-max], --new-tokens each, greedy, no stop tokens.
@@ -222,8 +223,12 @@ def bench_engine(name, spec, hf, vocab, args, rates):
             kw["packed_backlog"] = sys.maxsize if value == "off" else int(value)
         elif key == "pieces" and value.isdigit() and int(value) > 0:
             kw["packed_max_pieces"] = int(value)
+        elif key == "packed_moe" and (value == "grouped" or value in ("16", "64", "128")):
+            # the packed steps' expert pass: the grouped GEMM, or the fused kernels in blocks of that many rows
+            kw.update(packed_fused_moe=False) if value == "grouped" else kw.update(packed_block_m=int(value))
         else:
-            raise SystemExit(f"engine {name}: options are backlog=N|off and pieces=N, comma-separated, not {option!r}")
+            raise SystemExit(f"engine {name}: options are backlog=N|off, pieces=N and packed_moe=grouped|16|64|128, "
+                             f"comma-separated, not {option!r}")
     if args.device == "cpu":
         kw["use_cuda_graphs"] = False
     engine = mod.load_engine(hf, max_batch=args.max_batch, max_seq_len=args.max_seq_len, **kw)
@@ -327,7 +332,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="output file (default: OUT/engine_serving.json)")
     ap.add_argument("--dry-run", action="store_true", help="tiny preset on CPU, small sizes: seconds")
     ap.add_argument("--engine", action="append", default=None,
-                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off,pieces=N]]]], repeatable")
+                    help="NAME=MODULE[:PREFILL_BUDGET[:mixed|separate|graph[:fused|unfused|KERNEL_VERSION[:backlog=N|off,pieces=N,packed_moe=grouped|16|64|128]]]], repeatable")
     ap.add_argument("--engine-path", action="append", default=[], help="prepended to sys.path (older engine copies)")
     ap.add_argument("--rates", default="2,8,24,48")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals per rate (clamped by min/max requests)")

@@ -365,12 +365,16 @@ def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, packed
     moe.fused = moe.packed_fused = True
     got = moe(x, kernels.eager, residual=residual, packed=packed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    moe.packed_block_m = 128  # an engine's packed_block_m: taller blocks, the same sums
+    torch.testing.assert_close(moe(x, kernels.eager, residual=residual, packed=packed), expected, rtol=1e-5, atol=1e-5)
+    moe.packed_block_m = None
     assert moe.uses_fused(tokens, packed) == (packed or tokens <= moe.FUSED_MAX_TOKENS)
     if not moe.uses_fused(tokens, packed):  # past the limit the fused flag changes nothing
         assert torch.equal(got, expected)
     pairs_per_token = hf_model.config.num_experts_per_tok + moe.weights.n_shared
     large = fused_moe.block_m_for(tokens * pairs_per_token, moe.weights.n_experts) == fused_moe.BLOCK_M_LARGE
     assert large == (tokens * pairs_per_token > fused_moe.BLOCK_M * moe.weights.n_experts)
+    assert fused_moe.block_m_for(tokens * pairs_per_token, moe.weights.n_experts, 128) == (128 if large else fused_moe.BLOCK_M)
     pairs, weights = moe.route_pairs(x, kernels.eager)
     per_tok = hf_model.config.num_experts_per_tok + hf_model.config.n_shared_experts
     assert pairs.view(tokens, per_tok)[:, -1].eq(hf_model.config.n_routed_experts).all()

@@ -24,7 +24,7 @@ API
 
 `load_engine(hf_model, max_batch, max_seq_len, device=None, compile=None, use_cuda_graphs=None,
 prefill_chunk=32768, prefill_chunk_continued=8192, prefill_budget=None, mixed_step=None, fused_moe=None, packed_backlog=None,
-packed_fused_moe=None, attention_kernel=None, packed_max_pieces=None)`
+packed_fused_moe=None, attention_kernel=None, packed_max_pieces=None, packed_block_m=None)`
 takes a `DeepseekV3ForCausalLM` (weights shared, not copied) and returns an `Engine`; for any other model
 family it returns a `TransformersEngine` with the same methods over transformers' `generate()`.
 `mixed_step="graph"` (with a `prefill_budget` C): while requests decode, a step carries up to
@@ -39,7 +39,7 @@ False (whole prompts behind each decode step; CPU).
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
 PyTorch reference), and with `packed_fused_moe` (default `PACKED_FUSED_MOE_DEFAULT`) the packed mixed steps
-too, in 64-row blocks; on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
+too, in blocks of `packed_block_m` rows an expert (default `fused_moe.BLOCK_M_LARGE`, 64); on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
 Triton kernel too, and with `attention_kernel` (default `ATTENTION_KERNEL_DEFAULT` on CUDA) the decode rows'
 attention is one flash-decoding pass over the latent cache (`fused_mla.latent_attention`). `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
@@ -47,7 +47,7 @@ eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is
 Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA attention, router,
 grouped experts, MLP, block), `model.py` (decoder, prefill/decode), `cuda_graphs.py` (graph buckets),
 `scheduler.py` (continuous batching, streaming, the `Engine`), `fallback.py`, `random_init.py`;
-Triton kernels: `fused_router.py` (routing, alignment), `fused_moe.py` (experts), `fused_mla.py`
+Triton kernels: `fused_router.py` (routing, alignment), `fused_moe.py` (experts), `fused_silu.py` (prefill's SiLU * up), `fused_mla.py`
 (decode attention prologue), `triton_moe.py` (the per-pair GEMV of the unfused path).
 
 Cache: per layer and slot, one row per token of [normed kv latent (kv_lora_rank) | roped key
@@ -105,6 +105,7 @@ def load_engine(
     packed_fused_moe: bool | None = None,
     attention_kernel: bool | None = None,
     packed_max_pieces: int | None = None,
+    packed_block_m: int | None = None,
 ):
     """An engine over `hf_model`'s weights; see the module docstring."""
     if device is not None:
@@ -121,7 +122,7 @@ def load_engine(
         return TransformersEngine(hf_model, max_batch, max_seq_len)
     on_gpu = dev.type == "cuda"
     model.set_fused_moe((FUSED_MOE_DEFAULT and on_gpu) if fused_moe is None else fused_moe,
-                        PACKED_FUSED_MOE_DEFAULT if packed_fused_moe is None else packed_fused_moe)
+                        PACKED_FUSED_MOE_DEFAULT if packed_fused_moe is None else packed_fused_moe, packed_block_m)
     model.set_attention_kernel((ATTENTION_KERNEL_DEFAULT and on_gpu) if attention_kernel is None else attention_kernel)
     if compile if compile is not None else on_gpu:
         from . import kernels

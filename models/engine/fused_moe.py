@@ -28,10 +28,10 @@ BLOCK_M = 16  # rows per block for decode-sized steps: a GEMV-like tile, experts
 BLOCK_M_LARGE = 64  # packed mixed steps (hundreds of tokens, tens of rows an expert): a GEMM tile
 
 
-def block_m_for(n_pairs: int, n_experts: int) -> int:
-    """The block height for a step: BLOCK_M while an expert averages at most BLOCK_M rows, else BLOCK_M_LARGE
-    (fewer blocks re-reading one expert's weights, and tensor-core tiles that are not mostly padding)."""
-    return BLOCK_M if n_pairs <= BLOCK_M * n_experts else BLOCK_M_LARGE
+def block_m_for(n_pairs: int, n_experts: int, large: int | None = None) -> int:
+    """The block height for a step: BLOCK_M while an expert averages at most BLOCK_M rows, else `large` (default
+    BLOCK_M_LARGE: fewer blocks re-reading one expert's weights, and tensor-core tiles that are not mostly padding)."""
+    return BLOCK_M if n_pairs <= BLOCK_M * n_experts else (large or BLOCK_M_LARGE)
 
 
 def max_blocks(n_pairs: int, n_experts: int, block_m: int = BLOCK_M) -> int:
@@ -249,8 +249,11 @@ if triton is not None:
 
     _gate_up = triton.autotune(_configs(), key=["n_blocks", "K", "INTER"], do_bench=autotune_bench)(_gate_up_kernel)
     _down = triton.autotune(_configs(), key=["n_blocks", "N", "INTER"], do_bench=autotune_bench)(_down_kernel)
-    _gate_up_large = triton.autotune(_configs_large(), key=["n_blocks", "K", "INTER"], do_bench=autotune_bench)(_gate_up_kernel)
-    _down_large = triton.autotune(_configs_large(), key=["n_blocks", "N", "INTER"], do_bench=autotune_bench)(_down_kernel)
+    # BLOCK_M in the key: 64- and 128-row blocks (an engine's packed_block_m) share these tuners
+    _gate_up_large = triton.autotune(_configs_large(), key=["n_blocks", "K", "INTER", "BLOCK_M"],
+                                     do_bench=autotune_bench)(_gate_up_kernel)
+    _down_large = triton.autotune(_configs_large(), key=["n_blocks", "N", "INTER", "BLOCK_M"],
+                                  do_bench=autotune_bench)(_down_kernel)
 
 
 ALIGN_MAX_PAIRS = 1024

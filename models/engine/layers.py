@@ -371,6 +371,7 @@ class MoE(nn.Module):
                                                *((self.shared.w_gate_up, self.shared.w_down) if self.shared else ()))
         self.fused = False
         self.packed_fused = False
+        self.packed_block_m: int | None = None  # rows per expert block in packed steps (None: fused_moe.BLOCK_M_LARGE)
         self.kernels = fused_moe.available(self.gate_weight.device)  # else the PyTorch reference of the kernels
         self.align_kernel = self.kernels  # the alignment in one Triton program, else compiled PyTorch
         self.router_block_h: int | None = None  # the router kernel's block width (None: autotuned)
@@ -416,7 +417,7 @@ class MoE(nn.Module):
         if self.shared is not None and not self.weights.n_shared:  # shared width not in expert slices
             res = res + self.shared(flat, kk)
         n_experts = self.weights.n_experts
-        block_m = fused_moe.block_m_for(t * (self.args.top_k + self.weights.n_shared), n_experts)
+        block_m = fused_moe.block_m_for(t * (self.args.top_k + self.weights.n_shared), n_experts, self.packed_block_m)
         if (self.route_align and self.router_kernel and self.align_kernel and self.kernels
                 and t <= fused_router.ROUTE_ALIGN_MAX_TOKENS and block_m == fused_moe.BLOCK_M):
             a = self.args

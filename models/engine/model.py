@@ -44,13 +44,15 @@ class EngineModel(nn.Module):
         self.rope = RopeTables(base.rotary_emb, max_seq_len, self.dtype, self.device)
         self.max_seq_len = max_seq_len
 
-    def set_fused_moe(self, on: bool, packed: bool = False) -> None:
+    def set_fused_moe(self, on: bool, packed: bool = False, packed_block_m: int | None = None) -> None:
         """Fused router + MoE kernels for steps of at most MoE.FUSED_MAX_TOKENS tokens, and with `packed` for
-        packed mixed steps too (up to MoE.PACKED_FUSED_MAX_TOKENS); before any graph capture."""
+        packed mixed steps too (up to MoE.PACKED_FUSED_MAX_TOKENS, in blocks of `packed_block_m` rows, None:
+        fused_moe.BLOCK_M_LARGE); before any graph capture."""
         for block in self.blocks:
             if hasattr(block.mlp, "fused"):
                 block.mlp.fused = bool(on)
                 block.mlp.packed_fused = bool(on and packed)
+                block.mlp.packed_block_m = packed_block_m
 
     def set_attention_kernel(self, on: bool) -> None:
         """Decode rows' attention through fused_mla.latent_attention and a packed step's piece through

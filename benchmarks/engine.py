@@ -313,19 +313,6 @@ def prefill_combine(engine, prompt):
     return prefill_ab(engine, prompt, "combine", ("ops", "kernel"), switch)
 
 
-def prefill_head_cat(engine, prompt):
-    """The prefill's q and k assembled by PyTorch's cat (eager) against the compiled kernels.head_cat (one pass each)."""
-    from models.engine import kernels as K
-
-    compiled = K._compiled.get("head_cat")
-    if compiled is None or K.prefill.head_cat is not compiled:  # not compiled here: nothing to compare
-        return {}
-
-    def switch(name):
-        K.prefill.head_cat = compiled if name == "compiled" else K.eager.head_cat
-    return prefill_ab(engine, prompt, "head_cat", ("eager", "compiled"), switch)
-
-
 def prefill_silu(engine, prompt):
     """SiLU(gate) * up at prefill sizes: the compiled PyTorch version against the Triton pass (fused_silu.py)."""
     from models.engine import kernels as K
@@ -398,7 +385,6 @@ def bench_long(hf, cfg, args):
     print(f"prefill variants: {sweep}", flush=True)
     res[f"prefill_{n}_backends_s"] = prefill_backends(engine, p)
     res[f"prefill_{n}_combine_s"] = prefill_combine(engine, p)
-    res[f"prefill_{n}_head_cat_s"] = prefill_head_cat(engine, p)
     res[f"prefill_{n}_silu_mul_s"] = prefill_silu(engine, p)
     if args.out and torch.cuda.is_available():
         res[f"prefill_{n}_gpu_ms"] = profile_prefill(engine, p, os.path.join(args.out, f"engine_prefill_{n}_kernels.txt"))

@@ -45,15 +45,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def head_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """cat([a, b], -1) per head: a [..., heads, da]; b [..., heads, db], or [..., db] shared by every head (the
-    roped key). The prefill's q and k; compiled, each is one pass (PyTorch's cat of these strided views ran at
-    ~1/3 of copy speed: 25 ms of a 32K prefill on an H100)."""
-    if b.dim() < a.dim():
-        b = b.unsqueeze(-2).expand(*a.shape[:-1], b.shape[-1])
-    return torch.cat([a, b], dim=-1)
-
-
 def silu_mul(h: torch.Tensor) -> torch.Tensor:
     """SiLU(gate) * up for a fused [.., 2I] gate|up projection."""
     gate, up = h.chunk(2, dim=-1)
@@ -160,7 +151,7 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, u
 from .fused_moe import moe_align  # noqa: E402 - the fused MoE's PyTorch pieces
 from .fused_router import append_shared  # noqa: E402
 
-_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "head_cat", "silu_mul", "masked_softmax", "masked_softmax_upto", "route_sigmoid_topk",
+_FUSABLE = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "masked_softmax", "masked_softmax_upto", "route_sigmoid_topk",
             "expert_order", "combine_experts", "append_shared", "moe_align")
 
 # Four kernel sets: `eager` (eager mixed steps, references); `decode`, which enable_compile() turns into
@@ -177,7 +168,7 @@ prefill = SimpleNamespace(**vars(eager))
 # compiled alike, but the sorting expert order (the one-hot scan is slow at thousands of pairs)
 mixed = SimpleNamespace(**vars(decode))
 mixed.expert_order = expert_order
-_PREFILL_COMPILED = ("rms_norm", "add_rms_norm", "apply_rope", "head_cat", "silu_mul", "combine_experts")
+_PREFILL_COMPILED = ("rms_norm", "add_rms_norm", "apply_rope", "silu_mul", "combine_experts")
 _prefill_compiled = True
 
 

@@ -351,7 +351,7 @@ def test_moe_align_lists_every_pair_once_in_whole_blocks_of_one_expert(n_pairs, 
 def test_fused_moe_equals_router_experts_and_shared_mlp(hf_model, tokens, packed, seed):
     # The fused path (pairs with the shared MLP as expert slices, aligned blocks, residual in the
     # combine) against the separate router, grouped experts and shared MLP, in float32. A packed step's
-    # call takes it past FUSED_MAX_TOKENS too, in 64-row blocks once experts average over 16 rows.
+    # call takes it past FUSED_MAX_TOKENS too, in BLOCK_M_LARGE-row blocks once experts average over 16 rows.
     from models.engine import fused_moe
 
     engine = load_engine(hf_model, max_batch=2, max_seq_len=64)
@@ -462,7 +462,7 @@ for T in (1, 7, 20, 90):
     out = FM.combine(y, res, T)
     torch.testing.assert_close(FM.combine_kernel(y, res, T), out)  # the engine's combine: one Triton pass
     torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)
-    for bm in (FM.BLOCK_M_LARGE, 128):  # packed steps' 64-row blocks; 128 rows: the benchmark's fused128 variant
+    for bm in (64, FM.BLOCK_M_LARGE):  # packed steps' blocks: 64 rows (an A/B's), 128 (the default)
         sp, be = FM.moe_align(pe, W.n_experts, bm)
         out = FM.combine(FM.fused_moe(x, pe, pw, W, sp, be, bm), res, T)
         torch.testing.assert_close(out, FM.fused_moe_reference(x, pe_r, pw_r, W, res), rtol=1e-4, atol=1e-4)

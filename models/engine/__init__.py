@@ -39,7 +39,8 @@ False (whole prompts behind each decode step; CPU).
 `fused_moe` (default: `FUSED_MOE_DEFAULT` on CUDA, off on CPU) runs steps of at most 64 tokens through
 the fused router and fused MoE kernels (routed + shared experts in two Triton kernels; on CPU their
 PyTorch reference), and with `packed_fused_moe` (default `PACKED_FUSED_MOE_DEFAULT`) the packed mixed steps
-too, in blocks of `packed_block_m` rows an expert (default `fused_moe.BLOCK_M_LARGE`, 64); on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
+too, in blocks of `packed_block_m` rows an expert (default `fused_moe.BLOCK_M_LARGE`, 128; steps of over
+`MoE.PACKED_FUSED_MAX_TOKENS` tokens take the grouped GEMM); on CUDA the decode attention's prologue (latent norm, ropes, cache write) is one
 Triton kernel too, and with `attention_kernel` (default `ATTENTION_KERNEL_DEFAULT` on CUDA) the decode rows'
 attention is one flash-decoding pass over the latent cache (`fused_mla.latent_attention`). `use_cuda_graphs` (default: on CUDA) captures decode steps. On CPU everything runs
 eagerly (experts through `torch._grouped_mm`, or a loop over experts where it is missing).
@@ -71,7 +72,7 @@ __all__ = ["Engine", "EngineArgs", "RequestError", "RequestHandle", "Unsupported
 # The fused router + fused MoE kernels for steps of at most 64 tokens (fused_router.py, fused_moe.py), on CUDA;
 # on CPU the old path stays the default (the kernels' PyTorch reference is for tests).
 FUSED_MOE_DEFAULT = True  # measured on an H100: faster at every batch (benchmarks/ENGINE_NOTES.md)
-# Packed mixed steps (hundreds of tokens) through the same kernels in 64-row blocks instead of the grouped GEMM.
+# Packed mixed steps (hundreds of tokens) through the same kernels in 128-row blocks instead of the grouped GEMM.
 PACKED_FUSED_MOE_DEFAULT = True
 # Decode attention in one flash-decoding pass over the latent cache (fused_mla.latent_attention), on CUDA.
 ATTENTION_KERNEL_DEFAULT = True

@@ -25,7 +25,10 @@ from .triton_support import INTERPRET as _INTERPRET
 from .triton_support import autotune_bench, available, tl, triton  # noqa: F401  (available: the module's test)
 
 BLOCK_M = 16  # rows per block for decode-sized steps: a GEMV-like tile, experts see a few rows each
-BLOCK_M_LARGE = 64  # packed mixed steps (hundreds of tokens, tens of rows an expert): a GEMM tile
+# packed mixed steps (hundreds of tokens, ~130 rows an expert at C 1,024): a GEMM tile. 128 rows over 64: one MoE layer
+# at 1,088 tokens 661 against 709 us, serving at 48 req/s 2,765-2,776 against 2,634-2,678 tok/s (H100, two calls
+# in either order; benchmarks/ENGINE_NOTES.md). 64 rows stay a step's choice (load_engine(packed_block_m=64)).
+BLOCK_M_LARGE = 128
 
 
 def block_m_for(n_pairs: int, n_experts: int, large: int | None = None) -> int:
@@ -239,8 +242,8 @@ if triton is not None:
         return out
 
     def _configs_large():
-        # BLOCK_M_LARGE rows: GEMM tiles (vLLM's fused_moe uses 64 x 64-128 x 32-64 at these sizes); every config
-        # fits the gate|up kernel's two weight tiles per stage in an H100's shared memory
+        # BLOCK_M_LARGE (or 64) rows: GEMM tiles (vLLM's fused_moe uses 64-128 x 64-128 x 32-64 at these sizes); every
+        # config fits the gate|up kernel's x tile and two weight tiles per stage, at 128 rows, in an H100's shared memory
         if _INTERPRET:
             return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=stages)
@@ -357,7 +360,7 @@ def moe_align_triton(pair_expert: torch.Tensor, n_experts: int, block_m: int = B
 def fused_moe(x: torch.Tensor, pair_expert: torch.Tensor, pair_weight: torch.Tensor, weights: ExpertWeights,
               sorted_pair: torch.Tensor, block_expert: torch.Tensor, block_m: int = BLOCK_M) -> torch.Tensor:
     """The two kernels: x [T, H] (contiguous), pairs as laid out by the router and aligned in blocks of
-    block_m rows (BLOCK_M or BLOCK_M_LARGE); fp32 y [P, H]."""
+    block_m rows (BLOCK_M, or a GEMM tile's 64 or BLOCK_M_LARGE); fp32 y [P, H]."""
     p = pair_expert.numel()
     nb = block_expert.numel()
     i = weights.inter

@@ -360,7 +360,9 @@ class MoE(nn.Module):
     PACKED_FUSED_MAX_TOKENS while `packed_fused` is on, in GEMM-sized blocks (fused_moe.block_m_for)."""
 
     FUSED_MAX_TOKENS = 64
-    PACKED_FUSED_MAX_TOKENS = 4096
+    # one MoE layer on an H100, fused (128-row blocks) / grouped GEMM: 661 / 734 us at 1,088 tokens, 1,073 / 934 at
+    # 2,112 (benchmarks/ENGINE_NOTES.md): packed steps past ~1,500 tokens (areas over 1,024 rows) take the GEMM
+    PACKED_FUSED_MAX_TOKENS = 1536
 
     def __init__(self, args: EngineArgs, hf_moe: nn.Module, use_grouped_mm: bool):
         super().__init__()

@@ -3,8 +3,9 @@
 Each is plain PyTorch and runs anywhere (CPU tests). `enable_compile()` swaps the elementwise ones
 used by decode steps and prefill for `torch.compile`d versions on GPU, which fuses their many tiny launches
 (rms norm, rope, masked softmax, SiLU*up, the router's scoring) into one Triton kernel each and, at prefill
-sizes, saves whole passes over large tensors; the matrix products stay on cuBLAS / CUTLASS
-(`torch._grouped_mm`) or the engine's Triton kernels (fused_moe.py, fused_router.py, fused_mla.py).
+sizes, saves whole passes over large tensors (prefill's SiLU*up is a Triton pass of its own, fused_silu.py); the
+matrix products stay on cuBLAS / CUTLASS (`torch._grouped_mm`) or the engine's Triton kernels (fused_moe.py,
+fused_router.py, fused_mla.py).
 """
 
 from __future__ import annotations

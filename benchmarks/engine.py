@@ -327,6 +327,18 @@ def prefill_silu(engine, prompt):
     return prefill_ab(engine, prompt, "silu_mul", ("compiled", "triton"), switch)
 
 
+def prefill_query(engine, prompt):
+    """The prefill's whole query as the compiled rope and a cat against one Triton pass (fused_mla.prefill_query)."""
+    attns = [b.attn for b in engine.model.blocks if b.attn.query_kernel]
+    if not attns:  # no Triton here: nothing to compare
+        return {}
+
+    def switch(name):
+        for a in attns:
+            a.query_kernel = name == "kernel"
+    return prefill_ab(engine, prompt, "query", ("ops", "kernel"), switch)
+
+
 def profile_prefill(engine, prompt, path):
     """Kernel time by name of one prompt's prefill (written to path); returns the GPU ms."""
     from torch.profiler import ProfilerActivity, profile
@@ -386,6 +398,7 @@ def bench_long(hf, cfg, args):
     res[f"prefill_{n}_backends_s"] = prefill_backends(engine, p)
     res[f"prefill_{n}_combine_s"] = prefill_combine(engine, p)
     res[f"prefill_{n}_silu_mul_s"] = prefill_silu(engine, p)
+    res[f"prefill_{n}_query_s"] = prefill_query(engine, p)
     if args.out and torch.cuda.is_available():
         res[f"prefill_{n}_gpu_ms"] = profile_prefill(engine, p, os.path.join(args.out, f"engine_prefill_{n}_kernels.txt"))
     if args.only_prefill:

@@ -106,25 +106,34 @@ class MLAAttention(nn.Module):
         self.scale = float(getattr(hf_attn, "scaling", a.softmax_scale))
         # decode: norm, ropes and the cache write in one kernel (fused_mla.py), else the PyTorch kernels
         self.prologue_kernel = fused_mla.available(self.w_in.device) and a.qk_rope_head_dim % 2 == 0
+        # prefill: the query's rope and its [nope | rope] assembly in one kernel (fused_mla.prefill_query)
+        self.query_kernel = self.prologue_kernel
         # decode rows: scores, softmax and P . latent in one pass over the cache (fused_mla.latent_attention);
         # EngineModel.set_attention_kernel turns it on where it can run; likewise a packed step's prompt piece
         # in one causal flash pass (fused_mla.piece_attention)
         self.attn_kernel = False
         self.piece_kernel = False
 
-    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk):
-        """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]."""
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk, whole_q: bool = False):
+        """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]. With `whole_q`
+        (a prefill chunk, x [B, C, H]): the whole roped query [B, C, heads, dn + dr], contiguous, in place of q_nope
+        and None for q_rope."""
         a = self.args
         h = F.linear(x, self.w_in, self.b_in)
         q, kv = h[..., : self.split_in], h[..., self.split_in :]
         if self.q_lora:
             q = F.linear(kk.rms_norm(q, self.q_a_norm, self.q_a_eps), self.w_q_b)
         q = q.unflatten(-1, (a.num_heads, a.qk_head_dim))
-        q_nope, q_rope = q[..., : a.qk_nope_head_dim], q[..., a.qk_nope_head_dim :]
-        q_rope = kk.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
         latent = kk.rms_norm(kv[..., : a.kv_lora_rank], self.kv_norm, self.kv_eps)
         k_rope = kk.apply_rope(kv[..., a.kv_lora_rank :], cos, sin, a.rope_interleave)
-        return q_nope, q_rope, torch.cat([latent, k_rope], dim=-1)
+        rows = torch.cat([latent, k_rope], dim=-1)
+        if whole_q:
+            if self.query_kernel:
+                return fused_mla.prefill_query(q, cos, sin, a.qk_nope_head_dim, a.rope_interleave), None, rows
+            return fused_mla.prefill_query_reference(q, cos, sin, a.qk_nope_head_dim, a.rope_interleave, kk), None, rows
+        q_nope, q_rope = q[..., : a.qk_nope_head_dim], q[..., a.qk_nope_head_dim :]
+        q_rope = kk.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
+        return q_nope, q_rope, rows
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
         return F.linear(o, self.w_o, self.b_o)
@@ -132,12 +141,13 @@ class MLAAttention(nn.Module):
     def prefill(self, x, cos, sin, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int) -> torch.Tensor:
         """x [B, C, H] at positions start..start+C-1. With a cache, the chunk's rows are written to
         cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
-        q_nope, q_rope, rows = self._project(x, cos, sin, K.prefill)
-        return self._out(self._attend_prefill(q_nope, q_rope, rows, cache, slots, start))
+        q, _, rows = self._project(x, cos, sin, K.prefill, whole_q=True)
+        return self._out(self._attend_prefill(q, None, rows, cache, slots, start))
 
     def _attend_prefill(self, q_nope, q_rope, rows, cache, slots, start: int) -> torch.Tensor:
         """Per-head attention of a [B, C] chunk (SDPA over K/V expanded from the latent, transformers'
-        arithmetic); writes the chunk's cache rows. Returns [B, C, heads * dv], before o_proj."""
+        arithmetic); writes the chunk's cache rows. q_rope None: q_nope is the whole roped query.
+        Returns [B, C, heads * dv], before o_proj."""
         a = self.args
         bsz, c = rows.shape[:2]
         if cache is not None:
@@ -151,7 +161,7 @@ class MLAAttention(nn.Module):
         k_nope, v = kv_b[..., : a.qk_nope_head_dim], kv_b[..., a.qk_nope_head_dim :]
         k_rope = kv[..., None, a.kv_lora_rank :].expand(bsz, p, a.num_heads, a.qk_rope_head_dim)
         # PyTorch's cats: the compiled ones (dynamic shapes) took 62 ms of a 32K prefill against 25 on an H100
-        q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+        q = (q_nope if q_rope is None else torch.cat([q_nope, q_rope], dim=-1)).transpose(1, 2)
         k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         pad = 0

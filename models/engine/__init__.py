@@ -49,7 +49,7 @@ Layout: `config.py` (shape), `kernels.py` (numeric kernels), `layers.py` (MLA at
 grouped experts, MLP, block), `model.py` (decoder, prefill/decode), `cuda_graphs.py` (graph buckets),
 `scheduler.py` (continuous batching, streaming, the `Engine`), `fallback.py`, `random_init.py`;
 Triton kernels: `fused_router.py` (routing, alignment), `fused_moe.py` (experts), `fused_silu.py` (prefill's SiLU * up), `fused_mla.py`
-(decode attention prologue), `triton_moe.py` (the per-pair GEMV of the unfused path).
+(decode attention prologue and attention, packed pieces' attention, prefill's query), `triton_moe.py` (the per-pair GEMV of the unfused path).
 
 Cache: per layer and slot, one row per token of [normed kv latent (kv_lora_rank) | roped key
 (qk_rope_head_dim)]: 576 values = 1,152 bytes in bf16 for the lite shape, 30.4 KiB/token over 27

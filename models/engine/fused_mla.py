@@ -96,7 +96,8 @@ def mla_prologue(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope, rope, ra
 # ---- prefill's query: the rope part rotated and the whole query written in one pass ---------------------------
 #
 # A prefill chunk's SDPA wants q = [q_nope | roped q_rope] per head, contiguous. As PyTorch ops that is the compiled
-# rope (dynamic shapes: ~291 us a layer at 32K tokens on an H100, ~6x its bytes' time) and a cat (~230 us).
+# rope (dynamic shapes: ~291 us a layer at 32K tokens on an H100, ~6x its bytes' time) and a cat (~230 us); here one
+# pass, ~142 us a layer: the 32K prefill 0.576-0.583 s against 0.588-0.597 (benchmarks/ENGINE_NOTES.md).
 
 def prefill_query_reference(q, cos, sin, nope, interleave, kk=K.eager):
     """q [B, C, heads, nope + rope] (the projection's query, unroped), cos/sin [C, rope/2] -> the whole query with

@@ -300,17 +300,28 @@ def prefill_ab(engine, prompt, label, variants, switch):
     return out
 
 
-def prefill_combine(engine, prompt):
-    """The MoE's grouped-GEMM combine as ops (gather, compiled weighted sum, adds) against the one Triton pass
-    (fused_moe.combine_sorted)."""
-    moes = [b.mlp for b in engine.model.blocks if getattr(b.mlp, "combine_kernel", False)]
-    if not moes:  # no Triton here: nothing to compare
+def prefill_kernel_ab(engine, prompt, label, modules, switch_attr):
+    """The PyTorch ops ("ops") against a Triton kernel ("kernel") behind the boolean `switch_attr` of `modules`, the
+    ones where it is on (none: no Triton here, nothing to compare); left on."""
+    modules = [m for m in modules if getattr(m, switch_attr, False)]
+    if not modules:
         return {}
 
     def switch(name):
-        for m in moes:
-            m.combine_kernel = name == "kernel"
-    return prefill_ab(engine, prompt, "combine", ("ops", "kernel"), switch)
+        for m in modules:
+            setattr(m, switch_attr, name == "kernel")
+    return prefill_ab(engine, prompt, label, ("ops", "kernel"), switch)
+
+
+def prefill_combine(engine, prompt):
+    """The MoE's grouped-GEMM combine as ops (gather, compiled weighted sum, adds) against the one Triton pass
+    (fused_moe.combine_sorted)."""
+    return prefill_kernel_ab(engine, prompt, "combine", [b.mlp for b in engine.model.blocks], "combine_kernel")
+
+
+def prefill_query(engine, prompt):
+    """The prefill's whole query as the compiled rope and a cat against one Triton pass (fused_mla.prefill_query)."""
+    return prefill_kernel_ab(engine, prompt, "query", [b.attn for b in engine.model.blocks], "query_kernel")
 
 
 def prefill_silu(engine, prompt):
@@ -325,18 +336,6 @@ def prefill_silu(engine, prompt):
     def switch(name):
         K.prefill.silu_mul = triton_pass if name == "triton" else compiled
     return prefill_ab(engine, prompt, "silu_mul", ("compiled", "triton"), switch)
-
-
-def prefill_query(engine, prompt):
-    """The prefill's whole query as the compiled rope and a cat against one Triton pass (fused_mla.prefill_query)."""
-    attns = [b.attn for b in engine.model.blocks if b.attn.query_kernel]
-    if not attns:  # no Triton here: nothing to compare
-        return {}
-
-    def switch(name):
-        for a in attns:
-            a.query_kernel = name == "kernel"
-    return prefill_ab(engine, prompt, "query", ("ops", "kernel"), switch)
 
 
 def profile_prefill(engine, prompt, path):

@@ -548,7 +548,7 @@ for interleave in (True, False):
     r2 = ML.mla_prologue_reference(q, kv, cos, sin, w, 1e-6, c2, pos, heads, nope, rope, rank, interleave)
     torch.testing.assert_close(r1, r2)
     torch.testing.assert_close(c1, c2)
-    for B, C, heads, nope, rope in ((1, 1, 16, 128, 64), (2, 5, 3, 12, 6)):  # prefill's whole query: one pass
+    for B, C, heads, nope, rope in ((1, 1, 16, 128, 64), (2, 5, 3, 12, 6), (1, 3, 20, 8, 4)):  # prefill's query
         q = torch.randn(B, C, heads * (nope + rope) + 7)[..., : heads * (nope + rope)].unflatten(-1, (heads, nope + rope))
         cos, sin = torch.randn(C, rope // 2), torch.randn(C, rope // 2)
         want = ML.prefill_query_reference(q, cos, sin, nope, interleave)

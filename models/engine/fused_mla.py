@@ -110,12 +110,12 @@ if triton is not None:
 
     @triton.jit
     def _prefill_query_kernel(q_ptr, cos_ptr, sin_ptr, out_ptr, stride_q, chunk,
-                              HEADS: tl.constexpr, HEADS_P2: tl.constexpr, NOPE: tl.constexpr, NOPE_P2: tl.constexpr,
+                              HEADS: tl.constexpr, BLOCK_H: tl.constexpr, NOPE: tl.constexpr, NOPE_P2: tl.constexpr,
                               ROPE: tl.constexpr, HALF_P2: tl.constexpr, INTERLEAVE: tl.constexpr):
         t = tl.program_id(0).to(tl.int64)  # a token of the [B, C] chunk
         D: tl.constexpr = NOPE + ROPE
         HALF: tl.constexpr = ROPE // 2
-        heads = tl.arange(0, HEADS_P2)
+        heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         hm = (heads < HEADS)[:, None]
         src = q_ptr + t * stride_q + heads[:, None] * D
         dst = out_ptr + t * (HEADS * D) + heads[:, None] * D
@@ -140,15 +140,16 @@ if triton is not None:
 
 def prefill_query(q, cos, sin, nope, interleave):
     """prefill_query_reference in one Triton pass (fp32 rope inside, one rounding, as the compiled rope): one
-    program per token."""
+    program per token and block of up to 16 heads."""
     b, c, heads, d = q.shape
     rope = d - nope
     assert q.stride(-1) == 1 and q.stride(-2) == d and q.stride(0) == c * q.stride(1) and rope % 2 == 0
     assert cos.is_contiguous() and sin.is_contiguous() and cos.shape == (c, rope // 2)
     out = torch.empty(b, c, heads, d, dtype=q.dtype, device=q.device)
     if b * c:
-        _prefill_query_kernel[(b * c,)](q, cos, sin, out, q.stride(1), c, HEADS=heads,
-                                        HEADS_P2=triton.next_power_of_2(heads), NOPE=nope,
+        block_h = min(16, triton.next_power_of_2(heads))
+        _prefill_query_kernel[(b * c, triton.cdiv(heads, block_h))](q, cos, sin, out, q.stride(1), c, HEADS=heads,
+                                        BLOCK_H=block_h, NOPE=nope,
                                         NOPE_P2=triton.next_power_of_2(nope), ROPE=rope,
                                         HALF_P2=triton.next_power_of_2(rope // 2), INTERLEAVE=bool(interleave),
                                         num_warps=4)

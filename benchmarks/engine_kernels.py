@@ -613,18 +613,19 @@ def piece_attention_bench(attn, kv_all, a, dtype, dev, g):
     return res
 
 
-PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16", "fused128", "piece-ops")
+PACKED_MOE_VARIANTS = ("grouped", "fused", "fused16", "fused64", "fused128", "piece-ops")
 
 
 def set_packed_moe(model, variant):
-    """The packed step's expert pass: the grouped GEMM, the fused kernels in 64-row blocks, or in 16- or 128-row
-    blocks (at C 1,024 an expert averages ~130 rows a packed step; 128 rows, the engine's default, measured faster);
-    piece-ops: the fused kernels with the piece's attention as PyTorch ops instead of fused_mla.piece_attention."""
+    """The packed step's expert pass: the grouped GEMM, the fused kernels in the engine's default blocks (`fused`:
+    fused_moe.BLOCK_M_LARGE rows, 128), or in 16-, 64- or 128-row blocks (at C 1,024 an expert averages ~130 rows a
+    packed step); piece-ops: the default fused kernels with the piece's attention as PyTorch ops instead of
+    fused_mla.piece_attention."""
     assert variant in PACKED_MOE_VARIANTS, variant
     for block in model.blocks:
         if hasattr(block.mlp, "packed_fused"):
             block.mlp.packed_fused = variant != "grouped"
-            block.mlp.packed_block_m = {"fused16": 16, "fused128": 128}.get(variant, 64)
+            block.mlp.packed_block_m = {"fused16": 16, "fused64": 64, "fused128": 128}.get(variant)  # None: default
         block.attn.piece_kernel = variant != "piece-ops" and block.attn.attn_kernel
 
 
@@ -650,7 +651,7 @@ def profile_packed(runner, vocab, prefix, piece, variant, args, g):
 
 @torch.inference_mode()
 def packed_moe_check(model, vocab, dev):
-    """One MoE layer at packed-step token counts: the fused kernels (64-, 16- and 128-row blocks) against the grouped
+    """One MoE layer at packed-step token counts: the fused kernels (16-, 64- and 128-row blocks) against the grouped
     GEMM path and a float32 reference, same inputs (relative error), and the time of each (CUDA graph). 8,192
     tokens is a prefill chunk's size, past the packed limit: there the limit is lifted for this check only, to
     see whether the fused kernels (SiLU in the gate|up epilogue) would beat the grouped GEMM + silu_mul there."""
@@ -667,7 +668,7 @@ def packed_moe_check(model, vocab, dev):
                                           moe.args.norm_topk_prob, moe.args.routed_scaling_factor, moe.weights.n_shared, K.eager)
         ref = reference_moe(x.float(), pe, pw, moe.weights, resid.float())
         row = {}
-        for variant in ("grouped", "fused", "fused16", "fused128"):
+        for variant in ("grouped", "fused16", "fused64", "fused128"):
             set_packed_moe(model, variant)
             y = moe(x, kk, residual=resid, packed=True)
             row[f"{variant}_rel_err"] = rel(y, ref)

@@ -35,6 +35,19 @@ def mla_prologue_reference(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope
 if triton is not None:
 
     @triton.jit
+    def _rope(src, dst, offs, mask, c, s, HALF: tl.constexpr, INTERLEAVE: tl.constexpr):
+        """One rope part rotated (kernels.apply_rope): its pairs at src (interleaved, or the two halves) written
+        de-interleaved at dst (first the rotated even dims, then the odd ones), fp32 inside, one rounding."""
+        if INTERLEAVE:
+            x1 = tl.load(src + 2 * offs, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(src + 2 * offs + 1, mask=mask, other=0.0).to(tl.float32)
+        else:
+            x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(src + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dst + offs, (x1 * c - x2 * s).to(dst.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF + offs, (x2 * c + x1 * s).to(dst.dtype.element_ty), mask=mask)
+
+    @triton.jit
     def _mla_prologue_kernel(q_ptr, kv_ptr, cos_ptr, sin_ptr, norm_w_ptr, pos_ptr, cache_ptr, q_rope_ptr,
                              stride_q, stride_kv, stride_cs, eps,
                              HEADS: tl.constexpr, HEADS_P2: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr,
@@ -52,32 +65,17 @@ if triton is not None:
         normed = (kv * tl.rsqrt(var + eps)).to(cache_ptr.dtype.element_ty)
         w = tl.load(norm_w_ptr + offs_r, mask=rm, other=0.0)
         tl.store(row + offs_r, (w.to(tl.float32) * normed.to(tl.float32)).to(cache_ptr.dtype.element_ty), mask=rm)
-        # rope: de-interleaved output (first the rotated even dims, then the odd ones)
+        # the key's rope part, into the cache row
         offs_h = tl.arange(0, HALF)
         c = tl.load(cos_ptr + b * HALF + offs_h).to(tl.float32)
         s = tl.load(sin_ptr + b * HALF + offs_h).to(tl.float32)
-        kr = kv_ptr + b * stride_kv + RANK
-        if INTERLEAVE:
-            x1 = tl.load(kr + 2 * offs_h).to(tl.float32)
-            x2 = tl.load(kr + 2 * offs_h + 1).to(tl.float32)
-        else:
-            x1 = tl.load(kr + offs_h).to(tl.float32)
-            x2 = tl.load(kr + HALF + offs_h).to(tl.float32)
-        tl.store(row + RANK + offs_h, (x1 * c - x2 * s).to(cache_ptr.dtype.element_ty))
-        tl.store(row + RANK + HALF + offs_h, (x2 * c + x1 * s).to(cache_ptr.dtype.element_ty))
+        _rope(kv_ptr + b * stride_kv + RANK, row + RANK, offs_h, offs_h < HALF, c, s, HALF, INTERLEAVE)
         # every head's query rope part
         heads = tl.arange(0, HEADS_P2)
-        hm = (heads < HEADS)[:, None]
-        qr = q_ptr + b * stride_q + heads[:, None] * (NOPE + ROPE) + NOPE
-        if INTERLEAVE:
-            q1 = tl.load(qr + 2 * offs_h[None, :], mask=hm, other=0.0).to(tl.float32)
-            q2 = tl.load(qr + 2 * offs_h[None, :] + 1, mask=hm, other=0.0).to(tl.float32)
-        else:
-            q1 = tl.load(qr + offs_h[None, :], mask=hm, other=0.0).to(tl.float32)
-            q2 = tl.load(qr + HALF + offs_h[None, :], mask=hm, other=0.0).to(tl.float32)
-        out = q_rope_ptr + (b * HEADS + heads[:, None]) * ROPE
-        tl.store(out + offs_h[None, :], (q1 * c[None, :] - q2 * s[None, :]).to(q_rope_ptr.dtype.element_ty), mask=hm)
-        tl.store(out + HALF + offs_h[None, :], (q2 * c[None, :] + q1 * s[None, :]).to(q_rope_ptr.dtype.element_ty), mask=hm)
+        hm = (heads < HEADS)[:, None] & (offs_h < HALF)[None, :]
+        _rope(q_ptr + b * stride_q + heads[:, None] * (NOPE + ROPE) + NOPE,
+              q_rope_ptr + (b * HEADS + heads[:, None]) * ROPE, offs_h[None, :], hm, c[None, :], s[None, :], HALF,
+              INTERLEAVE)
 
 
 def mla_prologue(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope, rope, rank, interleave):
@@ -127,15 +125,7 @@ if triton is not None:
         pos = t % chunk
         c = tl.load(cos_ptr + pos * HALF + offs_h, mask=km, other=0.0).to(tl.float32)[None, :]
         s = tl.load(sin_ptr + pos * HALF + offs_h, mask=km, other=0.0).to(tl.float32)[None, :]
-        rm = hm & km[None, :]
-        if INTERLEAVE:
-            x1 = tl.load(src + NOPE + 2 * offs_h[None, :], mask=rm, other=0.0).to(tl.float32)
-            x2 = tl.load(src + NOPE + 2 * offs_h[None, :] + 1, mask=rm, other=0.0).to(tl.float32)
-        else:
-            x1 = tl.load(src + NOPE + offs_h[None, :], mask=rm, other=0.0).to(tl.float32)
-            x2 = tl.load(src + NOPE + HALF + offs_h[None, :], mask=rm, other=0.0).to(tl.float32)
-        tl.store(dst + NOPE + offs_h[None, :], (x1 * c - x2 * s).to(out_ptr.dtype.element_ty), mask=rm)
-        tl.store(dst + NOPE + HALF + offs_h[None, :], (x2 * c + x1 * s).to(out_ptr.dtype.element_ty), mask=rm)
+        _rope(src + NOPE, dst + NOPE, offs_h[None, :], hm & km[None, :], c, s, HALF, INTERLEAVE)
 
 
 def prefill_query(q, cos, sin, nope, interleave):

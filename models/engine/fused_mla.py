@@ -99,7 +99,8 @@ def mla_prologue(q, kv, cos, sin, norm_w, eps, cache, pos, heads, nope, rope, ra
 
 def prefill_query_reference(q, cos, sin, nope, interleave, kk=K.eager):
     """q [B, C, heads, nope + rope] (the projection's query, unroped), cos/sin [C, rope/2] -> the whole query with
-    its rope part rotated (de-interleaved, as kernels.apply_rope writes it), contiguous."""
+    its rope part rotated (de-interleaved, as kernels.apply_rope writes it), contiguous: what MLAAttention's prefill
+    computes without the kernel, the kernel's test oracle."""
     q_rope = kk.apply_rope(q[..., nope:], cos.unsqueeze(-2), sin.unsqueeze(-2), interleave)
     return torch.cat([q[..., :nope], q_rope], dim=-1)
 

@@ -116,8 +116,8 @@ class MLAAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kk, whole_q: bool = False):
         """x [..., H] -> q_nope [..., heads, dn], q_rope [..., heads, dr], cache row [..., r + dr]. With `whole_q`
-        (a prefill chunk, x [B, C, H]): the whole roped query [B, C, heads, dn + dr], contiguous, in place of q_nope
-        and None for q_rope."""
+        (a prefill chunk, x [B, C, H]) where the query kernel runs: the whole roped query [B, C, heads, dn + dr],
+        contiguous, in place of q_nope and None for q_rope (fused_mla.prefill_query)."""
         a = self.args
         h = F.linear(x, self.w_in, self.b_in)
         q, kv = h[..., : self.split_in], h[..., self.split_in :]
@@ -127,10 +127,8 @@ class MLAAttention(nn.Module):
         latent = kk.rms_norm(kv[..., : a.kv_lora_rank], self.kv_norm, self.kv_eps)
         k_rope = kk.apply_rope(kv[..., a.kv_lora_rank :], cos, sin, a.rope_interleave)
         rows = torch.cat([latent, k_rope], dim=-1)
-        if whole_q:
-            if self.query_kernel:
-                return fused_mla.prefill_query(q, cos, sin, a.qk_nope_head_dim, a.rope_interleave), None, rows
-            return fused_mla.prefill_query_reference(q, cos, sin, a.qk_nope_head_dim, a.rope_interleave, kk), None, rows
+        if whole_q and self.query_kernel:
+            return fused_mla.prefill_query(q, cos, sin, a.qk_nope_head_dim, a.rope_interleave), None, rows
         q_nope, q_rope = q[..., : a.qk_nope_head_dim], q[..., a.qk_nope_head_dim :]
         q_rope = kk.apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), a.rope_interleave)
         return q_nope, q_rope, rows
@@ -141,8 +139,8 @@ class MLAAttention(nn.Module):
     def prefill(self, x, cos, sin, cache: torch.Tensor | None, slots: torch.Tensor | None, start: int) -> torch.Tensor:
         """x [B, C, H] at positions start..start+C-1. With a cache, the chunk's rows are written to
         cache[slots, start:start+C] and attention covers the whole prefix; without, only the chunk."""
-        q, _, rows = self._project(x, cos, sin, K.prefill, whole_q=True)
-        return self._out(self._attend_prefill(q, None, rows, cache, slots, start))
+        q_nope, q_rope, rows = self._project(x, cos, sin, K.prefill, whole_q=True)
+        return self._out(self._attend_prefill(q_nope, q_rope, rows, cache, slots, start))
 
     def _attend_prefill(self, q_nope, q_rope, rows, cache, slots, start: int) -> torch.Tensor:
         """Per-head attention of a [B, C] chunk (SDPA over K/V expanded from the latent, transformers'
@@ -160,8 +158,8 @@ class MLAAttention(nn.Module):
         kv_b = F.linear(kv[..., : a.kv_lora_rank], self.w_kv_b).unflatten(-1, (a.num_heads, -1))
         k_nope, v = kv_b[..., : a.qk_nope_head_dim], kv_b[..., a.qk_nope_head_dim :]
         k_rope = kv[..., None, a.kv_lora_rank :].expand(bsz, p, a.num_heads, a.qk_rope_head_dim)
-        # PyTorch's cats (q's only on the eager mixed step): compiled with dynamic shapes, q's and k's took 62 ms of
-        # a 32K prefill against 25 on an H100
+        # PyTorch's cats (q's only where the query kernel does not run): compiled with dynamic shapes, q's and k's
+        # took 62 ms of a 32K prefill against 25 on an H100
         q = (q_nope if q_rope is None else torch.cat([q_nope, q_rope], dim=-1)).transpose(1, 2)
         k = torch.cat([k_nope, k_rope], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
